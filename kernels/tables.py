@@ -1,0 +1,113 @@
+"""Tables shared by the fast variants, computed once per hyper-parameter set.
+
+Monomials ``x^n0 y^n1 z^n2`` are numbered by total degree first (then n0
+descending, then n1 descending), so those of degree <= d are a prefix of
+length ``(d+1)(d+2)(d+3)/6``. Moments are stored flat in that order, which
+turns the contraction of channel l into one (pairs x K_l) @ (K_l x (2l+1) n_l)
+product.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from einsum_workbench.reference.hypers import ExpansionHypers
+from einsum_workbench.reference.solid_harmonics import solid_harmonic_tensors
+
+
+def num_monomials(max_degree: int) -> int:
+    """Number of monomials of total degree <= max_degree in three variables."""
+    d = max_degree
+    return (d + 1) * (d + 2) * (d + 3) // 6
+
+
+@functools.lru_cache(maxsize=32)
+def monomial_exponents(max_degree: int) -> np.ndarray:
+    """(K, 3) int64 exponents (n0, n1, n2) in the flat order described above."""
+    rows = [
+        (n0, n1, d - n0 - n1)
+        for d in range(max_degree + 1)
+        for n0 in range(d, -1, -1)
+        for n1 in range(d - n0, -1, -1)
+    ]
+    out = np.array(rows, dtype=np.int64).reshape(-1, 3)
+    out.setflags(write=False)
+    return out
+
+
+@dataclass(frozen=True)
+class RecurrenceTable:
+    """One step of the moment recurrence per monomial t of degree >= 1.
+
+    ``E[t] = a[k] E[parent] + sum_m S[k, m] coef[m] E[lower[m]]`` where
+    ``parent = t - e_k`` (k the first non-zero exponent of t),
+    ``lower[m] = parent - e_m`` and ``coef[m]`` the exponent m of parent
+    (0 where it is 0; ``lower[m]`` then points at monomial 0 harmlessly).
+    All arrays are indexed by t - 1 (monomial 0 is the constant 1).
+    ``layers[d]`` is the slice of targets of degree d + 1.
+    """
+
+    axis: np.ndarray      # (K-1,) int64, k
+    parent: np.ndarray    # (K-1,) int64
+    lower: np.ndarray     # (K-1, 3) int64
+    coef: np.ndarray      # (K-1, 3) float64
+    layers: tuple         # tuple of slices into the arrays above
+
+
+@functools.lru_cache(maxsize=32)
+def recurrence_table(max_degree: int) -> RecurrenceTable:
+    """Flat-order recurrence for the moments up to ``max_degree``."""
+    exps = monomial_exponents(max_degree)
+    index = {tuple(e): i for i, e in enumerate(exps.tolist())}
+    axis, parent, lower, coef = [], [], [], []
+    for t in exps[1:].tolist():
+        k = next(i for i in range(3) if t[i] > 0)
+        p = list(t)
+        p[k] -= 1
+        axis.append(k)
+        parent.append(index[tuple(p)])
+        low, cf = [], []
+        for m in range(3):
+            if p[m] > 0:
+                q = list(p)
+                q[m] -= 1
+                low.append(index[tuple(q)])
+                cf.append(float(p[m]))
+            else:
+                low.append(0)
+                cf.append(0.0)
+        lower.append(low)
+        coef.append(cf)
+    layers = tuple(
+        slice(num_monomials(d) - 1, num_monomials(d + 1) - 1) for d in range(max_degree)
+    )
+    arrays = [np.array(axis, dtype=np.int64), np.array(parent, dtype=np.int64),
+              np.array(lower, dtype=np.int64).reshape(-1, 3),
+              np.array(coef, dtype=np.float64).reshape(-1, 3)]
+    for a in arrays:
+        a.setflags(write=False)
+    return RecurrenceTable(*arrays, layers=layers)
+
+
+@functools.lru_cache(maxsize=64)
+def compact_solid_harmonics(hypers: ExpansionHypers) -> tuple:
+    """Per l, ``T_l / sqrt(4 pi / (2l+1))`` on the flat monomials of degree <= d_l.
+
+    Returns
+    -------
+    tuple over l of read-only float64 arrays of shape
+    ``(num_monomials(d_l), 2l+1, num_radial[l])``, with d_l = ``hypers.degree(l)``,
+    ready for ``moments_flat[:, :K_l] @ table.reshape(K_l, -1)``.
+    """
+    out = []
+    for l, t in enumerate(solid_harmonic_tensors(hypers.lmax, hypers.num_radial)):
+        d = hypers.degree(l)
+        exps = monomial_exponents(d)
+        compact = t[:, :, exps[:, 0], exps[:, 1], exps[:, 2]]  # (2l+1, n, K)
+        compact = np.ascontiguousarray(np.moveaxis(compact, -1, 0)) / np.sqrt(4 * np.pi / (2 * l + 1))
+        compact.setflags(write=False)
+        out.append(compact)
+    return tuple(out)

@@ -1,0 +1,112 @@
+"""Checks on a pair batch shared by every variant.
+
+A bad input gets an error that names the offending value (and the pair index
+where it is one pair's), never a silent wrong number.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_ORTHONORMAL_TOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-6}
+
+
+def resolve_dtype(dtype, *arrays) -> np.dtype:
+    """Compute dtype of a call: ``dtype`` if given, else the inputs' own.
+
+    Raises
+    ------
+    ValueError
+        ``dtype`` is not float32/float64; the floating inputs disagree in
+        dtype; or ``dtype`` differs from the inputs' (a float32/float64 mix-up:
+        cast the inputs first, nothing is converted silently).
+    """
+    float_dtypes = sorted({np.asarray(a).dtype for a in arrays if np.asarray(a).dtype.kind == "f"}, key=str)
+    if len(float_dtypes) > 1:
+        raise ValueError(
+            "inputs mix floating dtypes "
+            f"{[str(d) for d in float_dtypes]}; give r_ij, rotations and semiaxes one dtype"
+        )
+    given = float_dtypes[0] if float_dtypes else np.dtype(np.float64)
+    if dtype is None:
+        dtype = given
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError as err:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}") from err
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    if float_dtypes and given != dtype:
+        raise ValueError(
+            f"dtype={dtype} requested but the inputs are {given}: a float32/float64 mix-up; "
+            f"cast the inputs with .astype(np.{dtype}) first"
+        )
+    return dtype
+
+
+def check_pair_arrays(r_ij, rotations, semiaxes, dtype=None):
+    """Validate and normalise a pair batch.
+
+    Parameters
+    ----------
+    r_ij : (P, 3) array, angstrom, finite
+    rotations : (P, 3, 3) array, proper rotations (body to lab)
+    semiaxes : (P, 3) array, angstrom, finite and > 0
+    dtype : None, float32 or float64
+        Compute dtype; None means the inputs' dtype (float64 for integers).
+
+    Returns
+    -------
+    r_ij, rotations, semiaxes as C-contiguous arrays of ``dtype``, and ``dtype``.
+
+    Raises
+    ------
+    ValueError
+        wrong shapes, non-finite values, non-positive semi-axes, a rotation
+        that is not orthonormal or not proper, or a dtype mix-up; the message
+        names the value and the first offending pair.
+    """
+    dtype = resolve_dtype(dtype, r_ij, rotations, semiaxes)
+    r_ij = np.ascontiguousarray(r_ij, dtype=dtype)
+    rotations = np.ascontiguousarray(rotations, dtype=dtype)
+    semiaxes = np.ascontiguousarray(semiaxes, dtype=dtype)
+    if r_ij.ndim != 2 or r_ij.shape[1] != 3:
+        raise ValueError(f"r_ij must have shape (P, 3), got {r_ij.shape}")
+    n = r_ij.shape[0]
+    if rotations.shape != (n, 3, 3):
+        raise ValueError(f"rotations must have shape ({n}, 3, 3) to match r_ij, got {rotations.shape}")
+    if semiaxes.shape != (n, 3):
+        raise ValueError(f"semiaxes must have shape ({n}, 3) to match r_ij, got {semiaxes.shape}")
+    for name, arr in (("r_ij", r_ij), ("rotations", rotations), ("semiaxes", semiaxes)):
+        bad = ~np.isfinite(arr.reshape(n, -1)).all(axis=1)
+        if bad.any():
+            p = int(np.argmax(bad))
+            raise ValueError(f"{name} has a non-finite value at pair {p}: {arr[p].tolist()}")
+    bad = (semiaxes <= 0).any(axis=1)
+    if bad.any():
+        p = int(np.argmax(bad))
+        raise ValueError(f"semiaxes must be > 0; pair {p} has {semiaxes[p].tolist()}")
+    if n:
+        check_rotations(rotations)
+    return r_ij, rotations, semiaxes, dtype
+
+
+def check_rotations(rotations) -> None:
+    """Raise ValueError naming the first rotation that is not a proper rotation."""
+    rotations = np.asarray(rotations)
+    tol = _ORTHONORMAL_TOL.get(rotations.dtype, 1e-6)
+    gram = np.einsum("pij,pkj->pik", rotations, rotations)
+    deviation = np.abs(gram - np.eye(3, dtype=rotations.dtype)).max(axis=(1, 2))
+    bad = deviation > tol
+    if bad.any():
+        p = int(np.argmax(bad))
+        raise ValueError(
+            f"rotation at pair {p} is not orthonormal (max |R R^T - I| = {deviation[p]:.3g}): "
+            f"{rotations[p].tolist()}"
+        )
+    det = np.linalg.det(rotations.astype(np.float64))
+    bad = det < 0
+    if bad.any():
+        p = int(np.argmax(bad))
+        raise ValueError(f"rotation at pair {p} is a reflection (det = {det[p]:.3g}): {rotations[p].tolist()}")
