@@ -101,6 +101,39 @@ VARIANTS: tuple[Variant, ...] = (
         "numpy_einsum", "kernels.numpy_einsum",
         description="NumPy, batched over pairs: vectorised moments, one contraction per l, chunked",
     ),
+    Variant(
+        "opt_einsum_planned", "kernels.opt_einsum_planned", requires=("opt_einsum",),
+        options={"backend": "numpy"},
+        description="contraction planned once by opt_einsum (cached per hyper-parameters), NumPy backend",
+    ),
+    Variant(
+        "opt_einsum_torch", "kernels.opt_einsum_planned", requires=("opt_einsum", "torch"),
+        options={"backend": "torch"},
+        description="contraction planned once by opt_einsum, executed by Torch",
+    ),
+    Variant(
+        "torch_einsum", "kernels.torch_einsum", requires=("torch",),
+        description="Torch, batched over pairs from geometry to coefficients, eager, CPU",
+    ),
+    Variant(
+        "torch_compiled", "kernels.torch_einsum", requires=("torch",),
+        options={"compile": True},
+        description="torch_einsum under torch.compile (pair counts bucketed: no recompilation per call)",
+    ),
+    Variant(
+        "torch_cuda", "kernels.torch_einsum", requires=("torch",),
+        gpu_probe="cuda_unavailable_reason", options={"device": "cuda"},
+        description="torch_einsum on a CUDA device",
+    ),
+    Variant(
+        "numba_fused", "kernels.numba_fused", requires=("numba",),
+        description="Numba, one fused per-pair kernel (geometry, moments, sparse contraction), prange",
+    ),
+    Variant(
+        "cupy_batched", "kernels.cupy_batched", requires=("cupy",),
+        gpu_probe="gpu_unavailable_reason",
+        description="CuPy/CUDA: every frame's pairs in one GPU pass, one thread per pair",
+    ),
 )
 
 
