@@ -79,7 +79,7 @@ def check_pair_arrays(r_ij, rotations, semiaxes, dtype=None):
     if semiaxes.shape != (n, 3):
         raise ValueError(f"semiaxes must have shape ({n}, 3) to match r_ij, got {semiaxes.shape}")
     for name, arr in (("r_ij", r_ij), ("rotations", rotations), ("semiaxes", semiaxes)):
-        bad = ~np.isfinite(arr.reshape(n, -1)).all(axis=1)
+        bad = ~np.isfinite(arr).all(axis=tuple(range(1, arr.ndim)))
         if bad.any():
             p = int(np.argmax(bad))
             raise ValueError(f"{name} has a non-finite value at pair {p}: {arr[p].tolist()}")

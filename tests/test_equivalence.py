@@ -1,0 +1,198 @@
+"""Every registered variant against the reference.
+
+A variant joins this suite by being in ``kernels.registry.VARIANTS``; nothing
+here names one. Variants that cannot run on this machine are reported as
+skipped with the registry's reason (e.g. no CUDA device), never as passed.
+
+Tolerances (numpy.testing.assert_allclose), on both the raw and the
+Loewdin-orthonormalised coefficients, per angular channel block:
+- float64: rtol = 1e-6, atol = 1e-8 x the block's largest |value|;
+- float32: rtol = 1e-3, atol = 1e-4 x the block's largest |value|
+  (single precision carries ~7 digits; the moment recurrence and the solid
+  harmonic sums cancel up to ~3 of them at lmax 8 for needle/plate shapes).
+The reference runs in float64 on the same (float32-rounded) inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from einsum_workbench.kernels.registry import VARIANTS
+from einsum_workbench.reference.expansion import pairwise_ellip_expansion
+from einsum_workbench.reference.hypers import ExpansionHypers
+from einsum_workbench.reference.radial import orthonormalize
+from einsum_workbench.reference.random_pairs import random_pair_batch
+
+TOLERANCES = {
+    np.float64: dict(rtol=1e-6, atol_scale=1e-8),
+    np.float32: dict(rtol=1e-3, atol_scale=1e-4),
+}
+
+CANDIDATES = [v for v in VARIANTS if v.name != "reference"]
+
+
+def _radial_forms(lmax: int):
+    return {
+        "default": None,
+        "int": 2,
+        "list": [(lmax - l) % 3 + (1 if l == 0 else 0) for l in range(lmax + 1)],
+    }
+
+
+def _hyper_cases():
+    """lmax 0..8 x the three radial-count forms, the two bases alternating."""
+    cases = []
+    for lmax in range(9):
+        for i, (form, max_radial) in enumerate(_radial_forms(lmax).items()):
+            basis = "gto" if (lmax + i) % 2 == 0 else "monomial"
+            cases.append(pytest.param(lmax, basis, max_radial, id=f"l{lmax}-{basis}-{form}"))
+    return cases
+
+
+def make_hypers(lmax, basis, max_radial):
+    if basis == "gto":
+        return ExpansionHypers(lmax, "gto", cutoff=7.0, sigma=1.5, max_radial=max_radial)
+    return ExpansionHypers(lmax, "monomial", cutoff=7.0, max_radial=max_radial)
+
+
+@pytest.fixture(params=CANDIDATES, ids=lambda v: v.name)
+def variant(request):
+    v = request.param
+    reason = v.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"{v.name} not run on this machine: {reason}")
+    return v.name, v.load()
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(hypers, inputs_key, dtype):
+    r_ij, rotations, semiaxes = _inputs(inputs_key, dtype)
+    return pairwise_ellip_expansion(
+        r_ij.astype(np.float64), rotations.astype(np.float64), semiaxes.astype(np.float64), hypers
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _inputs(inputs_key, dtype):
+    n_pairs, seed, shape = inputs_key
+    arrays = random_pair_batch(n_pairs, seed, shape=shape, self_pair_fraction=0.1)
+    return tuple(np.ascontiguousarray(a, dtype=dtype) for a in arrays)
+
+
+def assert_coefficients_close(actual, expected, hypers, dtype, label=""):
+    """Block-by-block comparison of raw and orthonormalised coefficients."""
+    tol = TOLERANCES[dtype]
+    assert len(actual) == hypers.lmax + 1, f"{label}: expected {hypers.lmax + 1} blocks, got {len(actual)}"
+    for l, (a, e) in enumerate(zip(actual, expected)):
+        assert isinstance(a, np.ndarray), f"{label} l={l}: returned {type(a).__name__}, not a NumPy array"
+        assert a.shape == e.shape, f"{label} l={l}: shape {a.shape} != {e.shape}"
+        assert a.dtype == np.dtype(dtype), f"{label} l={l}: dtype {a.dtype} != {np.dtype(dtype)}"
+    ortho_a = orthonormalize([a.astype(np.float64) for a in actual], hypers)
+    ortho_e = orthonormalize(list(expected), hypers)
+    for kind, blocks_a, blocks_e in (("raw", actual, expected), ("orthonormalised", ortho_a, ortho_e)):
+        for l, (a, e) in enumerate(zip(blocks_a, blocks_e)):
+            scale = float(np.max(np.abs(e))) if e.size else 0.0
+            np.testing.assert_allclose(
+                a.astype(np.float64), e, rtol=tol["rtol"], atol=tol["atol_scale"] * scale,
+                err_msg=f"{label} {kind} l={l} ({np.dtype(dtype)})",
+            )
+
+
+@pytest.mark.parametrize("lmax,basis,max_radial", _hyper_cases())
+def test_random_pairs_float64(variant, lmax, basis, max_radial):
+    name, expand = variant
+    hypers = make_hypers(lmax, basis, max_radial)
+    key = (24, 100 + lmax, "mixed")
+    r_ij, rotations, semiaxes = _inputs(key, np.float64)
+    actual = expand(r_ij, rotations, semiaxes, hypers, dtype=np.float64)
+    assert_coefficients_close(actual, _reference(hypers, key, np.float64), hypers, np.float64, name)
+
+
+@pytest.mark.parametrize("lmax,basis,max_radial", [
+    pytest.param(0, "gto", None, id="l0-gto"),
+    pytest.param(3, "monomial", 2, id="l3-monomial-int"),
+    pytest.param(6, "gto", None, id="l6-gto-default"),
+    pytest.param(8, "gto", [3, 2, 2, 1, 1, 1, 0, 0, 0], id="l8-gto-list"),
+    pytest.param(8, "monomial", None, id="l8-monomial-default"),
+])
+def test_random_pairs_float32(variant, lmax, basis, max_radial):
+    name, expand = variant
+    hypers = make_hypers(lmax, basis, max_radial)
+    key = (24, 200 + lmax, "mixed")
+    r_ij, rotations, semiaxes = _inputs(key, np.float32)
+    actual = expand(r_ij, rotations, semiaxes, hypers, dtype=np.float32)
+    assert_coefficients_close(actual, _reference(hypers, key, np.float32), hypers, np.float32, name)
+
+
+@pytest.mark.parametrize("shape", ["spherical", "prolate", "oblate"])
+@pytest.mark.parametrize("basis", ["gto", "monomial"])
+def test_extreme_shapes(variant, shape, basis):
+    name, expand = variant
+    hypers = make_hypers(6, basis, None)
+    key = (32, 7, shape)
+    r_ij, rotations, semiaxes = _inputs(key, np.float64)
+    actual = expand(r_ij, rotations, semiaxes, hypers, dtype=np.float64)
+    assert_coefficients_close(actual, _reference(hypers, key, np.float64), hypers, np.float64, f"{name} {shape}")
+
+
+def test_empty_batch(variant):
+    name, expand = variant
+    hypers = make_hypers(4, "gto", None)
+    for dtype in (np.float64, np.float32):
+        out = expand(np.zeros((0, 3), dtype), np.zeros((0, 3, 3), dtype), np.zeros((0, 3), dtype), hypers, dtype=dtype)
+        assert [b.shape for b in out] == [(0, 2 * l + 1, n) for l, n in enumerate(hypers.num_radial)]
+        assert all(b.dtype == np.dtype(dtype) for b in out)
+
+
+def test_inputs_left_untouched(variant):
+    name, expand = variant
+    hypers = make_hypers(4, "gto", None)
+    arrays = random_pair_batch(10, 3)
+    copies = [a.copy() for a in arrays]
+    expand(*arrays, hypers)
+    for a, c in zip(arrays, copies):
+        np.testing.assert_array_equal(a, c)
+
+
+# Pairs from frames: species, periodic or not, self pairs on and off.
+FRAME_CASES = [
+    pytest.param("ellipsoids", 1, True, True, id="ellipsoids-1sp-periodic-self"),
+    pytest.param("ellipsoids", 3, True, False, id="ellipsoids-3sp-periodic-noself"),
+    pytest.param("benzenes", 2, True, True, id="benzenes-2sp-periodic-self"),
+    pytest.param("benzenes", 4, False, False, id="benzenes-4sp-open-noself"),
+    pytest.param("ellipsoids", 2, False, True, id="ellipsoids-2sp-open-self"),
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _frame_pairs(workload, n_species, periodic, self_pairs):
+    from einsum_workbench.reference.pairs import frames_to_pairs
+    from einsum_workbench.reference.workloads import WORKLOADS
+
+    frames = WORKLOADS[workload](2, seed=11, n_species=n_species)
+    if not periodic:
+        for frame in frames:
+            frame.pbc = False
+    pairs = frames_to_pairs(frames, 5.0, self_pairs=self_pairs)
+    # a sample keeps the reference quick while every species pair stays in
+    keep = np.unique(np.concatenate([
+        np.flatnonzero((pairs.centre_species == a) & (pairs.neighbour_species == b))[:15]
+        for a in np.unique(pairs.centre_species) for b in np.unique(pairs.neighbour_species)
+    ]))
+    return pairs.select(keep)
+
+
+@pytest.mark.parametrize("workload,n_species,periodic,self_pairs", FRAME_CASES)
+def test_frame_pairs(variant, workload, n_species, periodic, self_pairs):
+    name, expand = variant
+    pairs = _frame_pairs(workload, n_species, periodic, self_pairs)
+    assert len(np.unique(pairs.neighbour_species)) == n_species
+    if self_pairs:
+        assert np.any(np.all(pairs.r_ij == 0, axis=1)), "self pairs requested but none present"
+    hypers = make_hypers(5, "gto", None)
+    expected = pairwise_ellip_expansion(pairs.r_ij, pairs.rotations, pairs.semiaxes, hypers)
+    actual = expand(pairs.r_ij, pairs.rotations, pairs.semiaxes, hypers, dtype=np.float64)
+    assert_coefficients_close(actual, expected, hypers, np.float64, f"{name} {workload}")
