@@ -4,9 +4,9 @@ Per chunk of pairs: Gaussian parameters in the ellipsoid's body frame
 (``A' = R diag(d) R^T`` with ``d_k = 1/l_k^2 + 1/sigma^2`` for GTO, so the
 covariance and the determinant need no lab-frame inversion), the moments of
 every monomial up to the largest degree a channel uses, vectorised across
-pairs one degree at a time, then one contraction per l
-(``einsum("pk,kmn->pmn")``, which NumPy hands to BLAS). Chunking bounds the
-extra memory.
+pairs (one multiply-add over a contiguous row of pairs per recurrence term),
+then one contraction per l, ``einsum("kmn,kp->pmn", T_l, M)``, written as the
+BLAS product it is. Chunking bounds the extra memory and keeps rows in cache.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from einsum_workbench.reference.validation import check_pair_arrays
 from .tables import compact_solid_harmonics, num_monomials, recurrence_table
 
 DEFAULT_MAX_MEMORY = 512 * 2**20  # bytes of working memory beyond inputs and outputs
+# Chunks of a few thousand pairs keep the moment rows in cache; the memory
+# bound can only make them smaller.
+CACHE_FRIENDLY_CHUNK = 4096
 
 
 def body_frame_gaussians(r_ij, rotations, semiaxes, hypers: ExpansionHypers):
@@ -57,34 +60,48 @@ def body_frame_gaussians(r_ij, rotations, semiaxes, hypers: ExpansionHypers):
 def normal_moments(covariance, centre, max_degree: int):
     """Expectations ``E[x^n0 y^n1 z^n2]`` of N(centre, covariance), flat order.
 
-    Returns (P, num_monomials(max_degree)) array, one degree layer at a time.
+    Parameters
+    ----------
+    covariance : (P, 3, 3) array; centre : (P, 3) array of the same dtype.
+
+    Returns
+    -------
+    (num_monomials(max_degree), P) array: monomial-major, so that every step
+    of the recurrence is a multiply-add on contiguous rows of P values.
     """
     table = recurrence_table(max_degree)
     n_pairs = centre.shape[0]
-    moments = np.empty((n_pairs, num_monomials(max_degree)), dtype=centre.dtype)
-    moments[:, 0] = 1.0
-    coef = table.coef.astype(centre.dtype)
-    for layer in table.layers:
-        axis, parent = table.axis[layer], table.parent[layer]
-        lower, cf = table.lower[layer], coef[layer]
-        value = centre[:, axis] * moments[:, parent]
+    cov = np.ascontiguousarray(np.moveaxis(covariance, 0, -1))  # (3, 3, P)
+    mean = np.ascontiguousarray(centre.T)  # (3, P)
+    moments = np.empty((num_monomials(max_degree), n_pairs), dtype=centre.dtype)
+    moments[0] = 1.0
+    scratch = np.empty(n_pairs, dtype=centre.dtype)
+    for t, (k, parent, lower, coef) in enumerate(
+        zip(table.axis.tolist(), table.parent.tolist(), table.lower.tolist(), table.coef.tolist()), start=1
+    ):
+        row = moments[t]
+        np.multiply(mean[k], moments[parent], out=row)
         for m in range(3):
-            value += covariance[:, axis, m] * cf[:, m] * moments[:, lower[:, m]]
-        moments[:, layer.start + 1 : layer.stop + 1] = value
+            if coef[m]:
+                np.multiply(cov[k, m], moments[lower[m]], out=scratch)
+                if coef[m] != 1.0:
+                    scratch *= coef[m]
+                row += scratch
     return moments
 
 
 def _bytes_per_pair(hypers: ExpansionHypers, itemsize: int) -> int:
     k = num_monomials(hypers.max_degree)
-    widest_layer = (hypers.max_degree + 1) * (hypers.max_degree + 2) // 2
     widest_out = max((2 * l + 1) * n for l, n in enumerate(hypers.num_radial))
-    # moments, four layer temporaries, geometry temporaries, one l's product
-    return itemsize * (k + 4 * widest_layer + 64 + 2 * widest_out)
+    # moments, geometry temporaries, one l's product and its transposed copy
+    return itemsize * (k + 64 + 2 * widest_out)
 
 
 def chunk_size(hypers: ExpansionHypers, dtype, max_memory: int = DEFAULT_MAX_MEMORY) -> int:
-    """Pairs per chunk so that working memory stays under ``max_memory`` bytes."""
-    return max(1, int(max_memory) // _bytes_per_pair(hypers, np.dtype(dtype).itemsize))
+    """Pairs per chunk: cache-sized, and small enough that working memory stays
+    under ``max_memory`` bytes."""
+    fit = int(max_memory) // _bytes_per_pair(hypers, np.dtype(dtype).itemsize)
+    return max(1, min(CACHE_FRIENDLY_CHUNK, fit))
 
 
 def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None,
@@ -124,8 +141,9 @@ def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None,
         chunk = slice(start, min(start + step, n_pairs))
         covariance, centre, scale = body_frame_gaussians(r_ij[chunk], rotations[chunk], semiaxes[chunk], hypers)
         moments = normal_moments(covariance, centre, hypers.max_degree)
-        moments *= scale[:, None]
+        moments *= scale
         for l, table in enumerate(tables):
-            k = table.shape[0]
-            np.matmul(moments[:, :k], table, out=out[l][chunk].reshape(chunk.stop - chunk.start, -1))
+            # (C_l, K_l) @ (K_l, chunk): one BLAS product per l, then back to pair-major
+            block = table.T @ moments[: table.shape[0]]
+            out[l][chunk] = block.T.reshape(-1, 2 * l + 1, hypers.num_radial[l])
     return out

@@ -7,7 +7,7 @@ Two families, sized by frame count:
   4 particles, like AniSOAP's example dataset ``../shared/data/ellipsoids.xyz``
   (about 10 pairs per particle at cutoff 7).
 - :func:`benzenes`: all-atom-like benzene crystals: one C6H6 molecule per
-  periodic cell (C-C 1.39 A, C-H 1.09 A), stacked in columns 3.55 to 3.85 A
+  periodic cell (C-C 1.39 A, C-H 1.09 A), stacked in columns 3.45 to 3.7 A
   apart with a hexagonal in-plane lattice, about 115 A^3 per molecule (the
   density of crystalline benzene), the whole cell randomly oriented. Every
   atom is an ellipsoid: C oblate along the ring normal, H less anisotropic.
@@ -172,14 +172,15 @@ def benzene_molecule():
 
 def _benzene_cell(rng):
     """Cell (rows) in the molecule's frame: hexagonal in-plane lattice turned
-    ~30 degrees from the C-H bonds so neighbouring H interleave, stacking
-    vector 3.55..3.85 A along the normal with a random slip, ~115 A^3."""
+    ~18 degrees from the C-H bonds (the turn that keeps neighbouring H
+    furthest apart, about 2 A), stacking vector 3.45..3.7 A along the normal
+    with a random slip, 108..122 A^3."""
     volume = rng.uniform(108.0, 122.0)
-    height = rng.uniform(3.55, 3.85)
+    height = rng.uniform(3.45, 3.7)
     side = np.sqrt(volume / (height * np.sin(np.pi / 3)))
-    turn = np.radians(30.0 + rng.uniform(-4.0, 4.0))
+    turn = np.radians(18.0 + rng.uniform(-1.5, 1.5))
     a1 = side * rng.uniform(0.98, 1.02) * np.array([np.cos(turn), np.sin(turn), 0.0])
-    gamma = turn + np.radians(60.0 + rng.uniform(-2.0, 2.0))
+    gamma = turn + np.radians(60.0 + rng.uniform(-1.0, 1.0))
     a2 = side * rng.uniform(0.98, 1.02) * np.array([np.cos(gamma), np.sin(gamma), 0.0])
     phi = rng.uniform(0.0, 2.0 * np.pi)
     slip = rng.uniform(0.0, 1.2) * np.array([np.cos(phi), np.sin(phi), 0.0])

@@ -1,0 +1,346 @@
+"""``torch_einsum`` / ``torch_compiled`` / ``torch_cuda``: the expansion batched in Torch.
+
+The same algorithm as ``numpy_einsum`` (DESIGN.md section 7), written once in
+Torch from geometry to coefficients, with no round trip to NumPy inside:
+
+1. Gaussian parameters in the ellipsoid's body frame: ``A' = R diag(d) R^T``
+   with ``d_k = 1/l_k^2 + 1/sigma^2`` (GTO), so the covariance ``A'^(-1)`` and
+   ``det A'`` need no lab-frame inversion;
+2. moments of every monomial up to the largest degree a channel uses, one
+   degree layer at a time, vectorised across pairs. They are stored
+   monomial-major, ``(K, P)``, so that the recurrence's parents are contiguous
+   rows (see ``_layer_plan``);
+3. one contraction per angular channel l, ``(P, K_l) @ (K_l, (2l+1) n_l)``.
+
+Pairs are processed in chunks that bound memory. ``compile=True`` runs the
+per-chunk core under ``torch.compile``: every chunk is padded to a
+power-of-two *bucket* of pairs (padding pairs are harmless: r = 0, R = I,
+semi-axes 1), and each bucket is compiled once with static shapes, so varying
+pair counts cost at most one compilation per bucket, never one per call
+(``compile_count`` reads the counter). ``device="cuda"`` runs the same code on
+a GPU. Compiled cores are cached per (hyper-parameters, dtype, device).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import types
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from einsum_workbench.reference.hypers import ExpansionHypers
+from einsum_workbench.reference.validation import check_pair_arrays
+
+from .tables import compact_solid_harmonics, num_monomials, recurrence_table
+
+DEFAULT_CHUNK = 4096       # pairs per chunk; also the largest compile bucket
+MIN_BUCKET = 64            # smallest compile bucket (pairs)
+
+_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+
+# incremented by the counting backend each time Dynamo hands a graph to Inductor
+_COMPILE_STATS = {"compiles": 0, "backend_seconds": 0.0}
+
+
+def cuda_unavailable_reason() -> str | None:
+    """None when Torch sees a CUDA device, else why ``device="cuda"`` cannot run."""
+    if not torch.backends.cuda.is_built():
+        return f"this Torch build ({torch.__version__}) has no CUDA support"
+    if not torch.cuda.is_available():
+        return "torch.cuda.is_available() is False: no CUDA device or driver on this machine"
+    return None
+
+
+# ---------------------------------------------------------------- tables
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """Targets of one degree layer that share the recurrence axis k.
+
+    ``E[t] = a_k E[t - e_k] + sum_m S_km coef[m] E[t - e_k - e_m]``; inside a
+    layer (degree-first, n0 then n1 descending order) the targets with the same
+    k are contiguous and so are their parents ``t - e_k``: rows
+    ``parent_start : parent_start + size`` of the moments.
+    """
+
+    axis: int
+    target_start: int     # first target row in the flat monomial order
+    parent_start: int
+    size: int
+    lower: torch.Tensor   # (3, size) int64 rows of E[t - e_k - e_m]
+    coef: torch.Tensor    # (3, size, 1) exponent m of the parent (0: term absent)
+    terms: tuple          # the m with any non-zero coef
+
+
+@functools.lru_cache(maxsize=64)
+def _layer_plan(max_degree: int, dtype: torch.dtype, device: str) -> tuple:
+    """The recurrence as contiguous segments (see ``_Segment``), degree by degree."""
+    table = recurrence_table(max_degree)
+    segments = []
+    for layer in table.layers:
+        axis = table.axis[layer]
+        for k in range(3):
+            rows = np.flatnonzero(axis == k)
+            if rows.size == 0:
+                continue
+            first = layer.start + int(rows[0])
+            parents = table.parent[first: first + rows.size]
+            # the claim that makes slices possible: targets and parents contiguous
+            assert np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size))
+            assert np.array_equal(parents, np.arange(parents[0], parents[0] + rows.size))
+            lower = table.lower[first: first + rows.size].T.copy()
+            coef = table.coef[first: first + rows.size].T.copy()
+            segments.append(_Segment(
+                axis=k, target_start=first + 1, parent_start=int(parents[0]), size=int(rows.size),
+                lower=torch.as_tensor(lower, device=device),
+                coef=torch.as_tensor(coef[:, :, None], dtype=dtype, device=device),
+                terms=tuple(m for m in range(3) if np.any(coef[m] != 0)),
+            ))
+    return tuple(segments)
+
+
+@functools.lru_cache(maxsize=64)
+def _contraction_tables(hypers: ExpansionHypers, dtype: torch.dtype, device: str) -> tuple:
+    """Per l, ``(K_l, (2l+1) n_l)`` solid-harmonic table on ``device``."""
+    return tuple(
+        torch.as_tensor(t.reshape(t.shape[0], -1), dtype=dtype, device=device).contiguous()
+        for t in compact_solid_harmonics(hypers)
+    )
+
+
+# ---------------------------------------------------------------- the core
+
+
+def body_frame_gaussians(r_ij, rotations, semiaxes, hypers: ExpansionHypers):
+    """Covariance, centre and scale of the (basis x density) Gaussian per pair, in Torch.
+
+    Same formulas as ``numpy_einsum.body_frame_gaussians``: ``A' = R diag(d) R^T``,
+    ``d = 1/l^2 (+ 1/sigma^2 for GTO)``.
+
+    Parameters
+    ----------
+    r_ij (P, 3), rotations (P, 3, 3), semiaxes (P, 3): tensors of one float dtype.
+
+    Returns
+    -------
+    covariance (P, 3, 3) = ``A'^(-1)`` [angstrom^2], centre (P, 3) [angstrom],
+    scale (P,) = ``exp(-k/2) / (l1 l2 l3 sqrt(det A'))``.
+    """
+    inv_l2 = 1.0 / semiaxes**2
+    gto = hypers.radial_basis == "gto"
+    inv_s2 = 1.0 / hypers.sigma**2 if gto else 0.0
+    d = inv_l2 + inv_s2
+    body = torch.einsum("pji,pj->pi", rotations, r_ij)  # R^T r
+    covariance = (rotations / d[:, None, :]) @ rotations.transpose(1, 2)
+    if gto:
+        centre = r_ij - inv_s2 * torch.einsum("pij,pj->pi", rotations, body / d)
+        k = inv_s2 * torch.sum(body * body * inv_l2 / d, dim=1)
+        scale = torch.exp(-0.5 * k) / (torch.prod(semiaxes, dim=1) * torch.sqrt(torch.prod(d, dim=1)))
+    else:
+        centre = r_ij
+        scale = 1.0 / (torch.prod(semiaxes, dim=1) * torch.sqrt(torch.prod(d, dim=1)))
+    return covariance, centre, scale
+
+
+def normal_moments_t(covariance, centre, max_degree: int):
+    """Expectations ``E[x^n0 y^n1 z^n2]`` of N(centre, covariance), monomial-major.
+
+    Parameters
+    ----------
+    covariance (P, 3, 3), centre (P, 3): tensors.
+    max_degree : int
+
+    Returns
+    -------
+    (num_monomials(max_degree), P) tensor in the flat order of ``kernels.tables``.
+    """
+    n_pairs = centre.shape[0]
+    plan = _layer_plan(max_degree, centre.dtype, str(centre.device))
+    centre_t = centre.T.contiguous()                    # (3, P)
+    cov_t = covariance.permute(1, 2, 0).contiguous()    # (3, 3, P)
+    rows = [torch.ones((1, n_pairs), dtype=centre.dtype, device=centre.device)]
+    moments = rows[0]
+    for degree in range(1, max_degree + 1):
+        layer = []
+        for seg in plan:
+            if seg.target_start < num_monomials(degree - 1) or seg.target_start >= num_monomials(degree):
+                continue
+            value = centre_t[seg.axis] * moments[seg.parent_start: seg.parent_start + seg.size]
+            for m in seg.terms:
+                value = value + cov_t[seg.axis, m] * (seg.coef[m] * moments[seg.lower[m]])
+            layer.append(value)
+        moments = torch.cat([moments] + layer, dim=0)
+    return moments
+
+
+def _chunk_core(r_ij, rotations, semiaxes, *, hypers: ExpansionHypers):
+    """Coefficients of one chunk: tuple over l of (P, (2l+1) n_l) tensors."""
+    tables = _contraction_tables(hypers, r_ij.dtype, str(r_ij.device))
+    covariance, centre, scale = body_frame_gaussians(r_ij, rotations, semiaxes, hypers)
+    moments = normal_moments_t(covariance, centre, hypers.max_degree) * scale  # (K, P)
+    return tuple(moments[: t.shape[0]].T @ t for t in tables)
+
+
+# ---------------------------------------------------------------- compilation
+
+
+def _counting_backend(graph_module, example_inputs):
+    """Inductor, counting every graph it is handed (one per (re)compilation)."""
+    from torch._inductor.compile_fx import compile_fx
+
+    start = time.perf_counter()
+    compiled = compile_fx(graph_module, example_inputs)
+    _COMPILE_STATS["compiles"] += 1
+    _COMPILE_STATS["backend_seconds"] += time.perf_counter() - start
+    return compiled
+
+
+def compile_count() -> int:
+    """Graphs compiled by this module's ``torch.compile`` backend since import."""
+    return _COMPILE_STATS["compiles"]
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_core(hypers: ExpansionHypers, dtype: torch.dtype, device: str):
+    """``_chunk_core`` under ``torch.compile`` for one (hypers, dtype, device).
+
+    Each key gets its own copy of the core's code object: Dynamo keeps its
+    cache (and its recompilation limit) per code object, so many
+    hyper-parameter sets do not evict one another. Shapes are static
+    (``dynamic=False``); callers pad chunks to buckets (``bucket_size``).
+    """
+    code = _chunk_core.__code__.replace(co_name=f"_chunk_core_{len(_CORE_KEYS)}")
+    _CORE_KEYS.append((hypers, dtype, device))
+    core = types.FunctionType(code, _chunk_core.__globals__, code.co_name, None, None)
+    core.__kwdefaults__ = {"hypers": hypers}
+    return torch.compile(core, backend=_counting_backend, dynamic=False, fullgraph=True)
+
+
+_CORE_KEYS: list = []
+
+
+def bucket_size(n_pairs: int, chunk: int = DEFAULT_CHUNK) -> int:
+    """Padded pair count of a chunk of ``n_pairs``: the next power of two in [MIN_BUCKET, chunk]."""
+    if n_pairs >= chunk:
+        return chunk
+    return min(chunk, max(MIN_BUCKET, 1 << max(0, int(n_pairs - 1).bit_length())))
+
+
+def _pad(r_ij, rotations, semiaxes, size: int):
+    """Pad a chunk to ``size`` pairs with harmless pairs (r = 0, R = I, semi-axes 1)."""
+    n = r_ij.shape[0]
+    if n == size:
+        return r_ij, rotations, semiaxes
+    extra = size - n
+    eye = torch.eye(3, dtype=r_ij.dtype, device=r_ij.device).expand(extra, 3, 3)
+    return (torch.cat([r_ij, r_ij.new_zeros((extra, 3))]),
+            torch.cat([rotations, eye]),
+            torch.cat([semiaxes, semiaxes.new_ones((extra, 3))]))
+
+
+# ---------------------------------------------------------------- the variant
+
+
+def _resolve_device(device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda":
+        reason = cuda_unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(f"device={str(device)!r} requested but {reason}")
+    elif device.type != "cpu":
+        raise ValueError(f"device must be 'cpu' or 'cuda[:index]', got {str(device)!r}")
+    return device
+
+
+def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None, device="cpu",
+           compile: bool = False, chunk: int = DEFAULT_CHUNK):
+    """Raw expansion coefficients of every pair, batched in Torch.
+
+    Parameters
+    ----------
+    r_ij : (P, 3) float array, angstrom
+    rotations : (P, 3, 3) float array, body to lab
+    semiaxes : (P, 3) float array, angstrom, > 0
+    hypers : ExpansionHypers
+    dtype : None, float32 or float64
+        Compute and output dtype (None: the inputs'); float32 computes
+        everything in float32.
+    device : "cpu" (default) or "cuda[:index]"
+        Where Torch computes; the inputs are copied there once and the results
+        back once.
+    compile : bool
+        Run the per-chunk core under ``torch.compile`` (Inductor). Chunks are
+        padded to power-of-two buckets, each compiled once per
+        (hypers, dtype, device).
+    chunk : int
+        Pairs per chunk (bounds working memory to about
+        ``chunk * num_monomials(max_degree) * 6`` values).
+
+    Returns
+    -------
+    list over l of (P, 2l+1, num_radial[l]) NumPy arrays of ``dtype``.
+
+    Raises
+    ------
+    ValueError on malformed input (see ``check_pair_arrays``), a bad device
+    string or a non-positive chunk; RuntimeError if ``device="cuda"`` and no
+    CUDA device is usable (the reason is given).
+    """
+    r_ij, rotations, semiaxes, dtype = check_pair_arrays(r_ij, rotations, semiaxes, dtype)
+    if int(chunk) <= 0:
+        raise ValueError(f"chunk must be a positive number of pairs, got {chunk!r}")
+    device = _resolve_device(device)
+    tdtype = _TORCH_DTYPES[np.dtype(dtype)]
+    n_pairs = r_ij.shape[0]
+    out = [np.empty((n_pairs, 2 * l + 1, n), dtype=dtype) for l, n in enumerate(hypers.num_radial)]
+    if n_pairs == 0:
+        return out
+    inputs = [torch.from_numpy(a).to(device) for a in (r_ij, rotations, semiaxes)]
+    core = compiled_core(hypers, tdtype, str(device)) if compile else functools.partial(_chunk_core, hypers=hypers)
+    targets = [torch.from_numpy(o.reshape(n_pairs, -1)) for o in out]
+    with torch.no_grad():
+        for start in range(0, n_pairs, chunk):
+            stop = min(start + chunk, n_pairs)
+            args = [a[start:stop] for a in inputs]
+            if compile:
+                args = _pad(*args, bucket_size(stop - start, chunk))
+            for target, block in zip(targets, core(*args)):
+                target[start:stop].copy_(block[: stop - start])
+    return out
+
+
+def time_compile(hypers: ExpansionHypers, n_pairs: int = DEFAULT_CHUNK, *, dtype=np.float64,
+                 device="cpu", repeats: int = 3, seed: int = 0) -> dict:
+    """Compile time apart from steady state for ``compile=True``.
+
+    Calls ``expand(..., compile=True)`` on ``n_pairs`` random pairs: the first
+    call compiles (unless this key and bucket were compiled earlier in the
+    process), the next ``repeats`` calls are steady state.
+
+    Returns
+    -------
+    dict with ``first_call_s``, ``steady_s`` (best of ``repeats``),
+    ``compile_s`` (first minus steady), ``compiles`` (graphs compiled by the
+    first call), ``backend_s`` (time spent inside Inductor) and ``n_pairs``.
+    """
+    from einsum_workbench.reference.random_pairs import random_pair_batch
+
+    arrays = [a.astype(dtype) for a in random_pair_batch(n_pairs, seed)]
+    before, backend_before = compile_count(), _COMPILE_STATS["backend_seconds"]
+    start = time.perf_counter()
+    expand(*arrays, hypers, dtype=dtype, device=device, compile=True)
+    first = time.perf_counter() - start
+    compiles = compile_count() - before
+    steady = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        expand(*arrays, hypers, dtype=dtype, device=device, compile=True)
+        steady.append(time.perf_counter() - start)
+    best = min(steady)
+    return {"first_call_s": first, "steady_s": best, "compile_s": max(0.0, first - best),
+            "compiles": compiles, "backend_s": _COMPILE_STATS["backend_seconds"] - backend_before,
+            "n_pairs": n_pairs}

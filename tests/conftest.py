@@ -1,0 +1,30 @@
+"""Shared fixtures: the real dataset in ../shared/data and small pair helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+ELLIPSOIDS_XYZ = SHARED_DATA / "ellipsoids.xyz"
+
+
+@pytest.fixture(scope="session")
+def shared_data_path() -> Path:
+    """Path of AniSOAP's example dataset ``../shared/data/ellipsoids.xyz``
+    (relative to the repository root); the test is skipped, naming the
+    missing path, when it is absent (e.g. a clone without ../shared)."""
+    if not ELLIPSOIDS_XYZ.is_file():
+        pytest.skip(f"real-data file not found: {ELLIPSOIDS_XYZ} (expected at ../shared/data/ellipsoids.xyz)")
+    return ELLIPSOIDS_XYZ
+
+
+@pytest.fixture(scope="session")
+def real_frames(shared_data_path):
+    """First 20 frames of the real dataset (coarse-grained benzene, species X,
+    quaternions ``c_q``, no diameters stored)."""
+    from einsum_workbench.reference.pairs import read_frames
+
+    return read_frames(shared_data_path, index=":20")
