@@ -93,8 +93,9 @@ def normal_moments(covariance, centre, max_degree: int):
 def _bytes_per_pair(hypers: ExpansionHypers, itemsize: int) -> int:
     k = num_monomials(hypers.max_degree)
     widest_out = max((2 * l + 1) * n for l, n in enumerate(hypers.num_radial))
-    # moments, geometry temporaries, one l's product and its transposed copy
-    return itemsize * (k + 64 + 2 * widest_out)
+    # moments, geometry temporaries (einsum intermediates up to 27 per pair,
+    # covariance twice, centres, scales), one l's product and its transposed copy
+    return itemsize * (k + 2 * widest_out + 128)
 
 
 def chunk_size(hypers: ExpansionHypers, dtype, max_memory: int = DEFAULT_MAX_MEMORY) -> int:

@@ -162,18 +162,13 @@ def normal_moments_t(covariance, centre, max_degree: int):
     plan = _layer_plan(max_degree, centre.dtype, str(centre.device))
     centre_t = centre.T.contiguous()                    # (3, P)
     cov_t = covariance.permute(1, 2, 0).contiguous()    # (3, 3, P)
-    rows = [torch.ones((1, n_pairs), dtype=centre.dtype, device=centre.device)]
-    moments = rows[0]
-    for degree in range(1, max_degree + 1):
-        layer = []
-        for seg in plan:
-            if seg.target_start < num_monomials(degree - 1) or seg.target_start >= num_monomials(degree):
-                continue
-            value = centre_t[seg.axis] * moments[seg.parent_start: seg.parent_start + seg.size]
-            for m in seg.terms:
-                value = value + cov_t[seg.axis, m] * (seg.coef[m] * moments[seg.lower[m]])
-            layer.append(value)
-        moments = torch.cat([moments] + layer, dim=0)
+    moments = centre.new_empty((num_monomials(max_degree), n_pairs))
+    moments[0] = 1.0
+    for seg in plan:  # degree by degree: a segment reads only lower degrees
+        value = centre_t[seg.axis] * moments[seg.parent_start: seg.parent_start + seg.size]
+        for m in seg.terms:
+            value = value + cov_t[seg.axis, m] * (seg.coef[m] * moments[seg.lower[m]])
+        moments[seg.target_start: seg.target_start + seg.size] = value
     return moments
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_CHECK_CHUNK = 4096  # pairs validated at a time (bounded scratch memory)
 _ORTHONORMAL_TOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-6}
 
 
@@ -78,22 +79,32 @@ def check_pair_arrays(r_ij, rotations, semiaxes, dtype=None):
         raise ValueError(f"rotations must have shape ({n}, 3, 3) to match r_ij, got {rotations.shape}")
     if semiaxes.shape != (n, 3):
         raise ValueError(f"semiaxes must have shape ({n}, 3) to match r_ij, got {semiaxes.shape}")
+    # checked in slices so that validation needs little memory at any batch size
+    for first in range(0, n, _CHECK_CHUNK):
+        chunk = slice(first, min(first + _CHECK_CHUNK, n))
+        _check_values(r_ij[chunk], rotations[chunk], semiaxes[chunk], first)
+    return r_ij, rotations, semiaxes, dtype
+
+
+def _check_values(r_ij, rotations, semiaxes, first: int) -> None:
     for name, arr in (("r_ij", r_ij), ("rotations", rotations), ("semiaxes", semiaxes)):
         bad = ~np.isfinite(arr).all(axis=tuple(range(1, arr.ndim)))
         if bad.any():
             p = int(np.argmax(bad))
-            raise ValueError(f"{name} has a non-finite value at pair {p}: {arr[p].tolist()}")
+            raise ValueError(f"{name} has a non-finite value at pair {first + p}: {arr[p].tolist()}")
     bad = (semiaxes <= 0).any(axis=1)
     if bad.any():
         p = int(np.argmax(bad))
-        raise ValueError(f"semiaxes must be > 0; pair {p} has {semiaxes[p].tolist()}")
-    if n:
-        check_rotations(rotations)
-    return r_ij, rotations, semiaxes, dtype
+        raise ValueError(f"semiaxes must be > 0; pair {first + p} has {semiaxes[p].tolist()}")
+    if len(rotations):
+        check_rotations(rotations, first)
 
 
-def check_rotations(rotations) -> None:
-    """Raise ValueError naming the first rotation that is not a proper rotation."""
+def check_rotations(rotations, first: int = 0) -> None:
+    """Raise ValueError naming the first rotation that is not a proper rotation.
+
+    ``first`` is the pair index of ``rotations[0]`` (for the message).
+    """
     rotations = np.asarray(rotations)
     tol = _ORTHONORMAL_TOL.get(rotations.dtype, 1e-6)
     gram = np.einsum("pij,pkj->pik", rotations, rotations)
@@ -102,11 +113,11 @@ def check_rotations(rotations) -> None:
     if bad.any():
         p = int(np.argmax(bad))
         raise ValueError(
-            f"rotation at pair {p} is not orthonormal (max |R R^T - I| = {deviation[p]:.3g}): "
+            f"rotation at pair {first + p} is not orthonormal (max |R R^T - I| = {deviation[p]:.3g}): "
             f"{rotations[p].tolist()}"
         )
-    det = np.linalg.det(rotations.astype(np.float64))
+    det = np.linalg.det(rotations)
     bad = det < 0
     if bad.any():
         p = int(np.argmax(bad))
-        raise ValueError(f"rotation at pair {p} is a reflection (det = {det[p]:.3g}): {rotations[p].tolist()}")
+        raise ValueError(f"rotation at pair {first + p} is a reflection (det = {det[p]:.3g}): {rotations[p].tolist()}")

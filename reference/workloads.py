@@ -49,8 +49,8 @@ def _check_count(name, value, low, high=None):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (
         high is not None and value > high
     ):
-        bound = f"{low}..{high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an int in {bound}, got {value!r}")
+        bound = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
     return int(value)
 
 

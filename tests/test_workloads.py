@@ -78,7 +78,7 @@ def test_species_counts(name, n_species):
 def test_bad_counts_are_named():
     with pytest.raises(ValueError, match="n_species must be an int in 1..4, got 5"):
         workloads.benzenes(1, n_species=5)
-    with pytest.raises(ValueError, match="n_frames must be an int in >= 0, got -1"):
+    with pytest.raises(ValueError, match="n_frames must be an int >= 0, got -1"):
         workloads.ellipsoids(-1)
     with pytest.raises(KeyError, match="unknown workload 'water'"):
         workloads.make_workload("water", 1)

@@ -1,0 +1,302 @@
+"""Measuring one variant on one pair batch: first call, steady state, latency,
+peak memory, and the context (versions, CPU model, pinning) stored with it.
+
+Shared by the pytest-benchmark suites (``bench/test_*.py``) and the command
+line runner (``python -m einsum_workbench.bench run``), so both report the same
+quantities the same way. Import it only after the threads are pinned
+(:mod:`.pinning`): it imports NumPy.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import platform
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+#: distributions whose versions are stored with every result
+VERSIONED_PACKAGES = (
+    "einsum-workbench", "numpy", "scipy", "numba", "torch", "opt_einsum", "threadpoolctl",
+    "pytest-benchmark", "ase", "vesin",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def package_versions() -> dict:
+    """Installed versions of ``VERSIONED_PACKAGES`` (None when absent) and Python's.
+
+    Read from the distributions' metadata, so nothing is imported.
+    """
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's brand string from py-cpuinfo (``/proc/cpuinfo`` if py-cpuinfo fails)."""
+    try:
+        import cpuinfo
+
+        brand = cpuinfo.get_cpu_info().get("brand_raw")
+        if brand:
+            return brand
+    except Exception:  # py-cpuinfo probes the CPU in a subprocess; any failure falls back
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def latency_stats(times_s) -> dict:
+    """Summary of per-call wall times in seconds.
+
+    Parameters
+    ----------
+    times_s : sequence of float, seconds, at least one value
+
+    Returns
+    -------
+    dict with rounds, mean_s, stddev_s, min_s, max_s, median_s, p95_s, p99_s
+    (percentiles by linear interpolation, ``numpy.percentile``'s default).
+
+    Raises
+    ------
+    ValueError if ``times_s`` is empty or holds a negative or non-finite value.
+    """
+    t = np.asarray(times_s, dtype=float)
+    if t.size == 0:
+        raise ValueError("latency_stats needs at least one call time, got none")
+    if not np.all(np.isfinite(t)) or np.any(t < 0):
+        raise ValueError(f"call times must be finite and >= 0, got {t.tolist()!r}")
+    return {
+        "rounds": int(t.size),
+        "mean_s": float(t.mean()),
+        "stddev_s": float(t.std(ddof=1)) if t.size > 1 else 0.0,
+        "min_s": float(t.min()),
+        "max_s": float(t.max()),
+        "median_s": float(np.median(t)),
+        "p95_s": float(np.percentile(t, 95)),
+        "p99_s": float(np.percentile(t, 99)),
+    }
+
+
+def throughput(median_s: float, n_pairs: int) -> dict:
+    """Time per pair [s] and pairs per second from a call's median time.
+
+    A batch of zero pairs has no per-pair time (None for both).
+    """
+    if n_pairs <= 0 or median_s <= 0:
+        return {"time_per_pair_s": None, "pairs_per_second": None}
+    return {"time_per_pair_s": median_s / n_pairs, "pairs_per_second": n_pairs / median_s}
+
+
+def _read_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_rss_high_water_mark() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class _RssSampler:
+    """Fallback peak-RSS probe: samples psutil's RSS every millisecond in a thread."""
+
+    def __init__(self):
+        import psutil
+
+        self._process = psutil.Process()
+        self.peak = self._process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            time.sleep(0.001)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+
+def measure_peak_memory(call, *, device: str | None = None, traced: bool = False) -> dict:
+    """Peak extra memory of one call of ``call()``.
+
+    Host: the RSS high-water mark above the RSS before the call (kernel's
+    VmHWM, reset through ``/proc/self/clear_refs``; psutil sampling every 1 ms
+    where that is not possible). It counts every allocator (NumPy, Torch,
+    Numba). With ``traced=True`` also tracemalloc's peak (Python and NumPy
+    allocations only; slows pure-Python loops). Device: Torch's CUDA peak
+    allocation when ``device`` starts with "cuda".
+
+    Returns
+    -------
+    dict with host_peak_bytes, host_method, traced_peak_bytes (or None),
+    device_peak_bytes (or None).
+    """
+    result = {"host_peak_bytes": None, "host_method": None, "traced_peak_bytes": None, "device_peak_bytes": None}
+    cuda = device is not None and str(device).startswith("cuda") and "torch" in sys.modules
+    if cuda:
+        torch = sys.modules["torch"]
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        device_base = torch.cuda.memory_allocated()
+    if traced:
+        import tracemalloc
+
+        tracemalloc.start()
+    if _reset_rss_high_water_mark() and _read_status_kib("VmHWM") is not None:
+        before = _read_status_kib("VmRSS")
+        call()
+        result["host_peak_bytes"] = max(0, _read_status_kib("VmHWM") - before) * 1024
+        result["host_method"] = "VmHWM above VmRSS before the call"
+    else:
+        import psutil
+
+        before = psutil.Process().memory_info().rss
+        with _RssSampler() as sampler:
+            call()
+        result["host_peak_bytes"] = max(0, sampler.peak - before)
+        result["host_method"] = "psutil RSS sampled every 1 ms, above RSS before the call"
+    if traced:
+        result["traced_peak_bytes"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    if cuda:
+        torch.cuda.synchronize()
+        result["device_peak_bytes"] = int(torch.cuda.max_memory_allocated() - device_base)
+    return result
+
+
+def synchronizer(device: str | None):
+    """A function that waits for a device's queued work (no-op on the CPU).
+
+    A GPU clock must be read only after synchronising.
+    """
+    if device is not None and str(device).startswith("cuda") and "torch" in sys.modules:
+        return sys.modules["torch"].cuda.synchronize
+    return lambda: None
+
+
+def timed_call(call, sync=lambda: None) -> tuple[float, object]:
+    """(wall seconds, result) of one call, synchronising the device after it."""
+    start = time.perf_counter()
+    out = call()
+    sync()
+    return time.perf_counter() - start, out
+
+
+def check_output_shapes(out, n_pairs: int, hypers, variant: str) -> None:
+    """Raise AssertionError naming the variant if ``out`` breaks the contract's shapes.
+
+    Expected: a list over l = 0..lmax of (P, 2l+1, num_radial[l]) arrays.
+    """
+    if len(out) != hypers.lmax + 1:
+        raise AssertionError(f"{variant}: returned {len(out)} blocks, expected lmax + 1 = {hypers.lmax + 1}")
+    for l, block in enumerate(out):
+        expected = (n_pairs, 2 * l + 1, hypers.num_radial[l])
+        if tuple(np.shape(block)) != expected:
+            raise AssertionError(f"{variant}: block l={l} has shape {np.shape(block)}, expected {expected}")
+
+
+def check_against_reference(out, expected, variant: str, rtol: float = 1e-6) -> None:
+    """Spot-check raw coefficients against the reference on the same pairs.
+
+    ``atol`` is ``1e-8`` times the block's largest magnitude (DESIGN.md
+    section 5); float32 outputs get ``rtol=1e-3`` and ``atol`` scaled by 1e-4.
+    The equivalence suite (tests/) is the full check; this one catches a
+    variant breaking on the benchmarked data.
+    """
+    for l, (got, ref) in enumerate(zip(out, expected)):
+        got = np.asarray(got)
+        scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+        single = got.dtype == np.float32
+        np.testing.assert_allclose(
+            got.astype(np.float64), ref,
+            rtol=1e-3 if single else rtol, atol=(1e-4 if single else 1e-8) * scale,
+            err_msg=f"{variant}: block l={l} differs from the reference on the benchmarked pairs",
+        )
+
+
+@dataclass
+class Measurement:
+    """One variant measured on one pair batch (what every result carries)."""
+
+    variant: str
+    workload: dict
+    n_pairs: int
+    dtype: str
+    first_call_s: float
+    steady: dict | None  # latency_stats of the steady-state calls; None when not timed
+    peak_memory: dict | None
+    pinning: dict
+    speedup_vs_reference: float | None = None
+    reference_median_s: float | None = None
+
+    def as_dict(self) -> dict:
+        """JSON-serialisable record (also the ``extra_info`` of a pytest-benchmark result)."""
+        median = self.steady["median_s"] if self.steady else None
+        rates = throughput(median, self.n_pairs) if median else {"time_per_pair_s": None, "pairs_per_second": None}
+        return {
+            "variant": self.variant,
+            "workload": self.workload,
+            "pairs": self.n_pairs,
+            "dtype": self.dtype,
+            **rates,
+            "speedup_vs_reference": self.speedup_vs_reference,
+            "reference_median_s": self.reference_median_s,
+            "first_call_s": self.first_call_s,
+            "latency": self.steady,
+            "peak_memory": self.peak_memory,
+            "threads": self.pinning["threads"],
+            "pinning": self.pinning,
+            "versions": package_versions(),
+            "cpu_model": cpu_model(),
+            "host": platform.node(),
+            "pid": os.getpid(),
+        }
+
+
+def choose_rounds(estimate_s: float, budget_s: float, min_rounds: int, max_rounds: int) -> int:
+    """Steady-state rounds that fit ``budget_s`` given one call's time, clamped.
+
+    Raises ValueError if the bounds are not ``1 <= min_rounds <= max_rounds``.
+    """
+    if not 1 <= min_rounds <= max_rounds:
+        raise ValueError(f"need 1 <= min_rounds <= max_rounds, got {min_rounds} and {max_rounds}")
+    if estimate_s <= 0:
+        return max_rounds
+    return int(min(max_rounds, max(min_rounds, budget_s // estimate_s)))
