@@ -207,11 +207,15 @@ def rotations_from_matrices(flat, *, what="atom") -> np.ndarray:
     if m.size % 9 != 0 or (m.ndim >= 2 and m.shape[-1] not in (9, 3)):
         raise ValueError(f"rotation matrices must be stored as 9 values per {what}, got shape {m.shape}")
     m = m.reshape(-1, 3, 3)
-    for k, r in enumerate(m):
-        if not np.isfinite(r).all():
-            raise ValueError(f"rotation matrix of {what} {k} has a non-finite value: {r.tolist()}")
-        if np.abs(r @ r.T - np.eye(3)).max() > _ROTATION_TOL or np.linalg.det(r) < 0:
-            raise ValueError(f"rotation matrix of {what} {k} is not a proper rotation: {r.tolist()}")
+    bad = ~np.isfinite(m).all(axis=(1, 2))
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(f"rotation matrix of {what} {k} has a non-finite value: {m[k].tolist()}")
+    deviation = np.abs(m @ m.transpose(0, 2, 1) - np.eye(3)).max(axis=(1, 2))
+    bad = (deviation > _ROTATION_TOL) | (np.linalg.det(m) < 0)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(f"rotation matrix of {what} {k} is not a proper rotation: {m[k].tolist()}")
     return m
 
 

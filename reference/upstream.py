@@ -68,6 +68,9 @@ def _ssl_context():
 
 
 def _download(url: str, timeout: float) -> bytes:
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file" and os.path.isdir(urllib.request.url2pathname(parsed.path)):
+        url = url.rstrip("/") + "/index.html"  # a simple index on disk, as pip reads one
     try:
         with urllib.request.urlopen(url, timeout=timeout, context=_ssl_context()) as response:
             return response.read()

@@ -186,3 +186,29 @@ def test_missing_diameters_and_bad_cutoff_are_named(real_frames):
         frames_to_pairs(real_frames[:1], CUTOFF)
     with pytest.raises(ValueError, match="cutoff must be a finite number > 0, got -1"):
         frames_to_pairs(real_frames[:1], -1.0, semiaxes=(1, 1, 1))
+
+
+def test_mixed_periodicity_matches_ase():
+    # featomic refuses mixed periodic boundaries; ASE's neighbour list is the check here
+    from ase.neighborlist import neighbor_list
+
+    frame = workloads.benzenes(1, seed=4)[0]
+    frame.cell = [[6.0, 0.0, 0.0], [0.5, 6.0, 0.0], [0.0, 0.0, 0.0]]
+    frame.pbc = [True, True, False]
+    batch = frames_to_pairs(frame, CUTOFF, self_pairs=False)
+    i, j, shift, r = neighbor_list("ijSD", frame, CUTOFF, self_interaction=False)
+    theirs = {(0, a, b, *s): v for a, b, s, v in zip(i.tolist(), j.tolist(), shift.tolist(), r)}
+    ours = our_pairs(batch)
+    assert set(ours) == set(theirs) and len(ours) > 0
+    for key, value in ours.items():
+        np.testing.assert_allclose(value, theirs[key], rtol=0, atol=1e-10)
+    assert np.all(batch.shift[:, 2] == 0)
+
+
+def test_improper_rotation_matrix_is_named():
+    frame = workloads.benzenes(1)[0]
+    matrices = rotations_from_quaternions(frame.arrays["c_q"])
+    matrices[2] = -matrices[2]  # a reflection
+    frame.arrays["rot"] = matrices.reshape(-1, 9)
+    with pytest.raises(ValueError, match=r"frame 0: rotation matrix of atom 2 is not a proper rotation"):
+        frames_to_pairs(frame, CUTOFF, rotation_key="rot", rotation_type="matrix")
