@@ -8,9 +8,9 @@
 
 template <typename T>
 static void expand_pairs_host(const T* r_ij, const T* rotations, const T* semiaxes, T* out,
-                              long long n_pairs) {
+                              long long n_pairs, long long out_stride) {
     for (long long p = 0; p < n_pairs; ++p) {
-        wb::expand_pair<T, wb::Spec>(r_ij + 3 * p, rotations + 9 * p, semiaxes + 3 * p, out + p, n_pairs);
+        wb::expand_pair<T, wb::Spec>(r_ij + 3 * p, rotations + 9 * p, semiaxes + 3 * p, out + p, out_stride);
     }
 }
 
@@ -19,13 +19,13 @@ extern "C" {
 int wb_host_num_outputs() { return wb::Spec::num_outputs; }
 
 void wb_host_expand_f64(const double* r_ij, const double* rotations, const double* semiaxes,
-                        double* out, long long n_pairs) {
-    expand_pairs_host<double>(r_ij, rotations, semiaxes, out, n_pairs);
+                        double* out, long long n_pairs, long long out_stride) {
+    expand_pairs_host<double>(r_ij, rotations, semiaxes, out, n_pairs, out_stride);
 }
 
 void wb_host_expand_f32(const float* r_ij, const float* rotations, const float* semiaxes,
-                        float* out, long long n_pairs) {
-    expand_pairs_host<float>(r_ij, rotations, semiaxes, out, n_pairs);
+                        float* out, long long n_pairs, long long out_stride) {
+    expand_pairs_host<float>(r_ij, rotations, semiaxes, out, n_pairs, out_stride);
 }
 
 }  // extern "C"

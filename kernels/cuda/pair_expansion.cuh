@@ -14,7 +14,8 @@
 // this header; this file holds what does not depend on the hyper-parameters.
 //
 // Mathematics: DESIGN.md section 3 and kernels/numpy_einsum.body_frame_gaussians.
-#pragma once
+#ifndef WB_PAIR_EXPANSION_CUH
+#define WB_PAIR_EXPANSION_CUH
 
 #if !defined(__CUDACC__)
 #include <math.h>
@@ -88,3 +89,5 @@ __host__ __device__ inline void expand_pair(const T* r, const T* rot, const T* s
 }
 
 }  // namespace wb
+
+#endif  // WB_PAIR_EXPANSION_CUH

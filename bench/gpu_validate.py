@@ -1,0 +1,412 @@
+"""One-command validation of the GPU variants, for a person with a CUDA GPU.
+
+Run once on the GPU machine (it installs nothing)::
+
+    python -m einsum_workbench.bench.gpu_validate          # or: python bench/gpu_validate.py
+    python -m einsum_workbench.bench.gpu_validate --pairs 4194304 --json gpu.json
+
+It
+
+1. checks every GPU variant that can run (``cupy_batched``; ``torch_cuda`` when
+   Torch has CUDA) against the reference: lmax 0..8 x radial-count forms x both
+   bases in float64, a float32 subset, spherical / prolate / oblate
+   ellipsoids and an empty batch, with the tolerances of
+   ``tests/test_equivalence.py`` (float64 rtol 1e-6, atol 1e-8 x block max, on
+   raw and orthonormalised coefficients; float32 rtol 1e-3, atol 1e-4 x block
+   max); for ``cupy_batched`` also chunked == unchunked (bit for bit),
+   ``keep_on_device`` CuPy arrays, and the GPU against the same per-pair body
+   compiled for the CPU by g++ (when g++ is present);
+2. times them at lmax 6 (GTO, sigma 1.5, default radial counts) in float64 and
+   float32 with warm-up excluded and the device synchronised around the timed
+   region (CUDA events for kernel-only timings, ``synchronize`` + wall clock for
+   end-to-end calls);
+3. prints a table: the card's name, pairs per second, the fraction of the
+   memory-bandwidth bound (inputs read + outputs written once per pair at the
+   card's theoretical DRAM bandwidth), and peak GPU memory (CuPy memory pool
+   bytes held from an emptied pool / ``torch.cuda.max_memory_allocated``).
+
+Modes: ``kernel`` = inputs and outputs already on the device, one kernel
+launch (the device code's throughput; the goal of >= 1e9 pairs/s at lmax 6
+float64 on an H100 refers to it); ``device-out`` = NumPy in, CuPy out
+(``keep_on_device=True``); ``end-to-end`` = NumPy in, NumPy out (bound by the
+host link, PCIe, not by the GPU).
+
+Exit status: 0 every check passed; 1 a check failed (listed); 2 usage error;
+3 SKIPPED: no CUDA device (printed as "SKIPPED: no CUDA device: ..." with each
+variant's reason; nothing was validated or timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from einsum_workbench.kernels.registry import get_variant
+from einsum_workbench.reference.expansion import pairwise_ellip_expansion
+from einsum_workbench.reference.hypers import ExpansionHypers
+from einsum_workbench.reference.radial import orthonormalize
+from einsum_workbench.reference.random_pairs import random_pair_batch
+
+GPU_VARIANTS = ("cupy_batched", "torch_cuda")
+TOLERANCES = {
+    np.dtype(np.float64): dict(rtol=1e-6, atol_scale=1e-8),
+    np.dtype(np.float32): dict(rtol=1e-3, atol_scale=1e-4),
+}
+EXIT_OK, EXIT_FAILED, EXIT_SKIPPED = 0, 1, 3  # 2 is argparse's usage error
+GOAL_PAIRS_PER_SECOND = 1e9
+
+
+# ---------------------------------------------------------------- equivalence
+
+def make_hypers(lmax, basis, max_radial=None):
+    if basis == "gto":
+        return ExpansionHypers(lmax, "gto", cutoff=7.0, sigma=1.5, max_radial=max_radial)
+    return ExpansionHypers(lmax, "monomial", cutoff=7.0, max_radial=max_radial)
+
+
+def equivalence_cases():
+    """(label, hypers, dtype, n_pairs, seed, shape) as in tests/test_equivalence.py."""
+    cases = []
+    for lmax in range(9):
+        forms = {"default": None, "int": 2,
+                 "list": [(lmax - l) % 3 + (1 if l == 0 else 0) for l in range(lmax + 1)]}
+        for i, (form, max_radial) in enumerate(forms.items()):
+            basis = "gto" if (lmax + i) % 2 == 0 else "monomial"
+            cases.append((f"l{lmax}-{basis}-{form} f64", make_hypers(lmax, basis, max_radial),
+                          np.float64, 24, 100 + lmax, "mixed"))
+    for lmax, basis, max_radial in [(0, "gto", None), (3, "monomial", 2), (6, "gto", None),
+                                    (8, "gto", [3, 2, 2, 1, 1, 1, 0, 0, 0]), (8, "monomial", None)]:
+        cases.append((f"l{lmax}-{basis}-{max_radial} f32", make_hypers(lmax, basis, max_radial),
+                      np.float32, 24, 200 + lmax, "mixed"))
+    for shape in ("spherical", "prolate", "oblate"):
+        for basis in ("gto", "monomial"):
+            cases.append((f"l6-{basis}-{shape} f64", make_hypers(6, basis), np.float64, 32, 7, shape))
+    return cases
+
+
+def _inputs(n_pairs, seed, shape, dtype):
+    arrays = random_pair_batch(n_pairs, seed, shape=shape, self_pair_fraction=0.1)
+    return tuple(np.ascontiguousarray(a, dtype=dtype) for a in arrays)
+
+
+def assert_close(actual, expected, hypers, dtype, label):
+    """Raise AssertionError unless ``actual`` matches ``expected`` (raw and orthonormalised)."""
+    tol = TOLERANCES[np.dtype(dtype)]
+    if len(actual) != hypers.lmax + 1:
+        raise AssertionError(f"{label}: {len(actual)} blocks for lmax {hypers.lmax}")
+    for l, (a, e) in enumerate(zip(actual, expected)):
+        if not isinstance(a, np.ndarray) or a.shape != e.shape or a.dtype != np.dtype(dtype):
+            raise AssertionError(f"{label} l={l}: got {type(a).__name__} {getattr(a, 'shape', '?')} "
+                                 f"{getattr(a, 'dtype', '?')}, expected ndarray {e.shape} {np.dtype(dtype)}")
+    ortho_a = orthonormalize([a.astype(np.float64) for a in actual], hypers)
+    ortho_e = orthonormalize(list(expected), hypers)
+    for kind, blocks_a, blocks_e in (("raw", actual, expected), ("orthonormalised", ortho_a, ortho_e)):
+        for l, (a, e) in enumerate(zip(blocks_a, blocks_e)):
+            scale = float(np.max(np.abs(e))) if e.size else 0.0
+            np.testing.assert_allclose(a.astype(np.float64), e, rtol=tol["rtol"],
+                                       atol=tol["atol_scale"] * scale, err_msg=f"{label} {kind} l={l}")
+
+
+def _first_line(text) -> str:
+    """First non-blank line of an error message (NumPy's start with a blank one)."""
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+
+
+class Checks:
+    """Runs named checks, recording passes and failures (with the error)."""
+
+    def __init__(self):
+        self.passed: list[str] = []
+        self.failed: list[tuple[str, str]] = []
+
+    def run(self, label, check):
+        try:
+            check()
+        except Exception as err:  # any error is a failed check, reported with its message
+            self.failed.append((label, f"{type(err).__name__}: {err}"[:2000]))
+            print(f"  FAIL {label}: {type(err).__name__}: {_first_line(err)}")
+            if not isinstance(err, AssertionError):
+                traceback.print_exc(limit=3)
+        else:
+            self.passed.append(label)
+
+
+def check_equivalence(name, expand, checks: Checks):
+    print(f"[{name}] equivalence against the reference")
+    for label, hypers, dtype, n_pairs, seed, shape in equivalence_cases():
+        arrays = _inputs(n_pairs, seed, shape, dtype)
+
+        def one(arrays=arrays, hypers=hypers, dtype=dtype, label=label):
+            expected = pairwise_ellip_expansion(*(a.astype(np.float64) for a in arrays), hypers)
+            assert_close(expand(*arrays, hypers, dtype=dtype), expected, hypers, dtype, f"{name} {label}")
+
+        checks.run(f"{name} {label}", one)
+
+    def empty():
+        hypers = make_hypers(4, "gto")
+        for dtype in (np.float64, np.float32):
+            out = expand(np.zeros((0, 3), dtype), np.zeros((0, 3, 3), dtype), np.zeros((0, 3), dtype), hypers)
+            shapes = [b.shape for b in out]
+            want = [(0, 2 * l + 1, n) for l, n in enumerate(hypers.num_radial)]
+            assert shapes == want, f"empty batch shapes {shapes} != {want}"
+
+    checks.run(f"{name} empty batch", empty)
+
+
+def check_cupy_extras(checks: Checks):
+    import cupy
+
+    from einsum_workbench.kernels import cupy_batched as cb
+
+    hypers = make_hypers(6, "gto")
+    arrays = _inputs(5000, 17, "mixed", np.float64)
+    print("[cupy_batched] chunking, keep_on_device, GPU vs host-compiled body")
+
+    def chunked():
+        whole = cb.expand(*arrays, hypers)
+        parts = cb.expand(*arrays, hypers, max_gpu_memory=977 * cb.device_bytes_per_pair(hypers, np.float64))
+        for a, b in zip(whole, parts):
+            np.testing.assert_array_equal(a, b, err_msg="chunked != unchunked")
+
+    def kept():
+        whole = cb.expand(*arrays, hypers)
+        bound = 5000 * 8 * cb.output_offsets(hypers)[-1] + 333 * 8 * cb.INPUT_VALUES_PER_PAIR
+        device = cb.expand(*arrays, hypers, keep_on_device=True, max_gpu_memory=bound)
+        for a, d in zip(whole, device):
+            assert isinstance(d, cupy.ndarray), f"keep_on_device returned {type(d).__name__}"
+            np.testing.assert_array_equal(cupy.asnumpy(d), a, err_msg="keep_on_device != copied back")
+
+    def versus_host():
+        if cb.host_compiler() is None:
+            print("  (g++ absent: GPU vs host-compiled body not compared)")
+            return
+        for dtype, rtol in ((np.float64, 1e-10), (np.float32, 1e-4)):
+            cast = tuple(a.astype(dtype) for a in arrays)
+            gpu, host = cb.expand(*cast, hypers), cb.expand_host_compiled(*cast, hypers)
+            for l, (g, h) in enumerate(zip(gpu, host)):
+                scale = float(np.max(np.abs(h)))
+                np.testing.assert_allclose(g, h, rtol=rtol, atol=rtol * 1e-3 * scale,
+                                           err_msg=f"GPU vs host-compiled, l={l}, {np.dtype(dtype)}")
+
+    checks.run("cupy_batched chunked == unchunked", chunked)
+    checks.run("cupy_batched keep_on_device", kept)
+    checks.run("cupy_batched GPU == host-compiled body", versus_host)
+
+
+# ---------------------------------------------------------------- timing
+
+def card_properties() -> dict:
+    """Name and theoretical DRAM bandwidth (None if unknown) of the current CUDA device."""
+    try:
+        import cupy
+    except ImportError:
+        import torch
+
+        props = torch.cuda.get_device_properties(0)
+        return {"name": props.name, "bandwidth_bytes_per_s": None,
+                "compute_capability": f"{props.major}.{props.minor}",
+                "multiprocessors": props.multi_processor_count}
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    clock_khz, bus_bits = props.get("memoryClockRate"), props.get("memoryBusWidth")
+    # double data rate: two transfers per memory clock
+    bandwidth = 2.0 * clock_khz * 1e3 * bus_bits / 8 if clock_khz and bus_bits else None
+    return {"name": name, "bandwidth_bytes_per_s": bandwidth,
+            "compute_capability": f"{props['major']}.{props['minor']}",
+            "multiprocessors": props["multiProcessorCount"]}
+
+
+def _bound(bandwidth, hypers, dtype):
+    """Pairs per second if each pair's inputs were read and outputs written once at full bandwidth."""
+    from einsum_workbench.kernels import cupy_batched as cb
+
+    return None if not bandwidth else bandwidth / cb.bytes_per_pair(hypers, dtype)
+
+
+def time_cupy_kernel(hypers, dtype, n_pairs, repeats, block_size, max_registers=None):
+    """Kernel-only: device-resident inputs and outputs, CUDA events around ``repeats`` launches."""
+    import cupy
+
+    from einsum_workbench.kernels import cupy_batched as cb
+
+    arrays = _inputs(n_pairs, 1, "mixed", dtype)
+    backend = cb.CupyBackend(hypers, block_size, max_registers)
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
+    d_in = [cupy.asarray(a.reshape(-1)) for a in arrays]
+    d_out = cupy.empty(cb.output_offsets(hypers)[-1] * n_pairs, dtype=dtype)
+    for _ in range(2):  # warm-up: module load, caches
+        backend.launch(*d_in, d_out, n_pairs, n_pairs, dtype)
+    cupy.cuda.Device().synchronize()
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    for _ in range(repeats):
+        backend.launch(*d_in, d_out, n_pairs, n_pairs, dtype)
+    stop.record()
+    stop.synchronize()
+    seconds = cupy.cuda.get_elapsed_time(start, stop) / 1e3 / repeats
+    kernel = backend.module.get_function(cb.KERNEL_NAMES[np.dtype(dtype)])
+    try:
+        attributes = kernel.attributes
+        note = f"block {block_size}, {attributes['num_regs']} regs, {attributes['local_size_bytes']} B local"
+    except Exception:  # attribute names differ between CuPy versions: the note is optional
+        note = f"block {block_size}"
+    if max_registers is not None:
+        note += f" (--maxrregcount={max_registers})"
+    peak = pool.total_bytes()
+    del d_in, d_out
+    return seconds, peak, note
+
+
+def time_call(call, sync, repeats):
+    """Median wall time of ``call`` after one warm-up, synchronised before each clock read."""
+    call()
+    sync()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        call()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def time_cupy_calls(hypers, dtype, n_pairs, repeats, keep_on_device):
+    import cupy
+
+    from einsum_workbench.kernels import cupy_batched as cb
+
+    arrays = _inputs(n_pairs, 1, "mixed", dtype)
+    pool = cupy.get_default_memory_pool()
+    cb.expand(*(a[:1000] for a in arrays), hypers)  # compile outside the timed region
+    pool.free_all_blocks()
+
+    def call():
+        return cb.expand(*arrays, hypers, keep_on_device=keep_on_device)
+
+    seconds = time_call(call, cupy.cuda.Device().synchronize, repeats)
+    return seconds, pool.total_bytes()
+
+
+def time_torch_cuda(hypers, dtype, n_pairs, repeats):
+    import torch
+
+    expand = get_variant("torch_cuda").load()
+    arrays = _inputs(n_pairs, 1, "mixed", dtype)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    seconds = time_call(lambda: expand(*arrays, hypers), torch.cuda.synchronize, repeats)
+    return seconds, torch.cuda.max_memory_allocated()
+
+
+def run_timings(available, n_pairs, repeats, card):
+    hypers = make_hypers(6, "gto")
+    rows = []
+    for dtype in (np.float64, np.float32):
+        bound = _bound(card["bandwidth_bytes_per_s"], hypers, dtype)
+        if "cupy_batched" in available:
+            for block, max_registers in ((64, None), (128, None), (256, None), (128, 168), (128, 128)):
+                seconds, peak, note = time_cupy_kernel(hypers, dtype, n_pairs, repeats, block, max_registers)
+                rows.append(("cupy_batched", "kernel", dtype, n_pairs, seconds, peak, bound, note))
+            for mode, keep in (("device-out", True), ("end-to-end", False)):
+                seconds, peak = time_cupy_calls(hypers, dtype, n_pairs, max(1, repeats // 4), keep)
+                rows.append(("cupy_batched", mode, dtype, n_pairs, seconds, peak, bound, ""))
+        if "torch_cuda" in available:
+            seconds, peak = time_torch_cuda(hypers, dtype, n_pairs, max(1, repeats // 4))
+            rows.append(("torch_cuda", "end-to-end", dtype, n_pairs, seconds, peak, bound, ""))
+    return rows
+
+
+def print_table(card, rows):
+    print()
+    print(f"card: {card['name']} (compute capability {card['compute_capability']}, "
+          f"{card['multiprocessors']} SMs, theoretical DRAM bandwidth "
+          f"{card['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s)" if card["bandwidth_bytes_per_s"]
+          else f"card: {card['name']}")
+    print("workload: lmax 6, GTO sigma 1.5, default radial counts, random mixed ellipsoids")
+    header = f"{'variant':<13} {'mode':<11} {'dtype':<8} {'pairs':>9} {'s/call':>10} {'pairs/s':>10} " \
+             f"{'% bw bound':>10} {'peak GPU MiB':>12}  note"
+    print(header)
+    print("-" * len(header))
+    for name, mode, dtype, n, seconds, peak, bound, note in rows:
+        rate = n / seconds
+        share = f"{100 * rate / bound:.0f}%" if bound else "-"
+        print(f"{name:<13} {mode:<11} {np.dtype(dtype).name:<8} {n:>9d} {seconds:>10.3e} {rate:>10.3e} "
+              f"{share:>10} {peak / 2**20:>12.1f}  {note}")
+    best = [n / s for name, mode, dtype, n, s, *_ in rows
+            if name == "cupy_batched" and mode == "kernel" and np.dtype(dtype) == np.float64]
+    if best:
+        reached = max(best)
+        verdict = "reached" if reached >= GOAL_PAIRS_PER_SECOND else "NOT reached"
+        print(f"\ngoal >= {GOAL_PAIRS_PER_SECOND:.0e} pairs/s at lmax 6 float64 (kernel): {verdict} "
+              f"({reached:.3e} pairs/s)")
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=2**21, help="pairs per timed batch (default 2**21)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed kernel launches (default 20)")
+    parser.add_argument("--skip-equivalence", action="store_true", help="time only")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    if args.pairs < 1 or args.repeats < 1:
+        parser.error(f"--pairs and --repeats must be >= 1, got {args.pairs} and {args.repeats}")
+
+    reasons = {name: get_variant(name).unavailable_reason() for name in GPU_VARIANTS}
+    available = [name for name, reason in reasons.items() if reason is None]
+    if not available:
+        print("SKIPPED: no CUDA device: no GPU variant can run here, so nothing was validated or timed.")
+        for name, reason in reasons.items():
+            print(f"  {name}: {reason}")
+        print(f"exit status {EXIT_SKIPPED} (skipped)")
+        return EXIT_SKIPPED
+    for name, reason in reasons.items():
+        if reason is not None:
+            print(f"not run: {name}: {reason}")
+
+    checks = Checks()
+    if not args.skip_equivalence:
+        for name in available:
+            check_equivalence(name, get_variant(name).load(), checks)
+        if "cupy_batched" in available:
+            check_cupy_extras(checks)
+        print(f"\nequivalence: {len(checks.passed)} passed, {len(checks.failed)} failed")
+
+    card = card_properties()
+    rows = []
+    try:
+        rows = run_timings(available, args.pairs, args.repeats, card)
+    except Exception as err:
+        checks.failed.append(("timings", f"{type(err).__name__}: {err}"))
+        traceback.print_exc()
+    print_table(card, rows)
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({
+                "card": card, "not_run": {k: v for k, v in reasons.items() if v},
+                "passed": checks.passed, "failed": checks.failed,
+                "timings": [dict(variant=r[0], mode=r[1], dtype=np.dtype(r[2]).name, pairs=r[3], seconds=r[4],
+                                 pairs_per_second=r[3] / r[4], peak_gpu_bytes=int(r[5]),
+                                 bandwidth_bound_pairs_per_second=r[6], note=r[7]) for r in rows],
+            }, f, indent=2)
+    if checks.failed:
+        print(f"\nFAILED checks ({len(checks.failed)}):")
+        for label, message in checks.failed:
+            print(f"  {label}: {_first_line(message)}")
+        return EXIT_FAILED
+    print("\nall GPU checks passed")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
