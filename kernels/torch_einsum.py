@@ -10,7 +10,11 @@ Torch from geometry to coefficients, with no round trip to NumPy inside:
    degree layer at a time, vectorised across pairs. They are stored
    monomial-major, ``(K, P)``, so that the recurrence's parents are contiguous
    rows (see ``_layer_plan``);
-3. one contraction per angular channel l, ``(P, K_l) @ (K_l, (2l+1) n_l)``.
+3. the contraction with the solid-harmonic tables as one wide GEMM
+   ``(P, K) @ (K, sum_l (2l+1) n_l)`` over the tables of every l stacked side
+   by side (one GEMM per l instead when zero padding would more than double
+   the work; ``opt_einsum_planned.stacked_tables``). BLAS is far faster on one
+   84-column product than on seven of 4 to 18 columns.
 
 Pairs are processed in chunks that bound memory. ``compile=True`` runs the
 per-chunk core under ``torch.compile``: every chunk is padded to a
@@ -23,6 +27,7 @@ a GPU. Compiled cores are cached per (hyper-parameters, dtype, device).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 import types
@@ -34,7 +39,8 @@ import torch
 from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.validation import check_pair_arrays
 
-from .tables import compact_solid_harmonics, num_monomials, recurrence_table
+from .opt_einsum_planned import stacked_tables
+from .tables import num_monomials, recurrence_table
 
 DEFAULT_CHUNK = 4096       # pairs per chunk; also the largest compile bucket
 MIN_BUCKET = 64            # smallest compile bucket (pairs)
@@ -74,6 +80,28 @@ class _Segment:
     lower: torch.Tensor   # (3, size) int64 rows of E[t - e_k - e_m]
     coef: torch.Tensor    # (3, size, 1) exponent m of the parent (0: term absent)
     terms: tuple          # the m with any non-zero coef
+    runs: tuple           # per m in terms: tuple of (offset, lower_start, length, coef (length, 1))
+
+
+def _runs(lower: np.ndarray, coef: np.ndarray, dtype, device) -> tuple:
+    """Rows with a non-zero coefficient as runs of consecutive lower rows.
+
+    Returns tuple of (offset in the segment, first lower row, length,
+    coefficients as a (length, 1) tensor): static slices, so that a compiled
+    core needs no indirect loads.
+    """
+    runs, start = [], None
+    rows = np.flatnonzero(coef != 0)
+    for i, row in enumerate(rows):
+        if start is None:
+            start = row
+        last = i + 1 == rows.size
+        if last or rows[i + 1] != row + 1 or lower[rows[i + 1]] != lower[row] + 1:
+            length = int(row - start + 1)
+            runs.append((int(start), int(lower[start]), length,
+                         torch.as_tensor(coef[start: row + 1, None].copy(), dtype=dtype, device=device)))
+            start = None
+    return tuple(runs)
 
 
 @functools.lru_cache(maxsize=64)
@@ -90,8 +118,9 @@ def _layer_plan(max_degree: int, dtype: torch.dtype, device: str) -> tuple:
             first = layer.start + int(rows[0])
             parents = table.parent[first: first + rows.size]
             # the claim that makes slices possible: targets and parents contiguous
-            assert np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size))
-            assert np.array_equal(parents, np.arange(parents[0], parents[0] + rows.size))
+            if not (np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size))
+                    and np.array_equal(parents, np.arange(parents[0], parents[0] + rows.size))):
+                raise AssertionError(f"monomial order changed: degree-{layer.stop} axis-{k} targets not contiguous")
             lower = table.lower[first: first + rows.size].T.copy()
             coef = table.coef[first: first + rows.size].T.copy()
             segments.append(_Segment(
@@ -99,17 +128,33 @@ def _layer_plan(max_degree: int, dtype: torch.dtype, device: str) -> tuple:
                 lower=torch.as_tensor(lower, device=device),
                 coef=torch.as_tensor(coef[:, :, None], dtype=dtype, device=device),
                 terms=tuple(m for m in range(3) if np.any(coef[m] != 0)),
+                runs=tuple(_runs(lower[m], coef[m], dtype, device) for m in range(3) if np.any(coef[m] != 0)),
             ))
     return tuple(segments)
 
 
+@dataclass(frozen=True)
+class _Group:
+    """Angular channels contracted together by one GEMM ``(P, K) @ (K, Q)``.
+
+    ``table`` stacks their solid-harmonic tables side by side, zero-padded to
+    the group's largest monomial count K; ``columns[i] = (l, start, stop)``.
+    """
+
+    n_monomials: int
+    table: torch.Tensor
+    columns: tuple
+
+
 @functools.lru_cache(maxsize=64)
-def _contraction_tables(hypers: ExpansionHypers, dtype: torch.dtype, device: str) -> tuple:
-    """Per l, ``(K_l, (2l+1) n_l)`` solid-harmonic table on ``device``."""
-    return tuple(
-        torch.as_tensor(t.reshape(t.shape[0], -1), dtype=dtype, device=device).contiguous()
-        for t in compact_solid_harmonics(hypers)
-    )
+def _contraction_groups(hypers: ExpansionHypers, dtype: torch.dtype, device: str) -> tuple:
+    """``opt_einsum_planned.stacked_tables`` as tensors on ``device`` (see ``_Group``).
+
+    One wide GEMM beats several thin ones (BLAS is poor at 4..18 columns)
+    unless zero padding more than doubles the multiply-adds.
+    """
+    return tuple(_Group(table.shape[0], torch.as_tensor(table.copy(), dtype=dtype, device=device), columns)
+                 for table, columns in stacked_tables(hypers))
 
 
 # ---------------------------------------------------------------- the core
@@ -146,38 +191,93 @@ def body_frame_gaussians(r_ij, rotations, semiaxes, hypers: ExpansionHypers):
     return covariance, centre, scale
 
 
-def normal_moments_t(covariance, centre, max_degree: int):
+def normal_moments_t(covariance, centre, max_degree: int, plan=None):
     """Expectations ``E[x^n0 y^n1 z^n2]`` of N(centre, covariance), monomial-major.
 
     Parameters
     ----------
     covariance (P, 3, 3), centre (P, 3): tensors.
     max_degree : int
+    plan : the ``_layer_plan`` for (max_degree, dtype, device), or None to look it up
+        (a compiled caller passes it: Dynamo must not trace the cache).
 
     Returns
     -------
     (num_monomials(max_degree), P) tensor in the flat order of ``kernels.tables``.
     """
     n_pairs = centre.shape[0]
-    plan = _layer_plan(max_degree, centre.dtype, str(centre.device))
+    if plan is None:
+        plan = _layer_plan(max_degree, centre.dtype, str(centre.device))
     centre_t = centre.T.contiguous()                    # (3, P)
     cov_t = covariance.permute(1, 2, 0).contiguous()    # (3, 3, P)
     moments = centre.new_empty((num_monomials(max_degree), n_pairs))
     moments[0] = 1.0
     for seg in plan:  # degree by degree: a segment reads only lower degrees
-        value = centre_t[seg.axis] * moments[seg.parent_start: seg.parent_start + seg.size]
+        target = moments[seg.target_start: seg.target_start + seg.size]
+        torch.mul(centre_t[seg.axis], moments[seg.parent_start: seg.parent_start + seg.size], out=target)
         for m in seg.terms:
-            value = value + cov_t[seg.axis, m] * (seg.coef[m] * moments[seg.lower[m]])
-        moments[seg.target_start: seg.target_start + seg.size] = value
+            lower = torch.index_select(moments, 0, seg.lower[m]).mul_(seg.coef[m])
+            target.addcmul_(lower, cov_t[seg.axis, m])
     return moments
 
 
-def _chunk_core(r_ij, rotations, semiaxes, *, hypers: ExpansionHypers):
-    """Coefficients of one chunk: tuple over l of (P, (2l+1) n_l) tensors."""
-    tables = _contraction_tables(hypers, r_ij.dtype, str(r_ij.device))
+def normal_moments_functional(covariance, centre, max_degree: int, plan):
+    """``normal_moments_t`` without in-place writes, for ``torch.compile``.
+
+    In-place writes into slices of one moments buffer become a full copy of
+    the buffer per write once functionalised; here each degree layer is a new
+    tensor and the layers are concatenated, which Inductor fuses.
+    """
+    centre_t = centre.T                    # (3, P)
+    cov_t = covariance.permute(1, 2, 0)    # (3, 3, P)
+    moments = torch.ones((1, centre.shape[0]), dtype=centre.dtype, device=centre.device)
+    start = 1
+    layer = []
+    for seg in plan:  # degree by degree: a segment reads only lower degrees
+        if seg.target_start != start + sum(v.shape[0] for v in layer):
+            raise AssertionError("recurrence segments out of order")
+        value = centre_t[seg.axis] * moments[seg.parent_start: seg.parent_start + seg.size]
+        for m, runs in zip(seg.terms, seg.runs):
+            pieces, row = [], 0
+            for offset, lower, length, coef in runs:
+                if offset > row:
+                    pieces.append(moments.new_zeros((offset - row, moments.shape[1])))
+                pieces.append(coef * moments[lower: lower + length])
+                row = offset + length
+            if row < seg.size:
+                pieces.append(moments.new_zeros((seg.size - row, moments.shape[1])))
+            value = value + cov_t[seg.axis, m] * torch.cat(pieces, dim=0)
+        layer.append(value)
+        if seg.axis == 2:  # z^d closes degree d
+            moments = torch.cat([moments] + layer, dim=0)
+            start, layer = moments.shape[0], []
+    return moments
+
+
+def _chunk_core(r_ij, rotations, semiaxes, *, hypers: ExpansionHypers, plan=None, groups=None,
+                functional: bool = False):
+    """Coefficients of one chunk: tuple over GEMM groups of (P, Q_group) tensors.
+
+    ``plan`` and ``groups`` (``_layer_plan``, ``_contraction_groups``) are
+    looked up when None; the compiled core receives them bound, with
+    ``functional=True`` (no in-place writes, see ``normal_moments_functional``).
+    """
+    if plan is None:
+        plan = _layer_plan(hypers.max_degree, r_ij.dtype, str(r_ij.device))
+        groups = _contraction_groups(hypers, r_ij.dtype, str(r_ij.device))
     covariance, centre, scale = body_frame_gaussians(r_ij, rotations, semiaxes, hypers)
-    moments = normal_moments_t(covariance, centre, hypers.max_degree) * scale  # (K, P)
-    return tuple(moments[: t.shape[0]].T @ t for t in tables)
+    if functional:
+        moments = normal_moments_functional(covariance, centre, hypers.max_degree, plan)  # (K, P)
+    else:
+        moments = normal_moments_t(covariance, centre, hypers.max_degree, plan)
+
+    # pair-major for the GEMM: BLAS is much faster on (P, K) @ (K, Q) than on a transposed view
+    if functional:
+        moments = (moments.T * scale[:, None]).contiguous()
+    else:
+        pair_major = moments.new_empty((moments.shape[1], moments.shape[0]))
+        moments = torch.mul(moments.T, scale[:, None], out=pair_major)
+    return tuple(moments[:, : g.n_monomials] @ g.table for g in groups)
 
 
 # ---------------------------------------------------------------- compilation
@@ -199,6 +299,9 @@ def compile_count() -> int:
     return _COMPILE_STATS["compiles"]
 
 
+_CORE_KEYS: list = []   # (hypers, dtype, device) per compiled core, in creation order
+
+
 @functools.lru_cache(maxsize=64)
 def compiled_core(hypers: ExpansionHypers, dtype: torch.dtype, device: str):
     """``_chunk_core`` under ``torch.compile`` for one (hypers, dtype, device).
@@ -211,18 +314,28 @@ def compiled_core(hypers: ExpansionHypers, dtype: torch.dtype, device: str):
     code = _chunk_core.__code__.replace(co_name=f"_chunk_core_{len(_CORE_KEYS)}")
     _CORE_KEYS.append((hypers, dtype, device))
     core = types.FunctionType(code, _chunk_core.__globals__, code.co_name, None, None)
-    core.__kwdefaults__ = {"hypers": hypers}
+    core.__kwdefaults__ = {"hypers": hypers, "plan": _layer_plan(hypers.max_degree, dtype, device),
+                           "groups": _contraction_groups(hypers, dtype, device), "functional": True}
     return torch.compile(core, backend=_counting_backend, dynamic=False, fullgraph=True)
 
 
-_CORE_KEYS: list = []
+# Dynamo keeps at most torch._dynamo.config.recompile_limit (8) graphs per code
+# object, then silently runs eagerly: at most MAX_BUCKETS buckets per core.
+MAX_BUCKETS = 7
 
 
 def bucket_size(n_pairs: int, chunk: int = DEFAULT_CHUNK) -> int:
-    """Padded pair count of a chunk of ``n_pairs``: the next power of two in [MIN_BUCKET, chunk]."""
+    """Padded pair count of a chunk of ``n_pairs`` pairs for the compiled core.
+
+    The next power of two, at least ``max(MIN_BUCKET, chunk / 2**(MAX_BUCKETS-1))``
+    and at most ``chunk``: at most MAX_BUCKETS distinct sizes per chunk size,
+    so at most that many compilations per (hypers, dtype, device), whatever
+    the pair counts.
+    """
     if n_pairs >= chunk:
         return chunk
-    return min(chunk, max(MIN_BUCKET, 1 << max(0, int(n_pairs - 1).bit_length())))
+    smallest = max(MIN_BUCKET, chunk >> (MAX_BUCKETS - 1))
+    return min(chunk, max(smallest, 1 << max(0, int(n_pairs - 1).bit_length())))
 
 
 def _pad(r_ij, rotations, semiaxes, size: int):
@@ -240,8 +353,18 @@ def _pad(r_ij, rotations, semiaxes, size: int):
 # ---------------------------------------------------------------- the variant
 
 
+def _to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Share a NumPy array's memory with Torch on CPU (copy only a read-only one)."""
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.from_numpy(array).to(device)
+
+
 def _resolve_device(device) -> torch.device:
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'cpu' or 'cuda[:index]', got {device!r}") from err
     if device.type == "cuda":
         reason = cuda_unavailable_reason()
         if reason is not None:
@@ -294,27 +417,41 @@ def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None, de
     out = [np.empty((n_pairs, 2 * l + 1, n), dtype=dtype) for l, n in enumerate(hypers.num_radial)]
     if n_pairs == 0:
         return out
-    inputs = [torch.from_numpy(a).to(device) for a in (r_ij, rotations, semiaxes)]
+    inputs = [_to_tensor(a, device) for a in (r_ij, rotations, semiaxes)]
     core = compiled_core(hypers, tdtype, str(device)) if compile else functools.partial(_chunk_core, hypers=hypers)
-    targets = [torch.from_numpy(o.reshape(n_pairs, -1)) for o in out]
+    groups = _contraction_groups(hypers, tdtype, str(device))
+    targets = [torch.from_numpy(o.reshape(n_pairs, o.shape[1] * o.shape[2])) for o in out]
     with torch.no_grad():
         for start in range(0, n_pairs, chunk):
             stop = min(start + chunk, n_pairs)
             args = [a[start:stop] for a in inputs]
             if compile:
                 args = _pad(*args, bucket_size(stop - start, chunk))
-            for target, block in zip(targets, core(*args)):
-                target[start:stop].copy_(block[: stop - start])
+            for group, block in zip(groups, core(*args)):
+                for l, first, last in group.columns:
+                    targets[l][start:stop].copy_(block[: stop - start, first:last])
     return out
 
 
+def cold_compile():
+    """Context manager: Inductor's on-disk caches off, so a compilation is timed cold.
+
+    Without it a graph compiled by an earlier process is loaded from
+    ``/tmp/torchinductor_$USER`` in a fraction of the compile time.
+    """
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(force_disable_caches=True)
+
+
 def time_compile(hypers: ExpansionHypers, n_pairs: int = DEFAULT_CHUNK, *, dtype=np.float64,
-                 device="cpu", repeats: int = 3, seed: int = 0) -> dict:
+                 device="cpu", repeats: int = 3, seed: int = 0, cold: bool = True) -> dict:
     """Compile time apart from steady state for ``compile=True``.
 
     Calls ``expand(..., compile=True)`` on ``n_pairs`` random pairs: the first
     call compiles (unless this key and bucket were compiled earlier in the
-    process), the next ``repeats`` calls are steady state.
+    process), the next ``repeats`` calls are steady state. ``cold=True``
+    disables Inductor's on-disk caches for the first call (``cold_compile``).
 
     Returns
     -------
@@ -326,9 +463,10 @@ def time_compile(hypers: ExpansionHypers, n_pairs: int = DEFAULT_CHUNK, *, dtype
 
     arrays = [a.astype(dtype) for a in random_pair_batch(n_pairs, seed)]
     before, backend_before = compile_count(), _COMPILE_STATS["backend_seconds"]
-    start = time.perf_counter()
-    expand(*arrays, hypers, dtype=dtype, device=device, compile=True)
-    first = time.perf_counter() - start
+    with cold_compile() if cold else contextlib.nullcontext():
+        start = time.perf_counter()
+        expand(*arrays, hypers, dtype=dtype, device=device, compile=True)
+        first = time.perf_counter() - start
     compiles = compile_count() - before
     steady = []
     for _ in range(max(1, repeats)):
