@@ -39,6 +39,10 @@ _POOL_MODULES = ("numpy", "scipy", "torch", "numba", "numexpr")
 _LIMITERS: list = []
 # modules already imported when set_thread_env first ran (a pinning caveat)
 _LOADED_BEFORE_ENV: list[str] | None = None
+# size of Numba's pool to ask for when it loads (the largest thread count requested so far)
+_NUMBA_POOL: int | None = None
+# CPUs the process could use before it was first pinned
+_ALLOWED_CPUS: list[int] | None = None
 
 
 class PinningError(RuntimeError):
@@ -77,19 +81,34 @@ def threads_from_argv(argv, default: int = 1, option: str = "--threads") -> int:
         raise ValueError(f"{option} must be an int >= 1, got {value!r}") from None
 
 
-def set_thread_env(threads: int) -> list[str]:
+def set_thread_env(threads: int, numba_pool: int | None = None) -> list[str]:
     """Set every thread-count variable of ``THREAD_ENV_VARS`` to ``threads``.
+
+    ``NUMBA_NUM_THREADS`` is the size of Numba's pool, fixed when Numba loads:
+    a cap, not the count used (``numba.set_num_threads`` sets that, and
+    :func:`verify` checks it). ``numba_pool`` raises the cap above ``threads``
+    for a process that will also measure at more threads (the thread-scaling
+    suite); by default it equals ``threads``.
 
     Returns the thread-pool modules (numpy, scipy, torch, numba, numexpr)
     already imported at the first call: their pools were sized before the
     variables were set, so only runtime limits (:func:`pin`) reach them.
     """
-    global _LOADED_BEFORE_ENV
+    global _LOADED_BEFORE_ENV, _NUMBA_POOL
     threads = check_thread_count(threads)
+    if numba_pool is not None:
+        check_thread_count(numba_pool)
+    # the largest pool asked for so far: a later, smaller pin must not shrink it before Numba loads
+    _NUMBA_POOL = max(threads, numba_pool or 0, _NUMBA_POOL or 0)
     if _LOADED_BEFORE_ENV is None:
         _LOADED_BEFORE_ENV = [m for m in _POOL_MODULES if m in sys.modules]
+        allowed_cpus()  # remember them before anything is pinned
     for name in THREAD_ENV_VARS:
         os.environ[name] = str(threads)
+    if "numba" in sys.modules:  # its pool is fixed: keep the variable telling its true size
+        os.environ["NUMBA_NUM_THREADS"] = str(sys.modules["numba"].config.NUMBA_NUM_THREADS)
+    else:
+        os.environ["NUMBA_NUM_THREADS"] = str(_NUMBA_POOL)
     return list(_LOADED_BEFORE_ENV)
 
 
@@ -105,15 +124,27 @@ def _thread_ids() -> list[int]:
         return [0]
 
 
+def allowed_cpus() -> list[int]:
+    """The CPUs this process could run on before it was first pinned.
+
+    Remembered at the first call (before any pinning), so that a process
+    pinned to one CPU can later be pinned to two (the thread-scaling suite).
+    """
+    global _ALLOWED_CPUS
+    if _ALLOWED_CPUS is None:
+        _ALLOWED_CPUS = sorted(os.sched_getaffinity(0))
+    return list(_ALLOWED_CPUS)
+
+
 def chosen_cpus(threads: int) -> list[int]:
-    """The first ``threads`` CPUs this process may run on.
+    """The first ``threads`` of :func:`allowed_cpus`.
 
     Raises
     ------
     PinningError
         if fewer CPUs are available than threads asked for.
     """
-    allowed = sorted(os.sched_getaffinity(0))
+    allowed = allowed_cpus()
     if len(allowed) < threads:
         raise PinningError(
             f"CPU affinity: asked for {threads} threads but this process may only run "
@@ -152,10 +183,9 @@ def pin(threads: int) -> dict:
     """
     threads = check_thread_count(threads)
     set_thread_env(threads)
-    from threadpoolctl import threadpool_limits
-
-    _LIMITERS.append(threadpool_limits(limits=threads))
-    set_affinity(chosen_cpus(threads))
+    cpus = chosen_cpus(threads)
+    # Torch and Numba first: setting their counts may start a threading layer
+    # (Numba's OpenMP one loads libgomp), which the limits below must then reach.
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
         torch.set_num_threads(threads)
@@ -169,6 +199,10 @@ def pin(threads: int) -> dict:
                 f"so it cannot run {threads} threads; start a new process with {threads} threads"
             )
         numba.set_num_threads(threads)
+    from threadpoolctl import threadpool_limits
+
+    _LIMITERS.append(threadpool_limits(limits=threads))
+    set_affinity(cpus)  # last: also reaches threads the steps above started
     return pinning_state(threads)
 
 
@@ -192,7 +226,10 @@ def verify(threads: int) -> list[str]:
     problems = []
     for name in THREAD_ENV_VARS:
         value = os.environ.get(name)
-        if value != str(threads):
+        if name == "NUMBA_NUM_THREADS":  # a pool cap: at least the thread count
+            if value is None or not value.isdigit() or int(value) < threads:
+                problems.append(f"environment: {name}={value!r}, expected a pool of at least {threads}")
+        elif value != str(threads):
             problems.append(f"environment: {name}={value!r}, expected {threads!r}")
     for info in _blas_info():
         if info["num_threads"] != threads:

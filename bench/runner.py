@@ -1,0 +1,207 @@
+"""Loading a variant under pinned threads and measuring it: the steps shared by
+the pytest-benchmark ranking and the command-line runner.
+
+Order of a measurement (DESIGN.md section 6): load the variant, re-pin (a
+variant may have just loaded Torch or Numba) and verify, time the first call
+apart (JIT, ``torch.compile``, GPU warm-up), re-pin and verify again (the
+first call may load Numba lazily), one warm-up call that also sizes
+the number of rounds, the steady-state rounds, then one call under the memory
+probe. Import only after the threads are pinned (imports NumPy).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from einsum_workbench.kernels.registry import get_variant
+
+from . import measure, pinning
+from .inputs import BenchInput
+
+#: spot check against the reference on this many pairs of the benchmarked batch
+CHECK_PAIRS = 64
+
+
+def load_pinned(name: str, threads: int):
+    """(Variant, callable) for ``name``, with the pinning re-applied and verified.
+
+    Raises
+    ------
+    KeyError
+        unknown variant (valid names listed).
+    RuntimeError
+        the variant is unavailable here (the reason is given).
+    pinning.PinningError
+        the pinning does not hold once the variant is loaded (what is named).
+    """
+    variant = get_variant(name)
+    function = variant.load()
+    pinning.pin_and_verify(threads)
+    return variant, function
+
+
+def variant_device(variant) -> str | None:
+    """The device a variant runs on ("cuda", ...) or None for the host."""
+    return variant.options.get("device")
+
+
+def spot_check(name: str, out, inp: BenchInput, dtype) -> None:
+    """Shapes of ``out`` and, for variants other than the reference, values on the
+    first ``CHECK_PAIRS`` pairs against the reference. Raises AssertionError."""
+    measure.check_output_shapes(out, inp.n_pairs, inp.hypers, name)
+    if name == "reference" or inp.n_pairs == 0:
+        return
+    from einsum_workbench.reference.expansion import pairwise_ellip_expansion
+
+    small = inp.subset(CHECK_PAIRS)
+    expected = pairwise_ellip_expansion(*small.arrays(np.float64), small.hypers)
+    got = [np.asarray(block)[: small.n_pairs] for block in out]
+    measure.check_against_reference(got, expected, name)
+
+
+def run_variant(
+    name: str,
+    inp: BenchInput,
+    threads: int,
+    *,
+    dtype=np.float64,
+    repeat: int | None = None,
+    budget_s: float = 3.0,
+    min_rounds: int = 3,
+    max_rounds: int = 50,
+    reference_best_s: float | None = None,
+    progress: bool = False,
+    check: bool = True,
+    memory: bool = True,
+) -> measure.Measurement:
+    """Measure one variant on one pair batch (the command-line runner's path).
+
+    Parameters
+    ----------
+    name : str
+        Registered variant.
+    inp : BenchInput
+    threads : int
+        Must equal the count the process was pinned to.
+    dtype : numpy.float64 or numpy.float32
+    repeat : int or None
+        Steady-state calls; None sizes them to ``budget_s`` seconds within
+        [min_rounds, max_rounds].
+    reference_best_s : float or None
+        The reference's fastest call on the same batch in this run, for the
+        speedup.
+    progress : bool
+        Show a tqdm progress bar over the steady-state calls.
+    check, memory : bool
+        Spot-check the output against the reference; probe peak memory.
+
+    Returns
+    -------
+    measure.Measurement
+
+    Raises
+    ------
+    KeyError, RuntimeError, pinning.PinningError as :func:`load_pinned`;
+    AssertionError if the spot check fails.
+    """
+    variant, function = load_pinned(name, threads)
+    args = (*inp.arrays(dtype), inp.hypers)
+    sync = measure.synchronizer(variant_device(variant))
+    first_s, out = measure.timed_call(lambda: function(*args), sync)
+    pinning.pin_and_verify(threads)  # the first call may have loaded Numba or started Torch's pools
+    if check:
+        spot_check(name, out, inp, dtype)
+    del out
+    warm_s, _ = measure.timed_call(lambda: function(*args), sync)
+    rounds = repeat if repeat is not None else measure.choose_rounds(warm_s, budget_s, min_rounds, max_rounds)
+    if rounds < 1:
+        raise ValueError(f"repeat must be >= 1, got {rounds!r}")
+    calls = range(rounds)
+    if progress:
+        from tqdm import tqdm
+
+        calls = tqdm(calls, desc=f"{name} ({inp.n_pairs} pairs)", unit="call", leave=False)
+    times = [measure.timed_call(lambda: function(*args), sync)[0] for _ in calls]
+    steady = measure.latency_stats(times)
+    peak = measure.measure_peak_memory(lambda: function(*args), device=variant_device(variant)) if memory else None
+    state = pinning.pinning_state(threads)
+    if state["problems"]:
+        raise pinning.PinningError(f"pinning stopped holding while {name} ran: {state['problems']}")
+    return measure.Measurement(
+        variant=name, workload=inp.description, n_pairs=inp.n_pairs, dtype=np.dtype(dtype).name,
+        first_call_s=first_s, steady=steady, peak_memory=peak, pinning=state,
+        speedup_vs_reference=(reference_best_s / steady["min_s"]) if reference_best_s else None,
+        reference_best_s=reference_best_s,
+    )
+
+
+def benchmark_variant(benchmark, name: str, inp: BenchInput, threads: int, *, dtype=np.float64,
+                      budget_s: float = 3.0, min_rounds: int = 3, max_rounds: int = 30,
+                      reference_best_s: float | None = None, suite: str = "ranking",
+                      group: str | None = None, labels: dict | None = None) -> dict:
+    """Measure one variant inside a pytest-benchmark test; returns its record.
+
+    The steady-state rounds go through ``benchmark.pedantic`` (so they are
+    saved, compared and gated by pytest-benchmark); first-call cost, latency
+    percentiles and peak memory are measured around them, and the record is
+    stored in ``benchmark.extra_info``. With benchmarking disabled
+    (``--benchmark-disable``) the variant runs once, checked, untimed.
+
+    Parameters
+    ----------
+    benchmark : pytest-benchmark's fixture
+    name, inp, threads, dtype : as :func:`run_variant`
+    budget_s, min_rounds, max_rounds : size of the steady state (see ``measure.choose_rounds``)
+    reference_best_s : float or None
+        The reference's fastest call on the same batch in this run (speedup).
+    suite, group : str
+        Record labels; ``group`` (default ``inp.label``) is also the
+        pytest-benchmark group, so that each group is one ranking.
+    labels : dict or None
+        More labels for the record (e.g. ``{"sweep": "lmax"}``).
+
+    Raises
+    ------
+    RuntimeError (unavailable variant), pinning.PinningError, AssertionError
+    (spot check), as :func:`run_variant`.
+    """
+    variant, function = load_pinned(name, threads)
+    args = (*inp.arrays(dtype), inp.hypers)
+    device = variant_device(variant)
+    sync = measure.synchronizer(device)
+
+    def call():
+        out = function(*args)
+        sync()  # a GPU clock is read only after the queued work is done
+        return out
+
+    benchmark.group = group or inp.label
+    if not benchmark.enabled:
+        first_s, out = benchmark.pedantic(lambda: measure.timed_call(call))
+        pinning.pin_and_verify(threads)
+        spot_check(name, out, inp, dtype)
+        steady = peak = None
+    else:
+        first_s, out = measure.timed_call(call)
+        pinning.pin_and_verify(threads)  # the first call may have loaded Numba or started Torch's pools
+        spot_check(name, out, inp, dtype)
+        del out
+        warm_s, _ = measure.timed_call(call)
+        rounds = measure.choose_rounds(warm_s, budget_s, min_rounds, max_rounds)
+        benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=0)
+        steady = measure.latency_stats(benchmark.stats.stats.data)
+        peak = measure.measure_peak_memory(call, device=device)
+    state = pinning.pinning_state(threads)
+    if state["problems"]:
+        raise pinning.PinningError(f"pinning stopped holding while {name} ran: {state['problems']}")
+    if name == "reference" and steady is not None:
+        reference_best_s = steady["min_s"]
+    record = measure.Measurement(
+        variant=name, workload=inp.description, n_pairs=inp.n_pairs, dtype=np.dtype(dtype).name,
+        first_call_s=first_s, steady=steady, peak_memory=peak, pinning=state,
+        speedup_vs_reference=(reference_best_s / steady["min_s"]) if (reference_best_s and steady) else None,
+        reference_best_s=reference_best_s,
+    ).as_dict()
+    record.update(suite=suite, group=group or inp.label, **(labels or {}))
+    benchmark.extra_info.update(record)
+    return record
