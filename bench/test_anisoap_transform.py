@@ -106,6 +106,10 @@ def test_anisoap_transform_speedup(benchmark, bench_state, pytestconfig):
         benchmark.pedantic(calc.transform, args=(frames,), rounds=10, iterations=1, warmup_rounds=1)
     assert switch.active_backend() is None
 
+    if benchmark.stats is None:  # --benchmark-disable: the path ran once, untimed
+        print(f"\nAniSOAP transform with ANISOAP_BACKEND={backend}: ran and agreed with upstream "
+              "(benchmarking disabled: no times, no ratio)")
+        return
     upstream_s = statistics.median(upstream_times)
     patched_s = benchmark.stats.stats.median
     ratio = upstream_s / patched_s
