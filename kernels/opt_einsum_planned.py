@@ -40,7 +40,7 @@ Three forms of the contraction are offered (``form=``):
     moment recurrence mixing axes: the form meant for GPUs.
 
 opt_einsum is imported when a contraction is planned, so that the table
-helpers (``stacked_tables``) serve other variants without it.
+helpers serve other variants without it.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from einsum_workbench.reference.solid_harmonics import solid_harmonic_tensors
 from einsum_workbench.reference.validation import check_pair_arrays
 
 from .numpy_einsum import body_frame_gaussians, normal_moments
-from .tables import compact_solid_harmonics, monomial_exponents, num_monomials
+from .tables import compact_solid_harmonics, monomial_exponents, num_monomials, stacked_tables
 
 BACKENDS = ("numpy", "torch")
 FORMS = ("compact", "factored", "body")
@@ -67,45 +67,9 @@ MIN_BUCKET = 64           # smallest planned pair count
 # ignore memory layout, so this one path is given explicitly (plan_report
 # still shows what the planner alone picks).
 COMPACT_PATH = [(0, 2), (0, 1)]
-# one wide GEMM beats several thin ones unless zero padding more than doubles the work
-MAX_PADDING_RATIO = 2.0
 
 
 # ---------------------------------------------------------------- tables
-
-
-@functools.lru_cache(maxsize=64)
-def stacked_tables(hypers: ExpansionHypers) -> tuple:
-    """Solid-harmonic tables grouped into wide ``(K, Q)`` matrices.
-
-    All channels go into one matrix (zero-padded to the largest monomial
-    count) unless padding more than doubles the multiply-adds; then one
-    matrix per l.
-
-    Returns
-    -------
-    tuple of (table (K, Q) float64, columns) with ``columns`` a tuple of
-    ``(l, start, stop)``: channel l's ``(2l+1) * num_radial[l]`` values are
-    columns ``start:stop`` of the product.
-    """
-    tables = [t.reshape(t.shape[0], -1) for t in compact_solid_harmonics(hypers)]
-    padded = max(t.shape[0] for t in tables) * sum(t.shape[1] for t in tables)
-    needed = sum(t.size for t in tables)
-    if padded <= MAX_PADDING_RATIO * needed:
-        groups = [list(enumerate(tables))]
-    else:
-        groups = [[(l, t)] for l, t in enumerate(tables)]
-    out = []
-    for group in groups:
-        stacked = np.zeros((max(t.shape[0] for _, t in group), sum(t.shape[1] for _, t in group)))
-        columns, start = [], 0
-        for l, t in group:
-            stacked[: t.shape[0], start: start + t.shape[1]] = t
-            columns.append((l, start, start + t.shape[1]))
-            start += t.shape[1]
-        stacked.setflags(write=False)
-        out.append((stacked, tuple(columns)))
-    return tuple(out)
 
 
 @functools.lru_cache(maxsize=64)

@@ -111,3 +111,41 @@ def compact_solid_harmonics(hypers: ExpansionHypers) -> tuple:
         compact.setflags(write=False)
         out.append(compact)
     return tuple(out)
+
+
+# one wide GEMM beats several thin ones unless zero padding more than doubles the work
+MAX_PADDING_RATIO = 2.0
+
+
+@functools.lru_cache(maxsize=64)
+def stacked_tables(hypers: ExpansionHypers) -> tuple:
+    """Solid-harmonic tables grouped into wide ``(K, Q)`` matrices.
+
+    All channels go into one matrix (zero-padded to the largest monomial
+    count) unless padding more than doubles the multiply-adds; then one
+    matrix per l.
+
+    Returns
+    -------
+    tuple of (table (K, Q) float64, columns) with ``columns`` a tuple of
+    ``(l, start, stop)``: channel l's ``(2l+1) * num_radial[l]`` values are
+    columns ``start:stop`` of the product.
+    """
+    tables = [t.reshape(t.shape[0], -1) for t in compact_solid_harmonics(hypers)]
+    padded = max(t.shape[0] for t in tables) * sum(t.shape[1] for t in tables)
+    needed = sum(t.size for t in tables)
+    if padded <= MAX_PADDING_RATIO * needed:
+        groups = [list(enumerate(tables))]
+    else:
+        groups = [[(l, t)] for l, t in enumerate(tables)]
+    out = []
+    for group in groups:
+        stacked = np.zeros((max(t.shape[0] for _, t in group), sum(t.shape[1] for _, t in group)))
+        columns, start = [], 0
+        for l, t in group:
+            stacked[: t.shape[0], start: start + t.shape[1]] = t
+            columns.append((l, start, start + t.shape[1]))
+            start += t.shape[1]
+        stacked.setflags(write=False)
+        out.append((stacked, tuple(columns)))
+    return tuple(out)

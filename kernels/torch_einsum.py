@@ -13,7 +13,7 @@ Torch from geometry to coefficients, with no round trip to NumPy inside:
 3. the contraction with the solid-harmonic tables as one wide GEMM
    ``(P, K) @ (K, sum_l (2l+1) n_l)`` over the tables of every l stacked side
    by side (one GEMM per l instead when zero padding would more than double
-   the work; ``opt_einsum_planned.stacked_tables``). BLAS is far faster on one
+   the work; ``tables.stacked_tables``). BLAS is far faster on one
    84-column product than on seven of 4 to 18 columns.
 
 Pairs are processed in chunks that bound memory. ``compile=True`` runs the
@@ -39,7 +39,7 @@ import torch
 from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.validation import check_pair_arrays
 
-from .opt_einsum_planned import stacked_tables
+from .tables import stacked_tables
 from .tables import num_monomials, recurrence_table
 
 DEFAULT_CHUNK = 4096       # pairs per chunk; also the largest compile bucket
@@ -148,7 +148,7 @@ class _Group:
 
 @functools.lru_cache(maxsize=64)
 def _contraction_groups(hypers: ExpansionHypers, dtype: torch.dtype, device: str) -> tuple:
-    """``opt_einsum_planned.stacked_tables`` as tensors on ``device`` (see ``_Group``).
+    """``tables.stacked_tables`` as tensors on ``device`` (see ``_Group``).
 
     One wide GEMM beats several thin ones (BLAS is poor at 4..18 columns)
     unless zero padding more than doubles the multiply-adds.
