@@ -28,9 +28,9 @@ import numba
 import numpy as np
 
 from einsum_workbench.reference.hypers import ExpansionHypers
-from einsum_workbench.reference.validation import check_pair_arrays
+from einsum_workbench.reference.validation import check_pair_arrays, resolve_dtype
 
-from .numba_codegen import generate_source, kernel_key
+from .numba_codegen import BLOCKS_PER_CHUNK, generate_source, kernel_key
 
 CACHE_ENV = "EINSUM_WORKBENCH_NUMBA_CACHE"
 
@@ -63,31 +63,77 @@ def _write_once(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def kernel_module(hypers: ExpansionHypers, dtype):
+def kernel_module(hypers: ExpansionHypers, dtype, **options):
     """The generated module for ``(hypers, dtype)``, written and imported once.
+
+    Parameters
+    ----------
+    hypers : ExpansionHypers
+    dtype : float32 or float64
+    **options : ``lanes`` and ``split`` of ``numba_codegen.generate_source``
+        (for experiments; the defaults are the measured best).
 
     Returns
     -------
-    module with ``expand_pairs(r, rot, ax, out0, ..., out_lmax)`` (see
-    ``numba_codegen.generate_source``). Its functions compile on first call,
-    or load from Numba's disk cache next to the source.
+    module with ``LANES`` and ``expand_pairs(r, rot, ax, out0, ..., out_lmax)``
+    (see ``numba_codegen.generate_source``). Its function compiles on first
+    call, or loads from Numba's disk cache next to the source.
     """
     dtype = np.dtype(dtype)
-    key = kernel_key(hypers, dtype)
     directory = cache_dir()
-    with _lock:
-        cached = _modules.get((key, str(directory)))
-        if cached is not None:
-            return cached
-        name = f"einsum_workbench_numba_fused_{key}"
-        path = directory / f"{name}.py"
-        _write_once(path, generate_source(hypers, dtype))
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # Numba's cache locator looks the module up by name
-        spec.loader.exec_module(module)
-        _modules[(key, str(directory))] = module
+    lookup = (hypers, dtype, tuple(sorted(options.items())), str(directory))
+    module = _modules.get(lookup)
+    if module is not None:
         return module
+    with _lock:
+        key = kernel_key(hypers, dtype, **options)
+        name = f"einsum_workbench_numba_fused_{key}"
+        module = sys.modules.get(name)
+        if module is None or getattr(module, "__file__", None) != str(directory / f"{name}.py"):
+            path = directory / f"{name}.py"
+            _write_once(path, generate_source(hypers, dtype, **options))
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module  # Numba's cache locator looks the module up by name
+            spec.loader.exec_module(module)
+        _modules[lookup] = module
+        return module
+
+
+def _prepared_arrays(r_ij, rotations, semiaxes, dtype):
+    """dtype resolution, C-contiguous copies and shape checks of ``check_pair_arrays``.
+
+    Its per-pair value checks (finite, semi-axes > 0, proper rotations) cost
+    ~0.03 us per pair in NumPy here, about 60% of this whole kernel's time
+    (0.05 us); the kernel runs the same tests on the fly, vectorised, and
+    ``expand`` calls ``check_pair_arrays`` itself only when a pair looks
+    invalid, so every error is its own (message and pair index). A wrong
+    shape is handed to it straight away.
+    """
+    dtype = resolve_dtype(dtype, r_ij, rotations, semiaxes)
+    r, rot, ax = (np.ascontiguousarray(a, dtype=dtype) for a in (r_ij, rotations, semiaxes))
+    if not (r.ndim == 2 and r.shape[1] == 3 and rot.shape == (r.shape[0], 3, 3) and ax.shape == (r.shape[0], 3)):
+        return check_pair_arrays(r_ij, rotations, semiaxes, dtype)
+    return r, rot, ax, dtype
+
+
+def _output_blocks(hypers: ExpansionHypers, n_pairs: int, lanes: int, dtype) -> list:
+    """Per l, a C-contiguous (P_padded, 2l+1, n_l) array, all carved from one allocation.
+
+    P_padded rounds n_pairs up to a multiple of ``lanes`` (every block of
+    pairs is written whole). One large allocation instead of lmax + 1 medium
+    ones: fresh medium allocations are mapped page by page on first write
+    (minor page faults cost ~5x the kernel itself here), while one large
+    NumPy allocation is advised to use transparent huge pages.
+    """
+    padded = -(-n_pairs // lanes) * lanes
+    sizes = [padded * (2 * l + 1) * n for l, n in enumerate(hypers.num_radial)]
+    starts = np.cumsum([0] + [-(-size // 8) * 8 for size in sizes])  # 8-element aligned blocks
+    memory = np.empty(int(starts[-1]), dtype=dtype)
+    return [
+        memory[start:start + size].reshape(padded, 2 * l + 1, n)
+        for l, (n, start, size) in enumerate(zip(hypers.num_radial, starts, sizes))
+    ]
 
 
 @contextmanager
@@ -109,6 +155,18 @@ def _num_threads(threads):
         yield
     finally:
         numba.set_num_threads(previous)
+
+
+@contextmanager
+def _dynamic_schedule():
+    """prange hands out BLOCKS_PER_CHUNK blocks at a time (a thread slowed by
+    another process takes fewer); which thread computes a pair never changes
+    its result."""
+    previous = numba.set_parallel_chunksize(BLOCKS_PER_CHUNK)
+    try:
+        yield
+    finally:
+        numba.set_parallel_chunksize(previous)
 
 
 def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None, threads=None):
@@ -134,20 +192,31 @@ def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None, th
     Raises
     ------
     ValueError
-        malformed input (see ``check_pair_arrays``) or a bad ``threads``.
+        malformed input, with ``check_pair_arrays``'s own message (the kernel
+        screens every pair with its tests and hands suspect batches to it),
+        or a bad ``threads``.
+    TypeError
+        ``hypers`` is not an ``ExpansionHypers``.
 
     Notes
     -----
     The first call for a (hypers, dtype) pair generates and compiles the
-    kernel (seconds; once per machine thanks to the disk cache, see
-    ``cache_dir``).
+    kernel (1 to 8 s up to lmax 10 here; once per machine thanks to the
+    disk cache, see ``cache_dir``). Memory: the outputs only (one
+    allocation, rounded up to a whole block of pairs), no scratch.
     """
-    r_ij, rotations, semiaxes, dtype = check_pair_arrays(r_ij, rotations, semiaxes, dtype)
-    n_pairs = r_ij.shape[0]
-    out = [np.empty((n_pairs, 2 * l + 1, n), dtype=dtype) for l, n in enumerate(hypers.num_radial)]
-    if n_pairs == 0:
-        return out
-    module = kernel_module(hypers, dtype)
+    if not isinstance(hypers, ExpansionHypers):
+        raise TypeError(f"hypers must be an ExpansionHypers, got {type(hypers).__name__}")
     with _num_threads(threads):
-        module.expand_pairs(r_ij, rotations, semiaxes, *(o.reshape(n_pairs, -1) for o in out))
-    return out
+        r, rot, ax, dtype = _prepared_arrays(r_ij, rotations, semiaxes, dtype)
+        n_pairs = r.shape[0]
+        if n_pairs == 0:
+            check_pair_arrays(r_ij, rotations, semiaxes, dtype)
+            return [np.empty((0, 2 * l + 1, n), dtype=dtype) for l, n in enumerate(hypers.num_radial)]
+        module = kernel_module(hypers, dtype)
+        out = _output_blocks(hypers, n_pairs, module.LANES, dtype)
+        with _dynamic_schedule():
+            suspects = module.expand_pairs(r, rot, ax, *(o.reshape(-1) for o in out))
+    if suspects:
+        check_pair_arrays(r_ij, rotations, semiaxes, dtype)  # raises the canonical error
+    return [o[:n_pairs] for o in out]

@@ -10,7 +10,7 @@ import numpy as np
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _CHECK_CHUNK = 8192  # pairs validated at a time (bounded scratch memory)
-_ORTHONORMAL_TOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-6}
+ORTHONORMAL_TOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-6}
 
 
 def resolve_dtype(dtype, *arrays) -> np.dtype:
@@ -109,7 +109,7 @@ def check_rotations(rotations, first: int = 0) -> None:
     ``first`` is the pair index of ``rotations[0]`` (for the message).
     """
     rotations = np.asarray(rotations)
-    tol = _ORTHONORMAL_TOL.get(rotations.dtype, 1e-6)
+    tol = ORTHONORMAL_TOL.get(rotations.dtype, 1e-6)
     # one transposed copy makes every entry a contiguous row of pairs
     e = np.ascontiguousarray(rotations.reshape(-1, 9).T)
     rows = [e[3 * i : 3 * i + 3] for i in range(3)]
