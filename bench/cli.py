@@ -99,7 +99,9 @@ def _cmd_run(args) -> int:
 
     from einsum_workbench.kernels.registry import get_variant, variant_names
 
-    from . import report, runner
+    from . import measure, report, runner
+
+    allocator = measure.keep_freed_memory()
 
     names = args.variant or variant_names()
     for name in names:
@@ -124,11 +126,12 @@ def _cmd_run(args) -> int:
             reference_best = m.steady["min_s"]
             m.speedup_vs_reference, m.reference_best_s = 1.0, reference_best
         record = m.as_dict()
-        record.update(suite="ranking" if not args.pairs else "scaling", group=inp.label)
+        record.update(suite="ranking" if not args.pairs else "scaling", group=inp.label, allocator=allocator)
         results.append(record)
     out = Path(args.out) if args.out else report.default_storage() / "cli" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.json"
     report.save_run(results, out, unavailable)
-    print(report.ranking_text(results, unavailable))
+    # shown as a ranking whatever the suite the saved records are filed under
+    print(report.ranking_text([{**r, "suite": "ranking"} for r in results], unavailable))
     print(f"saved: {out}")
     return 0
 

@@ -78,6 +78,9 @@ def pytest_configure(config):
         import numpy  # noqa: F401  (loads the BLAS now, under the variables, so it is pinned and verified at start)
 
         state["pinning"] = pinning.pin(threads)
+        from einsum_workbench.bench import measure
+
+        state["allocator"] = measure.keep_freed_memory()
     except (ValueError, pinning.PinningError) as err:
         state["pin_error"] = str(err)
     config.stash[session_key] = state
@@ -185,6 +188,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "cpu_model": measure.cpu_model(),
         "threads": state.get("threads"),
         "thread_env": {name: os.environ.get(name) for name in pinning.THREAD_ENV_VARS},
+        "allocator": state.get("allocator"),
     }
 
 
