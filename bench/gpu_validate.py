@@ -49,14 +49,10 @@ import numpy as np
 from einsum_workbench.kernels.registry import get_variant
 from einsum_workbench.reference.expansion import pairwise_ellip_expansion
 from einsum_workbench.reference.hypers import ExpansionHypers
-from einsum_workbench.reference.radial import orthonormalize
+from einsum_workbench.reference.compare import assert_coefficients_close
 from einsum_workbench.reference.random_pairs import random_pair_batch
 
 GPU_VARIANTS = ("cupy_batched", "torch_cuda")
-TOLERANCES = {
-    np.dtype(np.float64): dict(rtol=1e-6, atol_scale=1e-8),
-    np.dtype(np.float32): dict(rtol=1e-3, atol_scale=1e-4),
-}
 EXIT_OK, EXIT_FAILED, EXIT_SKIPPED = 0, 1, 3  # 2 is argparse's usage error
 GOAL_PAIRS_PER_SECOND = 1e9
 
@@ -94,24 +90,6 @@ def _inputs(n_pairs, seed, shape, dtype):
     return tuple(np.ascontiguousarray(a, dtype=dtype) for a in arrays)
 
 
-def assert_close(actual, expected, hypers, dtype, label):
-    """Raise AssertionError unless ``actual`` matches ``expected`` (raw and orthonormalised)."""
-    tol = TOLERANCES[np.dtype(dtype)]
-    if len(actual) != hypers.lmax + 1:
-        raise AssertionError(f"{label}: {len(actual)} blocks for lmax {hypers.lmax}")
-    for l, (a, e) in enumerate(zip(actual, expected)):
-        if not isinstance(a, np.ndarray) or a.shape != e.shape or a.dtype != np.dtype(dtype):
-            raise AssertionError(f"{label} l={l}: got {type(a).__name__} {getattr(a, 'shape', '?')} "
-                                 f"{getattr(a, 'dtype', '?')}, expected ndarray {e.shape} {np.dtype(dtype)}")
-    ortho_a = orthonormalize([a.astype(np.float64) for a in actual], hypers)
-    ortho_e = orthonormalize(list(expected), hypers)
-    for kind, blocks_a, blocks_e in (("raw", actual, expected), ("orthonormalised", ortho_a, ortho_e)):
-        for l, (a, e) in enumerate(zip(blocks_a, blocks_e)):
-            scale = float(np.max(np.abs(e))) if e.size else 0.0
-            np.testing.assert_allclose(a.astype(np.float64), e, rtol=tol["rtol"],
-                                       atol=tol["atol_scale"] * scale, err_msg=f"{label} {kind} l={l}")
-
-
 def _first_line(text) -> str:
     """First non-blank line of an error message (NumPy's start with a blank one)."""
     return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
@@ -143,7 +121,7 @@ def check_equivalence(name, expand, checks: Checks):
 
         def one(arrays=arrays, hypers=hypers, dtype=dtype, label=label):
             expected = pairwise_ellip_expansion(*(a.astype(np.float64) for a in arrays), hypers)
-            assert_close(expand(*arrays, hypers, dtype=dtype), expected, hypers, dtype, f"{name} {label}")
+            assert_coefficients_close(expand(*arrays, hypers, dtype=dtype), expected, hypers, dtype, f"{name} {label}")
 
         checks.run(f"{name} {label}", one)
 

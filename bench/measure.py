@@ -268,25 +268,6 @@ def check_output_shapes(out, n_pairs: int, hypers, variant: str) -> None:
             raise AssertionError(f"{variant}: block l={l} has shape {np.shape(block)}, expected {expected}")
 
 
-def check_against_reference(out, expected, variant: str, rtol: float = 1e-6) -> None:
-    """Spot-check raw coefficients against the reference on the same pairs.
-
-    ``atol`` is ``1e-8`` times the block's largest magnitude (DESIGN.md
-    section 5); float32 outputs get ``rtol=1e-3`` and ``atol`` scaled by 1e-4.
-    The equivalence suite (tests/) is the full check; this one catches a
-    variant breaking on the benchmarked data.
-    """
-    for l, (got, ref) in enumerate(zip(out, expected)):
-        got = np.asarray(got)
-        scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-        single = got.dtype == np.float32
-        np.testing.assert_allclose(
-            got.astype(np.float64), ref,
-            rtol=1e-3 if single else rtol, atol=(1e-4 if single else 1e-8) * scale,
-            err_msg=f"{variant}: block l={l} differs from the reference on the benchmarked pairs",
-        )
-
-
 @dataclass
 class Measurement:
     """One variant measured on one pair batch (what every result carries)."""

@@ -39,13 +39,9 @@ from einsum_workbench.kernels.registry import get_variant
 from einsum_workbench.kernels.tables import compact_solid_harmonics, num_monomials
 from einsum_workbench.reference.expansion import pairwise_ellip_expansion
 from einsum_workbench.reference.hypers import ExpansionHypers
-from einsum_workbench.reference.radial import orthonormalize
+from einsum_workbench.reference.compare import assert_coefficients_close
 from einsum_workbench.reference.random_pairs import random_pair_batch
 
-TOLERANCES = {
-    np.float64: dict(rtol=1e-6, atol_scale=1e-8),
-    np.float32: dict(rtol=1e-3, atol_scale=1e-4),
-}
 
 needs_gxx = pytest.mark.skipif(
     cb.host_compiler() is None,
@@ -89,23 +85,6 @@ def _inputs(n_pairs, seed, shape, dtype):
 
 def _reference(hypers, arrays):
     return pairwise_ellip_expansion(*(a.astype(np.float64) for a in arrays), hypers)
-
-
-def assert_coefficients_close(actual, expected, hypers, dtype, label=""):
-    tol = TOLERANCES[dtype]
-    assert len(actual) == hypers.lmax + 1, f"{label}: {len(actual)} blocks for lmax {hypers.lmax}"
-    for l, (a, e) in enumerate(zip(actual, expected)):
-        assert isinstance(a, np.ndarray), f"{label} l={l}: got {type(a).__name__}"
-        assert a.shape == e.shape, f"{label} l={l}: shape {a.shape} != {e.shape}"
-        assert a.dtype == np.dtype(dtype), f"{label} l={l}: dtype {a.dtype}"
-    ortho_a = orthonormalize([a.astype(np.float64) for a in actual], hypers)
-    ortho_e = orthonormalize(list(expected), hypers)
-    for kind, blocks_a, blocks_e in (("raw", actual, expected), ("orthonormalised", ortho_a, ortho_e)):
-        for l, (a, e) in enumerate(zip(blocks_a, blocks_e)):
-            scale = float(np.max(np.abs(e))) if e.size else 0.0
-            np.testing.assert_allclose(a.astype(np.float64), e, rtol=tol["rtol"],
-                                       atol=tol["atol_scale"] * scale,
-                                       err_msg=f"{label} {kind} l={l} ({np.dtype(dtype)})")
 
 
 # ---------------------------------------------------------------- generated code

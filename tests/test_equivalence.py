@@ -4,13 +4,9 @@ A variant joins this suite by being in ``kernels.registry.VARIANTS``; nothing
 here names one. Variants that cannot run on this machine are reported as
 skipped with the registry's reason (e.g. no CUDA device), never as passed.
 
-Tolerances (numpy.testing.assert_allclose), on both the raw and the
-Loewdin-orthonormalised coefficients, per angular channel block:
-- float64: rtol = 1e-6, atol = 1e-8 x the block's largest |value|;
-- float32: rtol = 1e-3, atol = 1e-4 x the block's largest |value|
-  (single precision carries ~7 digits; the moment recurrence and the solid
-  harmonic sums cancel up to ~3 of them at lmax 8 for needle/plate shapes).
-The reference runs in float64 on the same (float32-rounded) inputs.
+Tolerances: ``reference.compare`` (float64 rtol 1e-6, atol 1e-8 x block max;
+float32 rtol 1e-3, atol 1e-4 x block max; raw and orthonormalised). The
+reference runs in float64 on the same (float32-rounded) inputs.
 """
 
 from __future__ import annotations
@@ -23,13 +19,9 @@ import pytest
 from einsum_workbench.kernels.registry import VARIANTS
 from einsum_workbench.reference.expansion import pairwise_ellip_expansion
 from einsum_workbench.reference.hypers import ExpansionHypers
-from einsum_workbench.reference.radial import orthonormalize
+from einsum_workbench.reference.compare import assert_coefficients_close
 from einsum_workbench.reference.random_pairs import random_pair_batch
 
-TOLERANCES = {
-    np.float64: dict(rtol=1e-6, atol_scale=1e-8),
-    np.float32: dict(rtol=1e-3, atol_scale=1e-4),
-}
 
 CANDIDATES = [v for v in VARIANTS if v.name != "reference"]
 
@@ -80,25 +72,6 @@ def _inputs(inputs_key, dtype):
     n_pairs, seed, shape = inputs_key
     arrays = random_pair_batch(n_pairs, seed, shape=shape, self_pair_fraction=0.1)
     return tuple(np.ascontiguousarray(a, dtype=dtype) for a in arrays)
-
-
-def assert_coefficients_close(actual, expected, hypers, dtype, label=""):
-    """Block-by-block comparison of raw and orthonormalised coefficients."""
-    tol = TOLERANCES[dtype]
-    assert len(actual) == hypers.lmax + 1, f"{label}: expected {hypers.lmax + 1} blocks, got {len(actual)}"
-    for l, (a, e) in enumerate(zip(actual, expected)):
-        assert isinstance(a, np.ndarray), f"{label} l={l}: returned {type(a).__name__}, not a NumPy array"
-        assert a.shape == e.shape, f"{label} l={l}: shape {a.shape} != {e.shape}"
-        assert a.dtype == np.dtype(dtype), f"{label} l={l}: dtype {a.dtype} != {np.dtype(dtype)}"
-    ortho_a = orthonormalize([a.astype(np.float64) for a in actual], hypers)
-    ortho_e = orthonormalize(list(expected), hypers)
-    for kind, blocks_a, blocks_e in (("raw", actual, expected), ("orthonormalised", ortho_a, ortho_e)):
-        for l, (a, e) in enumerate(zip(blocks_a, blocks_e)):
-            scale = float(np.max(np.abs(e))) if e.size else 0.0
-            np.testing.assert_allclose(
-                a.astype(np.float64), e, rtol=tol["rtol"], atol=tol["atol_scale"] * scale,
-                err_msg=f"{label} {kind} l={l} ({np.dtype(dtype)})",
-            )
 
 
 @pytest.mark.parametrize("lmax,basis,max_radial", _hyper_cases())

@@ -22,21 +22,10 @@ numba = pytest.importorskip("numba", reason="numba_fused needs numba; not instal
 from einsum_workbench.kernels import numba_fused  # noqa: E402
 from einsum_workbench.reference.expansion import pairwise_ellip_expansion  # noqa: E402
 from einsum_workbench.reference.hypers import ExpansionHypers  # noqa: E402
-from einsum_workbench.reference.radial import orthonormalize  # noqa: E402
+from einsum_workbench.reference.compare import assert_coefficients_close  # noqa: E402
 from einsum_workbench.reference.random_pairs import random_pair_batch  # noqa: E402
 
 GTO4 = ExpansionHypers(4, "gto", cutoff=7.0, sigma=1.5)
-
-
-def _assert_close(actual, expected, hypers, rtol, atol_scale):
-    for kind, a_blocks, e_blocks in (
-        ("raw", actual, expected),
-        ("orthonormalised", orthonormalize([a.astype(np.float64) for a in actual], hypers),
-         orthonormalize(list(expected), hypers)),
-    ):
-        for l, (a, e) in enumerate(zip(a_blocks, e_blocks)):
-            np.testing.assert_allclose(a.astype(np.float64), e, rtol=rtol,
-                                       atol=atol_scale * float(np.max(np.abs(e))), err_msg=f"{kind} l={l}")
 
 
 def test_bit_identical_across_thread_counts():
@@ -75,7 +64,7 @@ def test_float32_against_reference():
     actual = numba_fused.expand(r_ij, rotations, semiaxes, hypers)
     assert all(block.dtype == np.float32 for block in actual)
     expected = pairwise_ellip_expansion(*(a.astype(np.float64) for a in (r_ij, rotations, semiaxes)), hypers)
-    _assert_close(actual, expected, hypers, rtol=1e-3, atol_scale=1e-4)
+    assert_coefficients_close(actual, expected, hypers, np.float32)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -91,7 +80,7 @@ def test_lmax10_against_reference(basis):
     hypers = ExpansionHypers(10, basis, cutoff=7.0, sigma=sigma)
     arrays = random_pair_batch(6, 10, self_pair_fraction=0.2)
     actual = numba_fused.expand(*arrays, hypers)
-    _assert_close(actual, pairwise_ellip_expansion(*arrays, hypers), hypers, rtol=1e-6, atol_scale=1e-8)
+    assert_coefficients_close(actual, pairwise_ellip_expansion(*arrays, hypers), hypers, np.float64)
 
 
 def test_threads_option_restores_the_previous_count():

@@ -18,10 +18,9 @@ from einsum_workbench.kernels import opt_einsum_planned as planned  # noqa: E402
 from einsum_workbench.kernels.tables import compact_solid_harmonics  # noqa: E402
 from einsum_workbench.reference.expansion import pairwise_ellip_expansion  # noqa: E402
 from einsum_workbench.reference.hypers import ExpansionHypers  # noqa: E402
-from einsum_workbench.reference.radial import orthonormalize  # noqa: E402
+from einsum_workbench.reference.compare import assert_coefficients_close  # noqa: E402
 from einsum_workbench.reference.random_pairs import random_pair_batch  # noqa: E402
 
-TOL = {np.float64: (1e-6, 1e-8), np.float32: (1e-3, 1e-4)}
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 BACKENDS = [
     "numpy",
@@ -31,17 +30,7 @@ BACKENDS = [
 
 def assert_matches_reference(actual, arrays, hypers, dtype):
     expected = pairwise_ellip_expansion(*(a.astype(np.float64) for a in arrays), hypers)
-    rtol, atol_scale = TOL[dtype]
-    assert [a.shape for a in actual] == [e.shape for e in expected]
-    assert all(a.dtype == np.dtype(dtype) and isinstance(a, np.ndarray) for a in actual)
-    for kind, got, want in (
-        ("raw", actual, expected),
-        ("orthonormalised", orthonormalize([a.astype(np.float64) for a in actual], hypers),
-         orthonormalize(expected, hypers)),
-    ):
-        for l, (a, e) in enumerate(zip(got, want)):
-            np.testing.assert_allclose(a.astype(np.float64), e, rtol=rtol, atol=atol_scale * np.abs(e).max(),
-                                       err_msg=f"{kind} l={l} {np.dtype(dtype)}")
+    assert_coefficients_close(actual, expected, hypers, dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

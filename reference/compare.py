@@ -1,0 +1,65 @@
+"""How "the same numbers as the reference" is decided: one comparison for the
+tests, the bench's spot checks and the GPU validation.
+
+DESIGN.md section 5: per angular channel block, on the raw and on the
+Loewdin-orthonormalised coefficients,
+
+- float64: ``rtol = 1e-6``, ``atol = 1e-8 x`` the block's largest |value|;
+- float32: ``rtol = 1e-3``, ``atol = 1e-4 x`` the block's largest |value|
+  (single precision carries ~7 digits; the moment recurrence and the solid
+  harmonic sums cancel up to ~3 of them at lmax 8 for needle/plate shapes).
+
+The expected blocks are the reference's, computed in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .hypers import ExpansionHypers
+from .radial import orthonormalize
+
+TOLERANCES = {
+    np.dtype(np.float64): {"rtol": 1e-6, "atol_scale": 1e-8},
+    np.dtype(np.float32): {"rtol": 1e-3, "atol_scale": 1e-4},
+}
+
+
+def assert_coefficients_close(actual, expected, hypers: ExpansionHypers, dtype, label: str = "",
+                              orthonormalised: bool = True) -> None:
+    """Assert that a variant's blocks match the reference's.
+
+    Parameters
+    ----------
+    actual : list over l of (P, 2l+1, num_radial[l]) NumPy arrays of ``dtype``
+    expected : the reference's blocks (float64), same shapes
+    hypers : ExpansionHypers
+    dtype : float32 or float64, the dtype ``actual`` must have (sets the tolerances)
+    label : str, prefixed to every failure message
+    orthonormalised : also compare after orthonormalisation (default True)
+
+    Raises
+    ------
+    AssertionError naming the block (l), the kind (raw / orthonormalised) and
+    what differs (count of blocks, type, shape, dtype or values).
+    """
+    dtype = np.dtype(dtype)
+    tol = TOLERANCES[dtype]
+    if len(actual) != hypers.lmax + 1:
+        raise AssertionError(f"{label}: expected {hypers.lmax + 1} blocks, got {len(actual)}")
+    for l, (a, e) in enumerate(zip(actual, expected)):
+        if not isinstance(a, np.ndarray):
+            raise AssertionError(f"{label} l={l}: returned {type(a).__name__}, not a NumPy array")
+        if a.shape != e.shape or a.dtype != dtype:
+            raise AssertionError(f"{label} l={l}: got {a.shape} {a.dtype}, expected {e.shape} {dtype}")
+    kinds = [("raw", actual, expected)]
+    if orthonormalised:
+        kinds.append(("orthonormalised", orthonormalize([a.astype(np.float64) for a in actual], hypers),
+                      orthonormalize(list(expected), hypers)))
+    for kind, blocks_a, blocks_e in kinds:
+        for l, (a, e) in enumerate(zip(blocks_a, blocks_e)):
+            scale = float(np.max(np.abs(e))) if e.size else 0.0
+            np.testing.assert_allclose(
+                a.astype(np.float64), e, rtol=tol["rtol"], atol=tol["atol_scale"] * scale,
+                err_msg=f"{label} {kind} l={l} ({dtype})",
+            )
