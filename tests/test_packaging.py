@@ -6,13 +6,23 @@ from __future__ import annotations
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# the wheel's top-level folders and the repository folders they come from (pyproject.toml)
+PACKAGE_DIRS = {
+    "einsum_workbench": "einsum_workbench",
+    "einsum_workbench/reference": "reference",
+    "einsum_workbench/kernels": "kernels",
+    "einsum_workbench/bench": "bench",
+    "einsum_workbench/profiles": "profiles",
+}
 IMPORT_CHECK = (
     "import sys, einsum_workbench.kernels as k, einsum_workbench.reference as r, einsum_workbench.bench;"
+    "import einsum_workbench.kernels.anisoap_adapter;"
     "import einsum_workbench.kernels.registry as reg;"
     "names = k.variant_names(); assert 'reference' in names and 'numpy_einsum' in names, names;"
     "heavy = [m for m in ('torch', 'cupy', 'numba') if m in sys.modules];"
@@ -52,3 +62,19 @@ def test_built_wheel_installs_and_imports(tmp_path):
     assert result.returncode == 0, result.stderr
     installed = Path(result.stdout.strip()).resolve()
     assert env_dir in installed.parents, f"imported from {installed}, not from the wheel in {env_dir}"
+    assert shipped_files(wheel) >= source_files(), f"missing from the wheel: {sorted(source_files() - shipped_files(wheel))}"
+
+
+def source_files() -> set[str]:
+    """Every module and CUDA source of the installed folders, as wheel paths."""
+    out = set()
+    for package, folder in PACKAGE_DIRS.items():
+        for path in (REPO / folder).rglob("*"):
+            if path.suffix in {".py", ".cu", ".cuh", ".cpp"} and "__pycache__" not in path.parts:
+                out.add(f"{package}/{path.relative_to(REPO / folder).as_posix()}")
+    return out
+
+
+def shipped_files(wheel) -> set[str]:
+    with zipfile.ZipFile(wheel) as archive:
+        return set(archive.namelist())
