@@ -55,7 +55,7 @@ from einsum_workbench.reference.solid_harmonics import solid_harmonic_tensors
 from einsum_workbench.reference.validation import check_pair_arrays
 
 from .numpy_einsum import body_frame_gaussians, normal_moments
-from .tables import compact_solid_harmonics, monomial_exponents, num_monomials, stacked_tables
+from .tables import compact_solid_harmonics, monomial_exponents, num_monomials, power_of_two_bucket, stacked_tables
 
 BACKENDS = ("numpy", "torch")
 FORMS = ("compact", "factored", "body")
@@ -208,9 +208,7 @@ def body_frame_factors(r_ij, rotations, semiaxes, hypers: ExpansionHypers):
 
 def bucket_size(n_pairs: int, chunk: int = DEFAULT_CHUNK) -> int:
     """Pair count a chunk of ``n_pairs`` is planned for: next power of two in [MIN_BUCKET, chunk]."""
-    if n_pairs >= chunk:
-        return chunk
-    return min(chunk, max(MIN_BUCKET, 1 << max(0, int(n_pairs - 1).bit_length())))
+    return power_of_two_bucket(n_pairs, MIN_BUCKET, chunk)
 
 
 _PLAN_STATS = {"planned": 0}

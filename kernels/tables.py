@@ -18,6 +18,18 @@ from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.solid_harmonics import solid_harmonic_tensors
 
 
+def power_of_two_bucket(n_pairs: int, smallest: int, largest: int) -> int:
+    """Pair count a chunk of ``n_pairs`` pairs is padded or planned for.
+
+    The next power of two at or above ``n_pairs``, clamped to
+    ``[smallest, largest]``; ``largest`` itself for ``n_pairs >= largest``.
+    Used where one specialisation per size must be reused (plans, compiled graphs).
+    """
+    if n_pairs >= largest:
+        return largest
+    return min(largest, max(smallest, 1 << max(0, int(n_pairs - 1).bit_length())))
+
+
 def num_monomials(max_degree: int) -> int:
     """Number of monomials of total degree <= max_degree in three variables."""
     d = max_degree

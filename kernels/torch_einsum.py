@@ -39,8 +39,7 @@ import torch
 from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.validation import check_pair_arrays
 
-from .tables import stacked_tables
-from .tables import num_monomials, recurrence_table
+from .tables import num_monomials, power_of_two_bucket, recurrence_table, stacked_tables
 
 DEFAULT_CHUNK = 4096       # pairs per chunk; also the largest compile bucket
 MIN_BUCKET = 64            # smallest compile bucket (pairs)
@@ -332,10 +331,7 @@ def bucket_size(n_pairs: int, chunk: int = DEFAULT_CHUNK) -> int:
     so at most that many compilations per (hypers, dtype, device), whatever
     the pair counts.
     """
-    if n_pairs >= chunk:
-        return chunk
-    smallest = max(MIN_BUCKET, chunk >> (MAX_BUCKETS - 1))
-    return min(chunk, max(smallest, 1 << max(0, int(n_pairs - 1).bit_length())))
+    return power_of_two_bucket(n_pairs, max(MIN_BUCKET, chunk >> (MAX_BUCKETS - 1)), chunk)
 
 
 def _pad(r_ij, rotations, semiaxes, size: int):

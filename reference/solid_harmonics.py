@@ -129,18 +129,3 @@ def solid_harmonic_tensors(lmax: int, num_radial) -> list[np.ndarray]:
             f"num_radial must have lmax + 1 = {lmax + 1} entries, got {len(num_radial)}: {num_radial}"
         )
     return list(_solid_harmonic_tensors_cached(int(lmax), num_radial))
-
-
-def sparse_solid_harmonics(lmax: int, num_radial) -> list[tuple[np.ndarray, ...]]:
-    """The non-zeros of each ``T_l`` as flat index arrays, for sparse kernels.
-
-    Returns
-    -------
-    list over l of ``(m_idx, n_idx, n0, n1, n2, values)``: int64 index arrays
-    and float64 values, all of one length (the number of non-zeros of T_l).
-    """
-    out = []
-    for t in solid_harmonic_tensors(lmax, num_radial):
-        idx = np.nonzero(t)
-        out.append(tuple(np.asarray(i, dtype=np.int64) for i in idx) + (t[idx],))
-    return out
