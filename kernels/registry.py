@@ -1,15 +1,30 @@
 """The one place that lists every variant.
 
-Each entry names the module and function implementing the contract of a
-variant (DESIGN.md section 4)::
+Two problems, one entry per (name, problem):
+
+- ``"pairs"``, the pair expansion (DESIGN.md section 4), in ``VARIANTS``::
 
     expand(r_ij, rotations, semiaxes, hypers, *, dtype=None, **options)
         -> list over l of (P, 2l+1, num_radial[l]) arrays
 
-what it needs (importable modules, a GPU) and, when unavailable, why. Modules
-are imported only when their variant is loaded, so listing variants imports
-neither torch, cupy nor numba. A new variant joins the equivalence suite and
-the bench by adding one line to ``VARIANTS``.
+- ``"density"``, the centre density (DESIGN.md section 3, "Centre density"),
+  in ``DENSITY_VARIANTS``, same names as the pair variants they build on::
+
+    centre_density(r_ij, rotations, semiaxes, hypers, segment, n_segments, *,
+                   dtype=None, orthonormal=False, **options)
+        -> list over l of (n_segments, 2l+1, num_radial[l]) arrays
+
+  row s holds the sum of the coefficients of the pairs p with
+  ``segment[p] == s`` (zeros for a segment without pairs), then, when
+  ``orthonormal``, the radial orthonormalisation along n
+  (:mod:`einsum_workbench.reference.density` states it in full).
+
+Each entry says what it needs (importable modules, a GPU) and, when
+unavailable, why. Modules are imported only when their variant is loaded, so
+listing variants imports neither torch, cupy nor numba. A new variant joins
+the equivalence suite and the bench by adding one line to ``VARIANTS`` or
+``DENSITY_VARIANTS``. A pair backend without a density entry still has a
+centre density: :func:`density_function` sums its pair coefficients.
 """
 
 from __future__ import annotations
@@ -20,6 +35,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 _PACKAGE = "einsum_workbench"
+#: The problems a variant solves: the pair expansion and the centre density.
+PROBLEMS = ("pairs", "density")
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,8 @@ class Variant:
     description : str
     options : dict
         Keyword options passed on every call (e.g. ``{"compile": True}``).
+    problem : {"pairs", "density"}
+        The contract the function implements (module docstring).
     """
 
     name: str
@@ -51,6 +70,7 @@ class Variant:
     gpu_probe: str | None = None
     description: str = ""
     options: dict = field(default_factory=dict)
+    problem: str = "pairs"
 
     def unavailable_reason(self) -> str | None:
         """None if the variant can run here, else why not (missing module, no GPU)."""
@@ -137,34 +157,89 @@ VARIANTS: tuple[Variant, ...] = (
 )
 
 
-def variant_names() -> list[str]:
-    """Every registered name, in registry order."""
-    return [v.name for v in VARIANTS]
+DENSITY_VARIANTS: tuple[Variant, ...] = (
+    Variant(
+        "reference", "reference.density", "centre_density", problem="density",
+        description="reference expansion, then sums over each centre's neighbours in pair order (upstream's)",
+    ),
+    Variant(
+        "numpy_einsum", "kernels.segment_density", "numpy_einsum_density", problem="density",
+        description="numpy_einsum expansion plus a NumPy segment sum",
+    ),
+    Variant(
+        "torch_einsum", "kernels.torch_density", "centre_density", requires=("torch",), problem="density",
+        description="torch_einsum expansion plus index_add_, CPU",
+    ),
+    Variant(
+        "numba_fused", "kernels.numba_density", "centre_density", requires=("numba",), problem="density",
+        description="Numba, fused per centre: each centre's sum accumulated in registers/stack, written once",
+    ),
+    Variant(
+        "cupy_batched", "kernels.cupy_density", "centre_density", requires=("cupy",), problem="density",
+        gpu_probe="gpu_unavailable_reason",
+        description="CuPy/CUDA: one thread per centre segment, the sum kept on chip, written once",
+    ),
+)
 
 
-def get_variant(name: str) -> Variant:
-    """The registered variant called ``name``.
+def _table(problem: str) -> tuple[Variant, ...]:
+    if problem == "pairs":
+        return VARIANTS
+    if problem == "density":
+        return DENSITY_VARIANTS
+    raise ValueError(f"problem must be one of {PROBLEMS}, got {problem!r}")
+
+
+def variant_names(problem: str = "pairs") -> list[str]:
+    """Every registered name for ``problem``, in registry order."""
+    return [v.name for v in _table(problem)]
+
+
+def get_variant(name: str, problem: str = "pairs") -> Variant:
+    """The variant called ``name`` registered for ``problem``.
 
     Raises
     ------
     KeyError naming the unknown value and listing the valid names.
+    ValueError for an unknown ``problem``.
     """
-    for v in VARIANTS:
+    for v in _table(problem):
         if v.name == name:
             return v
-    raise KeyError(f"unknown variant {name!r}; registered variants: {', '.join(variant_names())}")
+    raise KeyError(
+        f"unknown {problem} variant {name!r}; registered variants: {', '.join(variant_names(problem))}"
+    )
 
 
-def load_variant(name: str) -> Callable:
-    """Shortcut for ``get_variant(name).load()``."""
-    return get_variant(name).load()
+def load_variant(name: str, problem: str = "pairs") -> Callable:
+    """Shortcut for ``get_variant(name, problem).load()``."""
+    return get_variant(name, problem).load()
 
 
-def available_variants() -> list[Variant]:
-    """The variants that can run on this machine."""
-    return [v for v in VARIANTS if v.available]
+def available_variants(problem: str = "pairs") -> list[Variant]:
+    """The variants of ``problem`` that can run on this machine."""
+    return [v for v in _table(problem) if v.available]
 
 
-def availability_table() -> list[tuple[str, str, str]]:
+def availability_table(problem: str = "pairs") -> list[tuple[str, str, str]]:
     """(name, "available" or the reason it is not, description) for every variant."""
-    return [(v.name, v.unavailable_reason() or "available", v.description) for v in VARIANTS]
+    return [(v.name, v.unavailable_reason() or "available", v.description) for v in _table(problem)]
+
+
+def density_function(name: str) -> Callable:
+    """The centre density computed with the pair backend ``name``.
+
+    Its own ``DENSITY_VARIANTS`` entry when it has one, else its pair
+    expansion followed by a NumPy segment sum
+    (:func:`einsum_workbench.kernels.segment_density.density_from_expansion`).
+
+    Raises
+    ------
+    KeyError (unknown name) or RuntimeError (cannot run here), as :meth:`Variant.load`.
+    """
+    pair_variant = get_variant(name)
+    if name in variant_names("density"):
+        return get_variant(name, "density").load()
+    from .segment_density import density_from_expansion
+
+    return density_from_expansion(pair_variant.load(), name)
