@@ -14,11 +14,14 @@ Two ways in, one mechanism:
 - **Explicit API.** :func:`activate`, :func:`deactivate`, :func:`active_backend`
   and the context manager :func:`use_backend`.
 
-What is patched: the module-level functions ``pairwise_ellip_expansion`` (by the
-variant, through :mod:`.anisoap_adapter.expansion`) and ``contract_pairwise_feat``
-(the vectorised neighbour sum of :mod:`.anisoap_adapter.neighbour_sum`), which
-``EllipsoidalDensityProjection.transform`` looks up at call time. Outputs are
-upstream's TensorMaps. ``ANISOAP_BACKEND_LAYOUT=labelled`` (or
+What is patched: ``EllipsoidalDensityProjection.transform`` and
+``power_spectrum``, replaced wholesale by the workbench's pipeline
+(:mod:`.anisoap_adapter.projection`: one neighbour-list pass over all frames,
+one density-kernel call, TensorMaps built in bulk), and, for users who call
+them directly, the module-level functions ``pairwise_ellip_expansion`` (by the
+variant, through :mod:`.anisoap_adapter.expansion`) and
+``contract_pairwise_feat`` (the vectorised neighbour sum of
+:mod:`.anisoap_adapter.neighbour_sum`). Outputs are upstream's TensorMaps. ``ANISOAP_BACKEND_LAYOUT=labelled`` (or
 ``property_layout="labelled"``) makes the neighbour sum's values match their
 property labels instead of reproducing upstream's n-major layout.
 
@@ -48,6 +51,8 @@ ENV_VAR = "ANISOAP_BACKEND"
 LAYOUT_ENV_VAR = "ANISOAP_BACKEND_LAYOUT"
 TARGET_MODULE = "anisoap.representations.ellipsoidal_density_projection"
 PATCHED_FUNCTIONS = ("pairwise_ellip_expansion", "contract_pairwise_feat")
+PROJECTION_CLASS = "EllipsoidalDensityProjection"
+PATCHED_METHODS = ("transform", "power_spectrum")
 PROPERTY_LAYOUTS = ("upstream", "labelled")  # same tuple as anisoap_adapter.neighbour_sum
 _ORIGINALS_ATTRIBUTE = "_einsum_workbench_originals"
 
@@ -123,6 +128,9 @@ def _patch_module(module) -> None:
                 "supports (anisoap 0.1.1 or its development head)"
             )
         originals = {f: getattr(module, f) for f in PATCHED_FUNCTIONS}
+        projection = getattr(module, PROJECTION_CLASS, None)
+        for method in PATCHED_METHODS if projection is not None else ():
+            originals[f"{PROJECTION_CLASS}.{method}"] = projection.__dict__[method]
         setattr(module, _ORIGINALS_ATTRIBUTE, originals)
     name, layout = _active["name"], _active["layout"]
     module.pairwise_ellip_expansion = make_pairwise_ellip_expansion(
@@ -137,11 +145,21 @@ def _patch_module(module) -> None:
     neighbour_sum.workbench_backend = name
     module.contract_pairwise_feat = neighbour_sum
 
+    projection = getattr(module, PROJECTION_CLASS, None)
+    if projection is not None:
+        from .anisoap_adapter.projection import make_power_spectrum, make_transform, upstream_flavour
+
+        flavour = upstream_flavour(module)
+        projection.transform = make_transform(
+            originals[f"{PROJECTION_CLASS}.transform"], name, flavour, layout)
+        projection.power_spectrum = make_power_spectrum(name, flavour, layout)
+
 
 def _unpatch_module(module) -> None:
     originals = module.__dict__.pop(_ORIGINALS_ATTRIBUTE, None)
     for function, original in (originals or {}).items():
-        setattr(module, function, original)
+        owner, _, attribute = function.rpartition(".")
+        setattr(getattr(module, owner) if owner else module, attribute, original)
 
 
 class _PatchingLoader(importlib.abc.Loader):

@@ -1,11 +1,13 @@
 """Frames to neighbour pairs: the flat pair batch every variant consumes.
 
 Reads extxyz frames with ASE, turns each ellipsoid's stored orientation into a
-body-to-lab rotation matrix and its stored diameters into semi-axes, builds a
-full periodic neighbour list with vesin (the same set of pairs as featomic's
-``NeighborList``, which AniSOAP uses), optionally adds the self pairs
-(i, i, no shift, r = 0) AniSOAP keeps when ``subtract_center_contribution`` is
-False, and flattens everything into a :class:`PairBatch`.
+body-to-lab rotation matrix and its stored diameters into semi-axes, builds the
+full periodic neighbour lists of all frames in one pass
+(:mod:`.neighbours`: vesin, or one vectorised search over all small frames;
+the same set of pairs as featomic's ``NeighborList``, which AniSOAP uses),
+optionally with the self pairs (i, i, no shift, r = 0) AniSOAP keeps when
+``subtract_center_contribution`` is False, and flattens everything into a
+:class:`PairBatch`. The frames are read once into an :class:`AtomsTable`.
 
 Conventions follow AniSOAP 0.1.1 (``EllipsoidalDensityProjection.transform``):
 quaternions are stored (w, x, y, z) (array ``c_q``), semi-axes are
@@ -313,51 +315,151 @@ def frame_semiaxes(frame, frame_index, semiaxes=None) -> np.ndarray:
     return np.broadcast_to(value, (n, 3)).copy()
 
 
-def _frame_positions(frame, frame_index) -> np.ndarray:
-    positions = np.asarray(frame.positions, dtype=np.float64)
+@dataclass
+class AtomsTable:
+    """Every atom of every frame in flat arrays: what the neighbour list and
+    the pair batch are built from.
+
+    Attributes
+    ----------
+    n_atoms : (F,) int64
+        Atoms per frame.
+    positions : (N, 3) float64, angstrom
+        Frame after frame.
+    numbers : (N,) int32
+        Atomic numbers (0 for ASE's dummy ``X``).
+    rotations : (N, 3, 3) float64
+        Body-to-lab rotation of every ellipsoid.
+    semiaxes : (N, 3) float64, angstrom
+    cells : (F, 3, 3) float64, angstrom (rows are lattice vectors)
+    pbc : (F, 3) bool
+    """
+
+    n_atoms: np.ndarray
+    positions: np.ndarray
+    numbers: np.ndarray
+    rotations: np.ndarray
+    semiaxes: np.ndarray
+    cells: np.ndarray
+    pbc: np.ndarray
+
+    @property
+    def first_atom(self) -> np.ndarray:
+        """(F,) int64: global index of each frame's first atom."""
+        return np.concatenate([[0], np.cumsum(self.n_atoms)[:-1]]).astype(np.int64)
+
+    def locate(self, atom: int) -> tuple[int, int]:
+        """(frame, atom within the frame) of the global atom index ``atom``."""
+        frame = int(np.searchsorted(np.cumsum(self.n_atoms), atom, side="right"))
+        return frame, int(atom - self.first_atom[frame])
+
+
+def frame_geometry(frames):
+    """n_atoms (F,), positions (N, 3), numbers (N,), cells (F, 3, 3), pbc (F, 3)
+    of a list of ``ase.Atoms``, read once per frame.
+
+    Raises
+    ------
+    ValueError
+        a non-finite position (frame and atom named).
+    """
+    n_atoms = np.fromiter((len(f) for f in frames), dtype=np.int64, count=len(frames))
+    positions = np.concatenate([f.positions for f in frames]) if len(frames) else np.zeros((0, 3))
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    numbers = (np.concatenate([f.numbers for f in frames]) if len(frames) else np.zeros(0)).astype(np.int32)
+    cells = np.array([f.cell.array for f in frames], dtype=np.float64).reshape(-1, 3, 3)
+    pbc = np.array([f.pbc for f in frames], dtype=bool).reshape(-1, 3)
     bad = ~np.isfinite(positions).all(axis=1)
     if bad.any():
-        k = int(np.argmax(bad))
-        raise ValueError(f"frame {frame_index} atom {k} has a non-finite position: {positions[k].tolist()}")
-    return positions
+        atom = int(np.argmax(bad))
+        first = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
+        frame = int(np.searchsorted(first, atom, side="right") - 1)
+        raise ValueError(f"frame {frame} atom {atom - first[frame]} has a non-finite position: "
+                         f"{positions[atom].tolist()}")
+    return n_atoms, positions, numbers, cells, pbc
 
 
-def frame_neighbour_pairs(frame, frame_index, cutoff: float, self_pairs: bool = True):
-    """Full neighbour list of one frame with vesin.
+def atoms_table(frames, *, semiaxes=None, rotation_key: str | None = "c_q",
+                rotation_type: str = "quaternion") -> AtomsTable:
+    """Read every frame's atoms into one :class:`AtomsTable` (one pass over
+    the frames, rotations converted for all atoms at once).
+
+    Parameters
+    ----------
+    frames : ase.Atoms or sequence of ase.Atoms
+    semiaxes, rotation_key, rotation_type
+        As :func:`frames_to_pairs`.
+
+    Raises
+    ------
+    ValueError
+        as :func:`frame_rotations` and :func:`frame_semiaxes` (frame and
+        atom named), or a non-finite position.
+    """
+    if rotation_type not in ROTATION_TYPES:
+        raise ValueError(f"rotation_type must be one of {ROTATION_TYPES}, got {rotation_type!r}")
+    if hasattr(frames, "positions"):
+        frames = [frames]
+    frames = list(frames)
+    n_atoms, positions, numbers, cells, pbc = frame_geometry(frames)
+    filled = [(k, f) for k, f in enumerate(frames) if len(f)]
+    if rotation_key is None:
+        rotations = np.broadcast_to(np.eye(3), (len(positions), 3, 3)).copy()
+    else:
+        stored = []
+        for k, f in filled:
+            if rotation_key not in f.arrays:
+                raise ValueError(
+                    f"frame {k} has no {rotation_key!r} array holding rotations; its arrays are {sorted(f.arrays)}"
+                )
+            stored.append(np.asarray(f.arrays[rotation_key], dtype=np.float64).reshape(len(f), -1))
+        stored = np.concatenate(stored) if stored else np.zeros((0, 4 if rotation_type == "quaternion" else 9))
+        try:
+            convert = rotations_from_quaternions if rotation_type == "quaternion" else rotations_from_matrices
+            rotations = convert(stored, what="atom").reshape(-1, 3, 3)
+        except ValueError:
+            # locate the culprit with the per-frame reader (its message names frame and atom)
+            for k, f in filled:
+                frame_rotations(f, k, rotation_key, rotation_type)
+            raise
+    if semiaxes is None or isinstance(semiaxes, dict):
+        lengths = [frame_semiaxes(f, k, semiaxes) for k, f in filled]
+        lengths = np.concatenate(lengths) if lengths else np.zeros((0, 3))
+    else:
+        lengths = np.broadcast_to(frame_semiaxes(frames[filled[0][0]], filled[0][0], semiaxes)[:1]
+                                  if filled else np.ones((1, 3)), (len(positions), 3)).copy()
+    return AtomsTable(n_atoms=n_atoms, positions=positions, numbers=numbers, rotations=rotations,
+                      semiaxes=lengths, cells=cells, pbc=pbc)
+
+
+def pairs_from_table(table: AtomsTable, cutoff: float, *, self_pairs: bool = True) -> PairBatch:
+    """The pair batch of an :class:`AtomsTable`: one neighbour-list pass over
+    all frames (:func:`einsum_workbench.reference.neighbours.neighbour_pairs`),
+    neighbour j's rotation and semi-axes gathered per pair.
 
     Returns
     -------
-    i, j : (Q,) int64 atom indices; shift : (Q, 3) int64 cell shifts;
-    r_ij : (Q, 3) float64, ``pos[j] + shift @ cell - pos[i]``.
-    Both directions of every pair, periodic images included, sorted by
-    (i, j, shift); self pairs (i, i, 0, r = 0) added when ``self_pairs``.
-    """
-    import vesin
+    PairBatch sorted by (frame, centre, neighbour, shift).
 
-    positions = _frame_positions(frame, frame_index)
-    n = len(positions)
-    pbc = np.asarray(frame.pbc, dtype=bool)
-    cell = np.asarray(frame.cell.array, dtype=np.float64)
-    if n == 0:
-        i = j = np.zeros(0, np.int64)
-        shift, r_ij = np.zeros((0, 3), np.int64), np.zeros((0, 3))
-    else:
-        if not pbc.any():
-            cell = np.zeros((3, 3))
-        elif np.any(np.linalg.norm(cell[pbc], axis=1) == 0):
-            raise ValueError(f"frame {frame_index} is periodic along {pbc.tolist()} but its cell is {cell.tolist()}")
-        calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
-        periodic = bool(pbc[0]) if np.all(pbc == pbc[0]) else pbc.tolist()
-        i, j, shift, r_ij = calculator.compute(positions, cell, periodic, quantities="ijSD")
-        i, j = i.astype(np.int64), j.astype(np.int64)
-        shift, r_ij = shift.astype(np.int64).reshape(-1, 3), np.asarray(r_ij, np.float64).reshape(-1, 3)
-    if self_pairs and n:
-        atoms = np.arange(n, dtype=np.int64)
-        i, j = np.concatenate([i, atoms]), np.concatenate([j, atoms])
-        shift = np.concatenate([shift, np.zeros((n, 3), np.int64)])
-        r_ij = np.concatenate([r_ij, np.zeros((n, 3))])
-    order = np.lexsort((shift[:, 2], shift[:, 1], shift[:, 0], j, i))
-    return i[order], j[order], shift[order], r_ij[order]
+    Raises
+    ------
+    ValueError
+        a non-positive or non-finite cutoff, a periodic axis with a zero cell vector.
+    """
+    from .neighbours import neighbour_pairs
+
+    if isinstance(cutoff, bool) or not isinstance(cutoff, numbers.Real) or not (float(cutoff) > 0 and np.isfinite(cutoff)):
+        raise ValueError(f"cutoff must be a finite number > 0, got {cutoff!r}")
+    frame, i, j, shift, r_ij = neighbour_pairs(table.positions, table.n_atoms, table.cells, table.pbc,
+                                               float(cutoff), self_pairs=self_pairs)
+    first = table.first_atom
+    gi, gj = first[frame] + i, first[frame] + j
+    return PairBatch(
+        r_ij=r_ij, rotations=table.rotations[gj], semiaxes=table.semiaxes[gj],
+        frame=frame, centre=i, neighbour=j,
+        centre_species=table.numbers[gi], neighbour_species=table.numbers[gj],
+        shift=shift, n_atoms=table.n_atoms,
+    )
 
 
 def frames_to_pairs(
@@ -379,8 +481,8 @@ def frames_to_pairs(
         Neighbour cutoff radius (pairs with |r_ij| < cutoff).
     self_pairs : bool
         Add (i, i, shift 0, r = 0) for every atom, as AniSOAP does when
-        ``subtract_center_contribution`` is False (its default). vesin does
-        not give them; images of i itself in other cells are always present.
+        ``subtract_center_contribution`` is False (its default). Images of i
+        itself in other cells are always present.
     semiaxes : None, (3,) array_like or dict
         See :func:`frame_semiaxes`.
     rotation_key : str or None
@@ -402,32 +504,5 @@ def frames_to_pairs(
     """
     if isinstance(cutoff, bool) or not isinstance(cutoff, numbers.Real) or not (float(cutoff) > 0 and np.isfinite(cutoff)):
         raise ValueError(f"cutoff must be a finite number > 0, got {cutoff!r}")
-    if rotation_type not in ROTATION_TYPES:
-        raise ValueError(f"rotation_type must be one of {ROTATION_TYPES}, got {rotation_type!r}")
-    if hasattr(frames, "positions"):
-        frames = [frames]
-    frames = list(frames)
-    n_atoms = np.array([len(f) for f in frames], dtype=np.int64)
-    parts = []
-    for f_idx, frame in enumerate(frames):
-        if len(frame) == 0:
-            continue
-        rotations = frame_rotations(frame, f_idx, rotation_key, rotation_type)
-        lengths = frame_semiaxes(frame, f_idx, semiaxes)
-        species = np.asarray(frame.numbers, dtype=np.int32)
-        i, j, shift, r_ij = frame_neighbour_pairs(frame, f_idx, cutoff, self_pairs)
-        parts.append(
-            PairBatch(
-                r_ij=r_ij, rotations=rotations[j], semiaxes=lengths[j],
-                frame=np.full(len(i), f_idx, np.int64), centre=i, neighbour=j,
-                centre_species=species[i], neighbour_species=species[j],
-                shift=shift, n_atoms=n_atoms,
-            )
-        )
-    if not parts:
-        return empty_pair_batch(n_atoms)
-    values = {
-        f.name: (n_atoms if f.name == "n_atoms" else np.concatenate([getattr(p, f.name) for p in parts]))
-        for f in fields(PairBatch)
-    }
-    return PairBatch(**values)
+    table = atoms_table(frames, semiaxes=semiaxes, rotation_key=rotation_key, rotation_type=rotation_type)
+    return pairs_from_table(table, cutoff, self_pairs=self_pairs)

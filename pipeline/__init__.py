@@ -1,0 +1,28 @@
+"""Frames to AniSOAP's outputs with per-frame Python work only where it cannot
+be avoided: one pass over the frames, one neighbour-list pass for all of them,
+one density kernel call, TensorMaps built from arrays.
+
+- :func:`centre_density`: the centre density as a metatensor TensorMap
+  (what ``EllipsoidalDensityProjection.transform`` returns);
+- :func:`power_spectrum`: per-structure power-spectrum features for any number
+  of species, with labels that match the values;
+- :func:`record_stages`: where the time of the calls inside a block goes.
+
+Usable without upstream AniSOAP installed (metatensor is needed for TensorMaps
+only). Importing this package imports NumPy only.
+"""
+
+from .density import centre_density, density_layout, density_of_pairs, density_tensormap
+from .power_spectrum import PowerSpectrum, power_spectrum, power_spectrum_tensormap
+from .stages import record_stages
+
+__all__ = [
+    "PowerSpectrum",
+    "centre_density",
+    "density_layout",
+    "density_of_pairs",
+    "density_tensormap",
+    "power_spectrum",
+    "power_spectrum_tensormap",
+    "record_stages",
+]

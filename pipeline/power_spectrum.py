@@ -1,0 +1,182 @@
+"""AniSOAP's power spectrum from the centre density: one contraction per l.
+
+Upstream's ``power_spectrum`` couples the density with itself to total
+angular momentum 0 (``cg_combine`` with ``lcut=0``, centre species matched)
+in a Python loop over blocks and Clebsch-Gordan entries. For lambda = 0 the
+real Clebsch-Gordan coefficient of two l channels is ``(-1)^l / sqrt(2l+1)``
+on the diagonal m1 = m2 and zero elsewhere (read off upstream's
+``ClebschGordanReal``; a test checks it, sign included), so per centre and l:
+
+    p_l[(q_a, q_b)] = (-1)^l / sqrt(2l+1) * sum_m rho_l[m, q_a] rho_l[m, q_b]
+
+with q the density block's property columns: one batched matrix product per
+l and centre species (DESIGN.md section 3, "Power spectrum"). Properties
+follow upstream's order: l ascending, then (q_a, q_b) with q_a major,
+labelled ``(n_1_a, neighbor_types_1_a, k_2, n_1_b, neighbor_types_1_b, l_2)``.
+
+Per structure, upstream's ``mean_over_samples`` averages over the centres.
+:func:`power_spectrum` returns that for any number of centre species: the
+per-species means side by side (zeros where a structure has no centre of a
+species), with labels that describe the values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from einsum_workbench.reference.hypers import ExpansionHypers
+
+from .density import DensityLayout, _density_of_frames, density_blocks
+from .stages import stage
+
+#: Property names of upstream's power-spectrum blocks (after ``standardize_keys``).
+PROPERTY_NAMES = ("n_1_a", "neighbor_types_1_a", "k_2", "n_1_b", "neighbor_types_1_b", "l_2")
+
+
+def coupling_constant(l: int) -> float:
+    """Real Clebsch-Gordan coefficient <l m; l m | 0 0> of AniSOAP's real basis: (-1)^l / sqrt(2l+1)."""
+    return (-1.0) ** l / np.sqrt(2 * l + 1)
+
+
+def species_power_spectrum(layout: DensityLayout, blocks, c: int):
+    """Power spectrum of every centre of species index ``c``.
+
+    Parameters
+    ----------
+    layout : DensityLayout
+    blocks : ``density_blocks(layout, density, ...)``; the products are taken
+        over the columns of ``blocks[c][l]`` in their order.
+    c : int
+        Index into ``layout.centre_types``.
+
+    Returns
+    -------
+    values : (S_c, F_c) float64, F_c = sum_l (num_radial[l] * E_c)^2
+    properties : (F_c, 6) int32 rows ``(n_a, e_a, l, n_b, e_b, l)`` built
+        from the density's labels (species-major), as upstream builds them.
+    """
+    values, properties = [], []
+    n_types = len(layout.neighbour_types[c])
+    for l, block in enumerate(blocks[c]):
+        products = np.matmul(block.transpose(0, 2, 1), block)             # (S, Q, Q)
+        values.append(coupling_constant(l) * products.reshape(len(block), -1))
+        labels = layout.property_rows(c, block.shape[2] // n_types)      # (Q, 2) species-major
+        q = len(labels)
+        a, b = np.repeat(labels, q, axis=0), np.tile(labels, (q, 1))
+        lcol = np.full((q * q, 1), l, dtype=np.int32)
+        properties.append(np.hstack([a, lcol, b, lcol]))
+    return np.hstack(values), np.vstack(properties).astype(np.int32)
+
+
+def power_spectrum_tensormap(layout: DensityLayout, blocks):
+    """Upstream's ``mvg_nu2`` (``power_spectrum(..., mean_over_samples=False)``).
+
+    Parameters
+    ----------
+    layout : DensityLayout
+    blocks : ``density_blocks(layout, density, ...)``
+
+    Returns
+    -------
+    metatensor.TensorMap, keys ``(order_nu, angular_channel, types_center)`` =
+    (2, 0, c); per centre species one block, samples ("type", "center"),
+    components ``spherical_harmonics_m`` = [0], values (S_c, 1, F_c).
+    """
+    from metatensor import Labels, TensorBlock, TensorMap
+
+    tensor_blocks = []
+    for c in range(len(layout.centre_types)):
+        with stage("power_spectrum"):
+            values, properties = species_power_spectrum(layout, blocks, c)
+        with stage("tensormap"):
+            tensor_blocks.append(TensorBlock(
+                values=values.reshape(len(values), 1, -1),
+                samples=Labels(["type", "center"], layout.samples[c]),
+                components=[Labels(["spherical_harmonics_m"], np.zeros((1, 1), dtype=np.int32))],
+                properties=Labels(list(PROPERTY_NAMES), properties),
+            ))
+    keys = np.stack([np.full(len(layout.centre_types), 2), np.zeros(len(layout.centre_types)),
+                     layout.centre_types], axis=1).astype(np.int32)
+    with stage("tensormap"):
+        return TensorMap(Labels(["order_nu", "angular_channel", "types_center"], keys.reshape(-1, 3)),
+                         tensor_blocks)
+
+
+def mean_over_centres(values: np.ndarray, systems: np.ndarray, n_frames: int):
+    """Mean of ``values`` rows per system.
+
+    Parameters
+    ----------
+    values : (S, F) float
+    systems : (S,) int, non-decreasing system index of each row
+    n_frames : int
+
+    Returns
+    -------
+    (means (n_frames, F) with zeros for systems without rows, present (n_frames,) bool)
+    """
+    means = np.zeros((n_frames, values.shape[1]), dtype=values.dtype)
+    present = np.zeros(n_frames, dtype=bool)
+    if len(values):
+        starts = np.flatnonzero(np.concatenate([[True], systems[1:] != systems[:-1]]))
+        counts = np.diff(np.append(starts, len(systems)))
+        means[systems[starts]] = np.add.reduceat(values, starts, axis=0) / counts[:, None]
+        present[systems[starts]] = True
+    return means, present
+
+
+@dataclass
+class PowerSpectrum:
+    """Per-structure power spectrum features.
+
+    Attributes
+    ----------
+    values : (n_frames, n_features) float64
+        Per frame, for each centre species, the mean over its centres of that
+        species (zeros for a frame with none), species side by side.
+    properties : (n_features, 7) int32
+        ``names`` of each column; values match them for any number of species.
+    names : tuple of str
+        ``("types_center",) + PROPERTY_NAMES``.
+    """
+
+    values: np.ndarray
+    properties: np.ndarray
+    names: tuple = ("types_center",) + PROPERTY_NAMES
+
+
+def power_spectrum(frames, hypers: ExpansionHypers, *, backend: str = "numba_fused", orthonormal: bool = True,
+                   self_pairs: bool = True, semiaxes=None, rotation_key: str | None = "c_q",
+                   rotation_type: str = "quaternion") -> PowerSpectrum:
+    """AniSOAP's power spectrum averaged per structure, for any number of species.
+
+    Parameters are those of :func:`einsum_workbench.pipeline.density.centre_density`.
+
+    Returns
+    -------
+    PowerSpectrum: values (n_frames, n_features) float64 with their labels.
+    For one centre species the values equal upstream's
+    ``power_spectrum(frames)`` (its columns relabelled to match, since
+    upstream lays values out n-major under species-major labels).
+
+    Raises
+    ------
+    As :func:`einsum_workbench.pipeline.density.centre_density`.
+    """
+    layout, density = _density_of_frames(frames, hypers, backend=backend, orthonormal=orthonormal,
+                                         self_pairs=self_pairs, semiaxes=semiaxes, rotation_key=rotation_key,
+                                         rotation_type=rotation_type)
+    columns, labels = [], []
+    with stage("power_spectrum"):
+        blocks = density_blocks(layout, density, property_layout="labelled")
+        for c, centre_type in enumerate(layout.centre_types):
+            values, properties = species_power_spectrum(layout, blocks, c)
+            means, _ = mean_over_centres(values, layout.samples[c][:, 0], layout.n_frames)
+            columns.append(means)
+            labels.append(np.hstack([np.full((len(properties), 1), centre_type, dtype=np.int32), properties]))
+    n_frames = layout.n_frames if layout.n_frames else (len(frames) if hasattr(frames, "__len__") else 0)
+    values = np.hstack(columns) if columns else np.zeros((n_frames, 0))
+    properties = np.vstack(labels) if labels else np.zeros((0, 7), dtype=np.int32)
+    return PowerSpectrum(values=values, properties=properties)

@@ -1,0 +1,50 @@
+"""Where the time of a pipeline call goes, recorded only when asked.
+
+``with record_stages() as seconds: ...`` collects the seconds spent in each
+named stage of every pipeline call made inside the block (the AniSOAP switch
+included), so a benchmark can print the split without the pipeline taking a
+timer argument. Outside such a block :func:`stage` costs one context-variable
+lookup.
+
+Stage names: ``frames`` (reading the frames into flat arrays), ``neighbour_list``,
+``kernel`` (the density variant), ``tensormap`` (metatensor objects),
+``power_spectrum`` (the contraction and the mean over centres).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import time
+
+_current: contextvars.ContextVar = contextvars.ContextVar("einsum_workbench_stages", default=None)
+
+
+@contextlib.contextmanager
+def record_stages():
+    """Collect stage durations (seconds, summed per name) made inside the block.
+
+    Yields
+    ------
+    dict from stage name to seconds, filled as the block runs.
+    """
+    seconds: dict[str, float] = {}
+    token = _current.set(seconds)
+    try:
+        yield seconds
+    finally:
+        _current.reset(token)
+
+
+@contextlib.contextmanager
+def stage(name: str):
+    """Time the block as stage ``name`` when :func:`record_stages` is active."""
+    seconds = _current.get()
+    if seconds is None:
+        yield
+        return
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
