@@ -25,6 +25,20 @@ It
    card's theoretical DRAM bandwidth), and peak GPU memory (CuPy memory pool
    bytes held from an emptied pool / ``torch.cuda.max_memory_allocated``).
 
+4. for the ``cupy_batched`` centre density (``kernels.cupy_density``, the
+   neighbour sum fused into the kernel): equivalence against
+   ``reference.density.centre_density`` (lmax 0, 3, 6; GTO and monomial; int,
+   list and default radial counts; float64 and float32; raw and
+   orthonormalised; unsorted segments with empty ones; an empty batch; the same
+   tolerances), chunked == unchunked (bit for bit), thread order and runs cut
+   short against whole segments, the GPU against the same code compiled for
+   the CPU by g++; then timings at 10^5, 10^6 and 10^7 pairs (``--density-pairs``)
+   in float64 and float32, segments of ~64 pairs (Poisson sizes) and of skewed
+   sizes (log-normal, same mean): ``kernel`` = the density and combine kernels
+   on device-resident inputs, CUDA events, pairs per second; ``end-to-end`` =
+   NumPy in, NumPy out (sorting, planning, validation and transfers included).
+   ``--problem density`` runs only this part, ``--problem pairs`` only 1-3.
+
 Modes: ``kernel`` = inputs and outputs already on the device, one kernel
 launch (the device code's throughput; the goal of >= 1e9 pairs/s at lmax 6
 float64 on an H100 refers to it); ``device-out`` = NumPy in, CuPy out
@@ -39,6 +53,7 @@ variant's reason; nothing was validated or timed).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -53,6 +68,9 @@ from einsum_workbench.reference.compare import assert_coefficients_close
 from einsum_workbench.reference.random_pairs import random_pair_batch
 
 GPU_VARIANTS = ("cupy_batched", "torch_cuda")
+DENSITY_GPU_VARIANTS = ("cupy_batched",)  # registry problem "density"
+DENSITY_PAIRS = (10**5, 10**6, 10**7)
+DENSITY_MEAN_SEGMENT = 64  # pairs per segment in the timed batches (an all-atom centre and species)
 EXIT_OK, EXIT_FAILED, EXIT_SKIPPED = 0, 1, 3  # 2 is argparse's usage error
 GOAL_PAIRS_PER_SECOND = 1e9
 
@@ -327,6 +345,260 @@ def print_table(card, rows):
               f"({reached:.3e} pairs/s)")
 
 
+# ---------------------------------------------------------------- centre density
+
+def density_equivalence_cases():
+    """(label, hypers, dtype, orthonormal, n_pairs, n_segments, seed) for the density checks."""
+    cases = []
+    sets = [(0, "gto", None), (3, "monomial", 2), (3, "gto", [2, 0, 1, 1]), (6, "gto", None),
+            (6, "monomial", [1, 2, 0, 1, 1, 0, 0])]
+    for i, (lmax, basis, max_radial) in enumerate(sets):
+        for dtype in (np.float64, np.float32):
+            for orthonormal in (False, True):
+                label = f"density l{lmax}-{basis}-{max_radial} {np.dtype(dtype).name}" \
+                        f"{' orthonormal' if orthonormal else ' raw'}"
+                cases.append((label, make_hypers(lmax, basis, max_radial), dtype, orthonormal, 90, 13, 400 + i))
+    return cases
+
+
+def density_segments(n_pairs, n_segments, seed):
+    """Unsorted segment of each pair, with segments 1 and ``n_segments - 1`` left empty."""
+    rng = np.random.default_rng(seed)
+    used = np.setdiff1d(np.arange(n_segments), [1, n_segments - 1])
+    return rng.choice(used, size=n_pairs)
+
+
+def check_density_equivalence(name, density, checks: Checks):
+    """``density`` (the centre-density contract) against ``reference.density.centre_density``."""
+    from einsum_workbench.reference.density import centre_density as reference_density
+
+    print(f"[{name} density] equivalence against reference.density.centre_density")
+    for label, hypers, dtype, orthonormal, n_pairs, n_segments, seed in density_equivalence_cases():
+        arrays = _inputs(n_pairs, seed, "mixed", dtype)
+        segment = density_segments(n_pairs, n_segments, seed)
+
+        def one(arrays=arrays, hypers=hypers, dtype=dtype, orthonormal=orthonormal, segment=segment,
+                n_segments=n_segments, label=label):
+            expected = reference_density(*(a.astype(np.float64) for a in arrays), hypers, segment, n_segments,
+                                         orthonormal=orthonormal)
+            actual = density(*arrays, hypers, segment, n_segments, dtype=dtype, orthonormal=orthonormal)
+            # raw densities are also compared after orthonormalisation (as the pair checks)
+            assert_coefficients_close(actual, expected, hypers, dtype, f"{name} {label}",
+                                      orthonormalised=not orthonormal)
+            for l, block in enumerate(actual):
+                assert not np.any(block[[1, n_segments - 1]]), f"{label}: empty segment not zero (l={l})"
+
+        checks.run(f"{name} {label}", one)
+
+    def empty():
+        hypers = make_hypers(4, "gto")
+        for dtype in (np.float64, np.float32):
+            for n_segments in (0, 3):
+                out = density(np.zeros((0, 3), dtype), np.zeros((0, 3, 3), dtype), np.zeros((0, 3), dtype),
+                              hypers, np.zeros(0, np.int64), n_segments)
+                want = [(n_segments, 2 * l + 1, n) for l, n in enumerate(hypers.num_radial)]
+                assert [b.shape for b in out] == want, f"empty batch shapes {[b.shape for b in out]} != {want}"
+                assert all(b.dtype == np.dtype(dtype) and not b.any() for b in out)
+
+    checks.run(f"{name} density empty batch", empty)
+
+
+def check_density_extras(checks: Checks):
+    """GPU only: chunking, thread order, cut runs, GPU vs the host-compiled code."""
+    from einsum_workbench.kernels import cupy_density as cd
+
+    hypers = make_hypers(6, "gto")
+    arrays = _inputs(6000, 23, "mixed", np.float64)
+    segment = density_segments(6000, 101, 23)
+    print("[cupy_batched density] chunking, thread order, cut runs, GPU vs host-compiled code")
+
+    def chunked():
+        whole = cd.centre_density(*arrays, hypers, segment, 101, max_run_pairs=16)
+        plan = cd.plan_density(np.sort(segment), hypers, np.float64, 2**30, 16)
+        bound = plan.device_bytes // 5
+        assert len(cd.plan_density(np.sort(segment), hypers, np.float64, bound, 16).chunks) > 3
+        parts = cd.centre_density(*arrays, hypers, segment, 101, max_run_pairs=16, max_gpu_memory=bound)
+        for l, (a, b) in enumerate(zip(whole, parts)):
+            np.testing.assert_array_equal(a, b, err_msg=f"chunked != unchunked, l={l}")
+
+    def thread_order():
+        first = cd.centre_density(*arrays, hypers, segment, 101, max_run_pairs=16)
+        plain = cd.centre_density(*arrays, hypers, segment, 101, max_run_pairs=16, longest_first=False)
+        for l, (a, b) in enumerate(zip(first, plain)):
+            np.testing.assert_array_equal(a, b, err_msg=f"longest_first changed the result, l={l}")
+
+    def cut_runs():
+        whole = cd.centre_density(*arrays, hypers, segment, 101, max_run_pairs=10**6)
+        cut = cd.centre_density(*arrays, hypers, segment, 101, max_run_pairs=3)
+        for l, (a, b) in enumerate(zip(whole, cut)):
+            np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-13 * float(np.max(np.abs(a))),
+                                       err_msg=f"runs of 3 pairs vs whole segments, l={l}")
+
+    def versus_host():
+        if cd.cb.host_compiler() is None:
+            print("  (g++ absent: GPU vs host-compiled density not compared)")
+            return
+        for dtype, rtol in ((np.float64, 1e-10), (np.float32, 1e-4)):
+            cast = tuple(a.astype(dtype) for a in arrays)
+            gpu = cd.centre_density(*cast, hypers, segment, 101)
+            host = cd.centre_density_host_compiled(*cast, hypers, segment, 101)
+            for l, (g, h) in enumerate(zip(gpu, host)):
+                scale = float(np.max(np.abs(h)))
+                np.testing.assert_allclose(g, h, rtol=rtol, atol=rtol * 1e-3 * scale,
+                                           err_msg=f"GPU vs host-compiled density, l={l}, {np.dtype(dtype)}")
+
+    checks.run("cupy_batched density chunked == unchunked", chunked)
+    checks.run("cupy_batched density longest_first == pair order", thread_order)
+    checks.run("cupy_batched density cut runs == whole segments", cut_runs)
+    checks.run("cupy_batched density GPU == host-compiled code", versus_host)
+
+
+def timing_segments(n_pairs, kind, seed=0):
+    """Sorted segment of each pair: ``poisson`` (pairs thrown uniformly into
+    ``n_pairs // 64`` segments) or ``skewed`` (log-normal sizes, sigma 1.2, mean ~64).
+
+    Returns (segment (P,) int64, n_segments).
+    """
+    rng = np.random.default_rng(seed)
+    if kind == "poisson":
+        n_segments = max(1, n_pairs // DENSITY_MEAN_SEGMENT)
+        return np.sort(rng.integers(0, n_segments, n_pairs)), n_segments
+    if kind == "skewed":
+        sigma = 1.2
+        sizes = np.zeros(0, dtype=np.int64)
+        while sizes.sum() < n_pairs:
+            more = rng.lognormal(np.log(DENSITY_MEAN_SEGMENT) - sigma**2 / 2, sigma,
+                                 size=2 * n_pairs // DENSITY_MEAN_SEGMENT + 10)
+            sizes = np.concatenate([sizes, np.maximum(1, more).astype(np.int64)])
+        n_segments = int(np.searchsorted(np.cumsum(sizes), n_pairs)) + 1
+        segment = np.repeat(np.arange(n_segments), sizes[:n_segments])[:n_pairs]
+        return segment, n_segments
+    raise ValueError(f"segment kind must be 'poisson' or 'skewed', got {kind!r}")
+
+
+@functools.lru_cache(maxsize=2)
+def _timing_pairs(n_pairs):
+    return _inputs(n_pairs, 1, "mixed", np.float64)
+
+
+def time_density_kernel(hypers, dtype, n_pairs, kind, repeats, block_size=128, max_registers=None,
+                        max_run_pairs=None, longest_first=True):
+    """Kernel only: device-resident inputs, one density + one combine launch per call, CUDA events.
+
+    Returns (seconds per call, peak pool bytes, note, n_segments).
+    """
+    import cupy
+
+    from einsum_workbench.kernels import cupy_batched as cb
+    from einsum_workbench.kernels import cupy_density as cd
+
+    arrays = tuple(a.astype(dtype, copy=False) for a in _timing_pairs(n_pairs))
+    segment, n_segments = timing_segments(n_pairs, kind)
+    plan = cd.plan_density(segment, hypers, dtype, 2**62, max_run_pairs, longest_first)
+    assert len(plan.chunks) == 1, "timed plan must be one chunk"
+    chunk = plan.chunks[0]
+    backend = cd.CupyDensityBackend(hypers, block_size, max_registers)
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
+    d_in = [cupy.asarray(a.reshape(-1)) for a in arrays]
+    d_idx = [cupy.asarray(x) for x in (chunk.run_start, chunk.run_stop, chunk.column, chunk.first)]
+    n_out = cb.output_offsets(hypers)[-1]
+    d_runs = cupy.empty(n_out * chunk.n_runs, dtype=dtype)
+    d_rows = cupy.empty(n_out * chunk.n_rows, dtype=dtype)
+
+    def call():
+        backend.launch(*d_in, d_idx[0], d_idx[1], d_runs, chunk.n_runs, chunk.n_runs, dtype)
+        backend.combine(d_runs, d_idx[2], d_idx[3], d_rows, chunk.n_rows, chunk.n_runs, chunk.n_rows, dtype)
+
+    for _ in range(2):  # warm-up: module load, caches
+        call()
+    cupy.cuda.Device().synchronize()
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    for _ in range(repeats):
+        call()
+    stop.record()
+    stop.synchronize()
+    seconds = cupy.cuda.get_elapsed_time(start, stop) / 1e3 / repeats
+    note = f"{kind} segments, {chunk.n_runs} runs of <= {plan.max_run_pairs} pairs" \
+           f"{', longest first' if longest_first else ', pair order'}, block {block_size}"
+    try:
+        attributes = backend.module.get_function(cd.KERNEL_NAMES[np.dtype(dtype)]).attributes
+        note += f", {attributes['num_regs']} regs, {attributes['local_size_bytes']} B local"
+    except Exception:  # attribute names differ between CuPy versions: the note is optional
+        pass
+    if max_registers is not None:
+        note += f" (--maxrregcount={max_registers})"
+    peak = pool.total_bytes()
+    del d_in, d_idx, d_runs, d_rows
+    return seconds, peak, note, n_segments
+
+
+def time_density_call(hypers, dtype, n_pairs, kind, repeats):
+    """End to end: NumPy in (segments shuffled: the host sorts), NumPy out, synchronised wall clock."""
+    import cupy
+
+    from einsum_workbench.kernels import cupy_density as cd
+
+    arrays = tuple(a.astype(dtype, copy=False) for a in _timing_pairs(n_pairs))
+    segment, n_segments = timing_segments(n_pairs, kind)
+    segment = np.random.default_rng(2).permutation(segment)
+    pool = cupy.get_default_memory_pool()
+    cd.centre_density(*(a[:1000] for a in arrays), hypers, segment[:1000], n_segments)  # compile
+    pool.free_all_blocks()
+    seconds = time_call(lambda: cd.centre_density(*arrays, hypers, segment, n_segments),
+                        cupy.cuda.Device().synchronize, repeats)
+    return seconds, pool.total_bytes(), f"{kind} segments, shuffled", n_segments
+
+
+def run_density_timings(sizes, repeats):
+    """Rows (variant, mode, dtype, pairs, segments, seconds, peak bytes, note) at lmax 6 GTO."""
+    hypers = make_hypers(6, "gto")
+    rows = []
+    for n_pairs in sizes:
+        for dtype in (np.float64, np.float32):
+            configs = [dict(kind="poisson"), dict(kind="poisson", longest_first=False),
+                       dict(kind="skewed"), dict(kind="skewed", longest_first=False),
+                       dict(kind="poisson", max_run_pairs=10**9)]  # whole segments: no cut runs
+            if n_pairs == sizes[len(sizes) // 2] and np.dtype(dtype) == np.float64:
+                configs += [dict(kind="poisson", block_size=64), dict(kind="poisson", block_size=256),
+                            dict(kind="poisson", max_registers=168), dict(kind="poisson", max_run_pairs=16)]
+            for config in configs:
+                seconds, peak, note, n_seg = time_density_kernel(hypers, dtype, n_pairs, repeats=repeats, **config)
+                rows.append(("cupy_batched", "kernel", dtype, n_pairs, n_seg, seconds, peak, note))
+            seconds, peak, note, n_seg = time_density_call(hypers, dtype, n_pairs, "poisson", max(1, repeats // 4))
+            rows.append(("cupy_batched", "end-to-end", dtype, n_pairs, n_seg, seconds, peak, note))
+    return rows
+
+
+def print_density_table(card, rows):
+    print()
+    print(f"centre density (cupy_batched, kernels.cupy_density) on {card['name']}")
+    print("workload: lmax 6, GTO sigma 1.5, default radial counts, random mixed ellipsoids")
+    header = f"{'mode':<11} {'dtype':<8} {'pairs':>9} {'segments':>9} {'s/call':>10} {'pairs/s':>10} " \
+             f"{'peak GPU MiB':>12}  note"
+    print(header)
+    print("-" * len(header))
+    for name, mode, dtype, n, n_seg, seconds, peak, note in rows:
+        print(f"{mode:<11} {np.dtype(dtype).name:<8} {n:>9d} {n_seg:>9d} {seconds:>10.3e} {n / seconds:>10.3e} "
+              f"{peak / 2**20:>12.1f}  {note}")
+
+
+def _density_rows_json(rows):
+    return [dict(variant=r[0], mode=r[1], dtype=np.dtype(r[2]).name, pairs=r[3], segments=r[4], seconds=r[5],
+                 pairs_per_second=r[3] / r[5], peak_gpu_bytes=int(r[6]), note=r[7]) for r in rows]
+
+
+def _parse_sizes(text):
+    try:
+        sizes = tuple(int(float(x)) for x in text.split(",") if x.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive pair counts, got {text!r}")
+    return sizes
+
+
 # ---------------------------------------------------------------- main
 
 def main(argv=None) -> int:
@@ -334,22 +606,34 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, default=2**21, help="pairs per timed batch (default 2**21)")
     parser.add_argument("--repeats", type=int, default=20, help="timed kernel launches (default 20)")
     parser.add_argument("--skip-equivalence", action="store_true", help="time only")
+    parser.add_argument("--problem", choices=("all", "pairs", "density"), default="all",
+                        help="pair expansion, centre density, or both (default)")
+    parser.add_argument("--density-pairs", type=_parse_sizes, default=DENSITY_PAIRS,
+                        help="comma-separated pair counts of the density timings (default 1e5,1e6,1e7)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.pairs < 1 or args.repeats < 1:
         parser.error(f"--pairs and --repeats must be >= 1, got {args.pairs} and {args.repeats}")
 
     reasons = {name: get_variant(name).unavailable_reason() for name in GPU_VARIANTS}
-    available = [name for name, reason in reasons.items() if reason is None]
-    if not available:
+    density_reasons = {name: get_variant(name, "density").unavailable_reason() for name in DENSITY_GPU_VARIANTS}
+    available = [name for name, reason in reasons.items() if reason is None and args.problem != "density"]
+    density_available = [name for name, reason in density_reasons.items()
+                         if reason is None and args.problem != "pairs"]
+    if not available and not density_available:
         print("SKIPPED: no CUDA device: no GPU variant can run here, so nothing was validated or timed.")
         for name, reason in reasons.items():
             print(f"  {name}: {reason}")
+        for name, reason in density_reasons.items():
+            print(f"  {name} (centre density): {reason}")
         print(f"exit status {EXIT_SKIPPED} (skipped)")
         return EXIT_SKIPPED
     for name, reason in reasons.items():
         if reason is not None:
             print(f"not run: {name}: {reason}")
+    for name, reason in density_reasons.items():
+        if reason is not None:
+            print(f"not run: {name} (centre density): {reason}")
 
     checks = Checks()
     if not args.skip_equivalence:
@@ -357,25 +641,41 @@ def main(argv=None) -> int:
             check_equivalence(name, get_variant(name).load(), checks)
         if "cupy_batched" in available:
             check_cupy_extras(checks)
+        for name in density_available:
+            check_density_equivalence(name, get_variant(name, "density").load(), checks)
+        if "cupy_batched" in density_available:
+            check_density_extras(checks)
         print(f"\nequivalence: {len(checks.passed)} passed, {len(checks.failed)} failed")
 
     card = card_properties()
     rows = []
-    try:
-        rows = run_timings(available, args.pairs, args.repeats, card)
-    except Exception as err:
-        checks.failed.append(("timings", f"{type(err).__name__}: {err}"))
-        traceback.print_exc()
-    print_table(card, rows)
+    if available:
+        try:
+            rows = run_timings(available, args.pairs, args.repeats, card)
+        except Exception as err:
+            checks.failed.append(("timings", f"{type(err).__name__}: {err}"))
+            traceback.print_exc()
+        print_table(card, rows)
+    density_rows = []
+    if "cupy_batched" in density_available:
+        try:
+            density_rows = run_density_timings(args.density_pairs, max(1, args.repeats // 2))
+        except Exception as err:
+            checks.failed.append(("density timings", f"{type(err).__name__}: {err}"))
+            traceback.print_exc()
+        print_density_table(card, density_rows)
 
     if args.json:
         with open(args.json, "w") as f:
             json.dump({
-                "card": card, "not_run": {k: v for k, v in reasons.items() if v},
+                "card": card,
+                "not_run": {**{k: v for k, v in reasons.items() if v},
+                            **{f"{k} (centre density)": v for k, v in density_reasons.items() if v}},
                 "passed": checks.passed, "failed": checks.failed,
                 "timings": [dict(variant=r[0], mode=r[1], dtype=np.dtype(r[2]).name, pairs=r[3], seconds=r[4],
                                  pairs_per_second=r[3] / r[4], peak_gpu_bytes=int(r[5]),
                                  bandwidth_bound_pairs_per_second=r[6], note=r[7]) for r in rows],
+                "density_timings": _density_rows_json(density_rows),
             }, f, indent=2)
     if checks.failed:
         print(f"\nFAILED checks ({len(checks.failed)}):")

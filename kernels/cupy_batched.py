@@ -142,6 +142,31 @@ def _literal(value: float) -> str:
     return text
 
 
+def moment_recurrence(max_degree: int) -> list[tuple[int, str]]:
+    """The moment recurrence as C++ expressions, in evaluation order.
+
+    Entry ``(i, expr)`` means ``E[i] = expr`` for i = 1 .. num_monomials(max_degree) - 1
+    (``E[0] = 1``), with ``expr`` over the centre ``a[3]``, the covariance
+    ``S[3][3]`` and lower entries of ``E`` (template type ``T``), from
+    ``kernels.tables.recurrence_table``: ``E[t] = a_k E[t - e_k] +
+    sum_m S_km (t - e_k)_m E[t - e_k - e_m]``. Shared by the pair kernel's
+    ``Spec::moments`` and the centre-density kernel's moment accumulation.
+    """
+    table = recurrence_table(max_degree)
+    out = []
+    for i in range(num_monomials(max_degree) - 1):
+        k, parent = int(table.axis[i]), int(table.parent[i])
+        terms = [f"a[{k}] * E[{parent}]"]
+        for m in range(3):
+            coef = float(table.coef[i, m])
+            if coef == 0.0:
+                continue
+            factor = "" if coef == 1.0 else f"T({_literal(coef)}) * "
+            terms.append(f"{factor}S[{k}][{m}] * E[{int(table.lower[i, m])}]")
+        out.append((i + 1, " + ".join(terms)))
+    return out
+
+
 @functools.lru_cache(maxsize=64)
 def generate_spec_source(hypers: ExpansionHypers) -> str:
     """C++ source of ``struct wb::Spec`` for one hyper-parameter set.
@@ -178,17 +203,8 @@ def generate_spec_source(hypers: ExpansionHypers) -> str:
         "    __host__ __device__ static inline void moments(const T a[3], const T S[3][3], T* E) {",
         "        E[0] = T(1);",
     ]
-    table = recurrence_table(max_degree)
-    for i in range(n_moments - 1):
-        k, parent = int(table.axis[i]), int(table.parent[i])
-        terms = [f"a[{k}] * E[{parent}]"]
-        for m in range(3):
-            coef = float(table.coef[i, m])
-            if coef == 0.0:
-                continue
-            factor = "" if coef == 1.0 else f"T({_literal(coef)}) * "
-            terms.append(f"{factor}S[{k}][{m}] * E[{int(table.lower[i, m])}]")
-        lines.append(f"        E[{i + 1}] = {' + '.join(terms)};")
+    for target, expression in moment_recurrence(max_degree):
+        lines.append(f"        E[{target}] = {expression};")
     lines += [
         "    }",
         "",
@@ -211,23 +227,28 @@ def generate_spec_source(hypers: ExpansionHypers) -> str:
 _INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"\s*$', re.MULTILINE)
 
 
-def assemble_source(main_file: str, hypers: ExpansionHypers) -> str:
+def assemble_source(main_file: str, hypers: ExpansionHypers, generated: dict | None = None) -> str:
     """One translation unit: ``kernels/cuda/<main_file>`` with its local includes inlined.
 
     ``#include "pair_expansion.cuh"`` is replaced by that file and
     ``#include "wb_spec.cuh"`` by :func:`generate_spec_source`, so NVRTC, nvcc
-    and g++ compile the same text without include paths.
+    and g++ compile the same text without include paths. ``generated`` maps
+    further include names to generated text (e.g. the centre-density kernel's
+    ``wb_density_spec.cuh``); other names are read from ``kernels/cuda/``.
 
     Raises
     ------
     FileNotFoundError naming a missing source file.
     """
     spec = generate_spec_source(hypers)
+    generated = dict(generated or {})
 
     def include(match):
         name = match.group(1)
         if name == SPEC_INCLUDE:
             return spec
+        if name in generated:
+            return generated[name]
         return _read_cuda_file(name)
 
     return _INCLUDE.sub(include, _read_cuda_file(main_file))
@@ -581,6 +602,45 @@ def _host_cache_dir() -> Path:
     return path
 
 
+def compile_host_library(source: str, what: str) -> Path:
+    """Compile one C++ translation unit into a shared library with g++ (cached on disk).
+
+    The library is cached by a hash of the source, compiler and flags
+    (``$EINSUM_WORKBENCH_CACHE`` or the temp directory, sub-folder ``cuda_host``).
+
+    Parameters
+    ----------
+    source : str, the complete C++ source (e.g. from :func:`assemble_source`)
+    what : str, named in the error message
+
+    Returns
+    -------
+    Path of the shared library.
+
+    Raises
+    ------
+    RuntimeError when no compiler is found or compilation fails (its output
+    is in the message).
+    """
+    compiler = host_compiler()
+    if compiler is None:
+        raise RuntimeError(f"no C++ compiler found (looked for {os.environ.get('CXX', 'g++')!r})")
+    digest = hashlib.sha256("\0".join((source, compiler, *HOST_CXX_FLAGS)).encode()).hexdigest()[:20]
+    cache = _host_cache_dir()
+    library = cache / f"wb_host_{digest}.so"
+    if not library.exists():
+        with tempfile.TemporaryDirectory(dir=cache) as work:
+            cpp = Path(work) / "wb_host.cpp"
+            cpp.write_text(source)
+            built = Path(work) / "wb_host.so"
+            result = subprocess.run([compiler, *HOST_CXX_FLAGS, str(cpp), "-o", str(built)],
+                                    capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"host build of {what} failed:\n{result.stderr[-4000:]}")
+            os.replace(built, library)  # atomic: parallel builds of one source agree
+    return library
+
+
 @functools.lru_cache(maxsize=32)
 def build_host_library(hypers: ExpansionHypers) -> ctypes.CDLL:
     """Compile ``host_harness.cpp`` (+ header + generated spec) with g++ and load it.
@@ -600,25 +660,7 @@ def build_host_library(hypers: ExpansionHypers) -> ctypes.CDLL:
     RuntimeError when no compiler is found or compilation fails (its output
     is in the message).
     """
-    compiler = host_compiler()
-    if compiler is None:
-        raise RuntimeError(f"no C++ compiler found (looked for {os.environ.get('CXX', 'g++')!r})")
-    source = assemble_source(HOST_HARNESS, hypers)
-    digest = hashlib.sha256("\0".join((source, compiler, *HOST_CXX_FLAGS)).encode()).hexdigest()[:20]
-    cache = _host_cache_dir()
-    library = cache / f"wb_host_{digest}.so"
-    if not library.exists():
-        with tempfile.TemporaryDirectory(dir=cache) as work:
-            cpp = Path(work) / "wb_host.cpp"
-            cpp.write_text(source)
-            built = Path(work) / "wb_host.so"
-            result = subprocess.run([compiler, *HOST_CXX_FLAGS, str(cpp), "-o", str(built)],
-                                    capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(
-                    f"host build of the CUDA per-pair body failed for {hypers!r}:\n{result.stderr[-4000:]}"
-                )
-            os.replace(built, library)  # atomic: parallel builds of one source agree
+    library = compile_host_library(assemble_source(HOST_HARNESS, hypers), f"the CUDA per-pair body for {hypers!r}")
     lib = ctypes.CDLL(str(library))
     for name in ("wb_host_expand_f64", "wb_host_expand_f32"):
         function = getattr(lib, name)

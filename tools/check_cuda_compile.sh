@@ -3,11 +3,15 @@
 #
 # For each representative hyper-parameter set (kernels.cupy_batched.
 # representative_hypers: lmax 6 and 10 GTO default, lmax 8 monomial with a
-# radial-count list, lmax 0 with an int count) the generated translation unit
-# (pair_expansion.cuh + generated wb::Spec + pair_expansion_kernel.cu, both
-# kernels wb_expand_f64 and wb_expand_f32) is compiled to a cubin for sm_90;
-# ptxas' register and spill report is printed per kernel. The host harness
-# (the same per-pair body as plain C++) is syntax-checked with g++ -Werror.
+# radial-count list, lmax 0 with an int count) two generated translation units
+# are compiled to cubins for sm_90:
+#   <name>.cu          the pair kernel (pair_expansion.cuh + generated wb::Spec +
+#                      pair_expansion_kernel.cu: wb_expand_f64, wb_expand_f32);
+#   density_<name>.cu  the centre-density kernels (+ generated wb::DensitySpec +
+#                      centre_density.cuh + centre_density_kernel.cu:
+#                      wb_density_f64/f32, wb_combine_f64/f32; kernels.cupy_density).
+# ptxas' register and spill report is printed per kernel. The host harnesses
+# (the same device code as plain C++) are syntax-checked with g++ -Werror.
 #
 # Exit status: 0 compiled (or SKIPPED because nvcc is absent: the message says
 # so), 1 a compile failed (nvcc's output is printed), 2 usage/setup error.
@@ -24,7 +28,7 @@ ARCH="${CUDA_ARCH:-sm_90}"
 NVCC="${NVCC:-$(command -v nvcc || true)}"
 if [ -z "$NVCC" ] && [ -x /usr/local/cuda/bin/nvcc ]; then NVCC=/usr/local/cuda/bin/nvcc; fi
 if [ -z "$NVCC" ]; then
-    echo "check_cuda_compile: SKIPPED: nvcc not found (PATH or /usr/local/cuda/bin); the sm_90 compile of the cupy_batched kernels did not run"
+    echo "check_cuda_compile: SKIPPED: nvcc not found (PATH or /usr/local/cuda/bin); the sm_90 compile of the cupy_batched pair and centre-density kernels did not run"
     exit 0
 fi
 
@@ -32,6 +36,8 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 "$PYTHON" -m einsum_workbench.kernels.cupy_batched write-sources "$work" > /dev/null || {
     echo "check_cuda_compile: FAILED to generate the kernel sources" >&2; exit 2; }
+"$PYTHON" -m einsum_workbench.kernels.cupy_density write-sources "$work" > /dev/null || {
+    echo "check_cuda_compile: FAILED to generate the centre-density kernel sources" >&2; exit 2; }
 
 echo "check_cuda_compile: $("$NVCC" --version | tail -1), arch $ARCH"
 status=0
@@ -42,8 +48,8 @@ for source in "$work"/*.cu; do
             -o "$work/$name.cubin" "$source" > "$log" 2>&1; then
         # one line per kernel: registers and spill stores/loads from ptxas -v
         summary="$(grep -E "Compiling entry|registers|spill" "$log" \
-            | sed -E 's/.*Compiling entry function .(wb_expand_f[0-9]+). for .*/\1/; s/ptxas info *: //' \
-            | paste -sd' ' - | sed -E 's/ (wb_expand_f)/\n    \1/g')"
+            | sed -E 's/.*Compiling entry function .(wb_[a-z]+_f[0-9]+). for .*/\1/; s/ptxas info *: //' \
+            | paste -sd' ' - | sed -E 's/ (wb_[a-z]+_f[0-9]+)/\n    \1/g')"
         echo "  OK   $name"
         echo "    $summary"
     else
