@@ -63,3 +63,29 @@ def assert_coefficients_close(actual, expected, hypers: ExpansionHypers, dtype, 
                 a.astype(np.float64), e, rtol=tol["rtol"], atol=tol["atol_scale"] * scale,
                 err_msg=f"{label} {kind} l={l} ({dtype})",
             )
+
+
+def equivalence_hypers() -> list[tuple[str, ExpansionHypers]]:
+    """The equivalence suite's hyper-parameter sets, with their test ids.
+
+    lmax 0..8 x the three radial-count forms (default, an int, a per-l
+    list), the GTO (sigma 1.5) and monomial bases alternating; cutoff 7.
+    """
+    cases = []
+    for lmax in range(9):
+        forms = {
+            "default": None,
+            "int": 2,
+            "list": [(lmax - l) % 3 + (1 if l == 0 else 0) for l in range(lmax + 1)],
+        }
+        for i, (form, max_radial) in enumerate(forms.items()):
+            basis = "gto" if (lmax + i) % 2 == 0 else "monomial"
+            cases.append((f"l{lmax}-{basis}-{form}", make_hypers(lmax, basis, max_radial)))
+    return cases
+
+
+def make_hypers(lmax: int, basis: str, max_radial=None) -> ExpansionHypers:
+    """The suite's hyper-parameters: cutoff 7, GTO sigma 1.5 (no sigma for monomial)."""
+    if basis == "gto":
+        return ExpansionHypers(lmax, "gto", cutoff=7.0, sigma=1.5, max_radial=max_radial)
+    return ExpansionHypers(lmax, "monomial", cutoff=7.0, max_radial=max_radial)

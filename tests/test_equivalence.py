@@ -19,35 +19,15 @@ import pytest
 from einsum_workbench.kernels.registry import VARIANTS
 from einsum_workbench.reference.expansion import pairwise_ellip_expansion
 from einsum_workbench.reference.hypers import ExpansionHypers
-from einsum_workbench.reference.compare import assert_coefficients_close
+from einsum_workbench.reference.compare import assert_coefficients_close, equivalence_hypers, make_hypers
 from einsum_workbench.reference.random_pairs import random_pair_batch
 
 
 CANDIDATES = [v for v in VARIANTS if v.name != "reference"]
 
 
-def _radial_forms(lmax: int):
-    return {
-        "default": None,
-        "int": 2,
-        "list": [(lmax - l) % 3 + (1 if l == 0 else 0) for l in range(lmax + 1)],
-    }
-
-
 def _hyper_cases():
-    """lmax 0..8 x the three radial-count forms, the two bases alternating."""
-    cases = []
-    for lmax in range(9):
-        for i, (form, max_radial) in enumerate(_radial_forms(lmax).items()):
-            basis = "gto" if (lmax + i) % 2 == 0 else "monomial"
-            cases.append(pytest.param(lmax, basis, max_radial, id=f"l{lmax}-{basis}-{form}"))
-    return cases
-
-
-def make_hypers(lmax, basis, max_radial):
-    if basis == "gto":
-        return ExpansionHypers(lmax, "gto", cutoff=7.0, sigma=1.5, max_radial=max_radial)
-    return ExpansionHypers(lmax, "monomial", cutoff=7.0, max_radial=max_radial)
+    return [pytest.param(h.lmax, h.radial_basis, h.max_radial, id=case) for case, h in equivalence_hypers()]
 
 
 @pytest.fixture(params=CANDIDATES, ids=lambda v: v.name)
