@@ -115,18 +115,18 @@ def pytest_report_header(config):
             f"threadpoolctl [{blas}]{early}")
 
 
-def _ranking_names(config) -> list[str]:
+def _ranking_names(config, problem: str = "pairs") -> list[str]:
     from einsum_workbench.kernels.registry import get_variant, variant_names
 
     chosen = config.getoption("variant")
     if not chosen:
-        return variant_names()
+        return variant_names(problem)
     for name in chosen:
         try:
             get_variant(name)
         except KeyError as err:
             raise pytest.UsageError(str(err.args[0])) from None
-    return ["reference"] + [n for n in dict.fromkeys(chosen) if n != "reference"]
+    return ["reference"] + [n for n in dict.fromkeys(chosen) if n != "reference" and n in variant_names(problem)]
 
 
 #: suites that run only when their marker is selected (``-m scaling``, ``-m study``)
@@ -148,6 +148,8 @@ def pytest_collection_modifyitems(config, items):
 def pytest_generate_tests(metafunc):
     if "ranked_variant" in metafunc.fixturenames:
         metafunc.parametrize("ranked_variant", _ranking_names(metafunc.config))
+    if "density_variant" in metafunc.fixturenames:
+        metafunc.parametrize("density_variant", _ranking_names(metafunc.config, "density"))
 
 
 @pytest.fixture(scope="session")
@@ -219,13 +221,14 @@ def measure_variant(benchmark, bench_state):
     from einsum_workbench.bench import runner
     from einsum_workbench.kernels.registry import get_variant
 
-    def measure(name, inp, *, threads=None, **options):
-        reason = get_variant(name).unavailable_reason()
+    def measure(name, inp, *, threads=None, problem="pairs", **options):
+        reason = get_variant(name, problem).unavailable_reason()
         if reason is not None:
-            bench_state["unavailable"][name] = reason
-            pytest.skip(f"variant {name} is unavailable here: {reason}")
+            bench_state["unavailable"][name if problem == "pairs" else f"{name} ({problem})"] = reason
+            pytest.skip(f"variant {name} ({problem}) is unavailable here: {reason}")
         try:
-            record = runner.benchmark_variant(benchmark, name, inp, threads or bench_state["threads"], **options)
+            record = runner.benchmark_variant(benchmark, name, inp, threads or bench_state["threads"],
+                                              problem=problem, **options)
         except pinning.PinningError as err:
             pytest.exit(f"thread pinning does not hold for variant {name}: {err}", returncode=3)
         bench_state["results"].append(record)

@@ -31,6 +31,11 @@ class BenchInput:
     r_ij (P, 3), rotations (P, 3, 3), semiaxes (P, 3) : float64 arrays
     description : dict
         JSON-serialisable metadata (workload, frames, pairs, hyper-parameters).
+    segment : (P,) int64 or None
+        Each pair's centre-density row (centre, neighbour species), as the
+        pipeline assigns it (``pipeline.density.density_layout``); None for
+        batches that are not frames (tiled).
+    n_segments : int
     """
 
     label: str
@@ -39,6 +44,8 @@ class BenchInput:
     rotations: np.ndarray
     semiaxes: np.ndarray
     description: dict
+    segment: np.ndarray | None = None
+    n_segments: int = 0
 
     @property
     def n_pairs(self) -> int:
@@ -48,12 +55,30 @@ class BenchInput:
         """(r_ij, rotations, semiaxes) cast to ``dtype``."""
         return tuple(np.ascontiguousarray(a, dtype=dtype) for a in (self.r_ij, self.rotations, self.semiaxes))
 
+    @property
+    def density_label(self) -> str:
+        """The centre-density ranking group of this batch."""
+        return f"{self.label}, centre density ({self.n_segments} centre x species rows)"
+
+    def density_args(self, dtype=np.float64):
+        """(r_ij, rotations, semiaxes, segment, n_segments) sorted by segment, as
+        the pipeline hands them to a density variant.
+
+        Raises ValueError when the batch has no segments.
+        """
+        if self.segment is None:
+            raise ValueError(f"{self.label!r} has no centre segments (not built from frames)")
+        order = np.argsort(self.segment, kind="stable")
+        arrays = (np.ascontiguousarray(a[order], dtype=dtype) for a in (self.r_ij, self.rotations, self.semiaxes))
+        return (*arrays, self.segment[order], self.n_segments)
+
     def subset(self, n: int) -> "BenchInput":
         """The first ``n`` pairs (for spot checks against the reference)."""
         n = min(n, self.n_pairs)
         return BenchInput(
             f"{self.label}[:{n}]", self.hypers, self.r_ij[:n], self.rotations[:n], self.semiaxes[:n],
             {**self.description, "pairs": n},
+            None if self.segment is None else self.segment[:n], self.n_segments,
         )
 
     def tiled(self, n_pairs: int) -> "BenchInput":
@@ -90,6 +115,14 @@ def parse_semiaxes(text) -> tuple[float, float, float]:
     return values
 
 
+def _from_pairs(label: str, hypers: ExpansionHypers, pairs, description: dict) -> BenchInput:
+    from einsum_workbench.pipeline.density import density_layout
+
+    layout, segment = density_layout(pairs)
+    return BenchInput(label, hypers, pairs.r_ij, pairs.rotations, pairs.semiaxes,
+                      {**description, "centre_rows": layout.n_segments}, segment, layout.n_segments)
+
+
 def _describe(workload: str, n_frames: int, hypers: ExpansionHypers, n_pairs: int, **extra) -> dict:
     return {"workload": workload, "frames": n_frames, "pairs": n_pairs, **hypers.as_dict(), **extra}
 
@@ -109,8 +142,7 @@ def generated_input(name: str = "benzenes", frames: int | None = None, lmax: int
     w = workloads.make_workload(name, n_frames, seed=seed, lmax=lmax, radial_basis="gto",
                                 sigma=DEFAULT_SIGMA, cutoff=DEFAULT_CUTOFF)
     label = f"{name}: {n_frames} frames, lmax {lmax}, {w.n_pairs} pairs"
-    return BenchInput(label, w.hypers, w.pairs.r_ij, w.pairs.rotations, w.pairs.semiaxes,
-                      _describe(name, n_frames, w.hypers, w.n_pairs, seed=seed))
+    return _from_pairs(label, w.hypers, w.pairs, _describe(name, n_frames, w.hypers, w.n_pairs, seed=seed))
 
 
 def xyz_input(path, semiaxes=None, frames: int | None = DEFAULT_XYZ_FRAMES, lmax: int = DEFAULT_LMAX) -> BenchInput:
@@ -141,6 +173,5 @@ def xyz_input(path, semiaxes=None, frames: int | None = DEFAULT_XYZ_FRAMES, lmax
     name = str(path).rsplit("/", 1)[-1]
     axes = "from file" if semiaxes is None else ",".join(f"{v:g}" for v in semiaxes)
     label = f"{name}: {len(atoms)} frames, semi-axes {axes}, lmax {lmax}, {len(pairs)} pairs"
-    return BenchInput(label, hypers, pairs.r_ij, pairs.rotations, pairs.semiaxes,
-                      _describe(name, len(atoms), hypers, len(pairs), path=str(path),
-                                semiaxes=None if semiaxes is None else list(semiaxes)))
+    return _from_pairs(label, hypers, pairs, _describe(name, len(atoms), hypers, len(pairs), path=str(path),
+                                                       semiaxes=None if semiaxes is None else list(semiaxes)))

@@ -172,13 +172,25 @@ def ranking_text(records, unavailable=None) -> str:
 
 #: issue 2's goal: numpy_einsum at least this many times faster than the reference, same run
 GOAL = ("numpy_einsum", 20.0)
+#: centre density (issue 10): numba_fused at most 0.03 microseconds per neighbour pair
+DENSITY_GOAL = ("numba_fused", 0.03e-6)
 
 
 def goal_lines(records) -> list[str]:
-    """One line per ranking group saying whether the issue-2 goal is met there."""
+    """One line per ranking group saying whether its goal is met there: the
+    pair expansion's speedup (issue 2), the centre density's time per pair."""
     name, target = GOAL
+    density_name, density_target = DENSITY_GOAL
     lines = []
     for group, rows in ranked_groups(records).items():
+        if any(r.get("problem") == "density" for r in rows):
+            row = next((r for r in rows if r["variant"] == density_name), None)
+            if row is not None and row.get("time_per_pair_s"):
+                t = row["time_per_pair_s"]
+                verdict = "met" if t <= density_target else "NOT met"
+                lines.append(f"goal: {density_name} centre density <= {density_target * 1e6:g} us per pair on "
+                             f"{group!r}, {row.get('threads')} thread(s): {t * 1e6:.4f} us, {verdict}")
+            continue
         row = next((r for r in rows if r["variant"] == name), None)
         if row is None or not row.get("speedup_vs_reference"):
             continue

@@ -22,8 +22,8 @@ from .inputs import BenchInput
 CHECK_PAIRS = 64
 
 
-def load_pinned(name: str, threads: int):
-    """(Variant, callable) for ``name``, with the pinning re-applied and verified.
+def load_pinned(name: str, threads: int, problem: str = "pairs"):
+    """(Variant, callable) for ``name`` (of ``problem``), with the pinning re-applied and verified.
 
     Raises
     ------
@@ -34,10 +34,38 @@ def load_pinned(name: str, threads: int):
     pinning.PinningError
         the pinning does not hold once the variant is loaded (what is named).
     """
-    variant = get_variant(name)
+    variant = get_variant(name, problem)
     function = variant.load()
     pinning.pin_and_verify(threads)
     return variant, function
+
+
+def call_arguments(inp: BenchInput, dtype, problem: str) -> tuple:
+    """What a variant of ``problem`` is called with on ``inp``."""
+    if problem == "density":
+        r_ij, rotations, semiaxes, segment, n_segments = inp.density_args(dtype)
+        return r_ij, rotations, semiaxes, inp.hypers, segment, n_segments
+    return (*inp.arrays(dtype), inp.hypers)
+
+
+def density_spot_check(name: str, out, inp: BenchInput, dtype) -> None:
+    """Shapes, and the rows of the first segments (their pairs: about
+    ``CHECK_PAIRS``) against the reference density. Raises AssertionError."""
+    from einsum_workbench.reference.compare import assert_coefficients_close
+    from einsum_workbench.reference.density import centre_density
+
+    r_ij, rotations, semiaxes, segment, n_segments = inp.density_args(np.float64)
+    expected_shapes = [(n_segments, 2 * l + 1, n) for l, n in enumerate(inp.hypers.num_radial)]
+    got_shapes = [tuple(np.shape(b)) for b in out]
+    assert got_shapes == expected_shapes, f"{name} density: shapes {got_shapes}, expected {expected_shapes}"
+    if name == "reference" or not len(segment):
+        return
+    rows = int(segment[min(CHECK_PAIRS, len(segment)) - 1]) + 1
+    mine = segment < rows
+    expected = centre_density(r_ij[mine], rotations[mine], semiaxes[mine], inp.hypers, segment[mine], rows)
+    got = [np.asarray(block)[:rows] for block in out]
+    assert_coefficients_close(got, expected, inp.hypers, np.dtype(got[0].dtype),
+                              f"{name} centre density on the benchmarked pairs", orthonormalised=False)
 
 
 def variant_device(variant) -> str | None:
@@ -140,7 +168,7 @@ def run_variant(
 def benchmark_variant(benchmark, name: str, inp: BenchInput, threads: int, *, dtype=np.float64,
                       budget_s: float = 3.0, min_rounds: int = 3, max_rounds: int = 30,
                       reference_best_s: float | None = None, suite: str = "ranking",
-                      group: str | None = None, labels: dict | None = None) -> dict:
+                      group: str | None = None, labels: dict | None = None, problem: str = "pairs") -> dict:
     """Measure one variant inside a pytest-benchmark test; returns its record.
 
     The steady-state rounds go through ``benchmark.pedantic`` (so they are
@@ -161,16 +189,20 @@ def benchmark_variant(benchmark, name: str, inp: BenchInput, threads: int, *, dt
         pytest-benchmark group, so that each group is one ranking.
     labels : dict or None
         More labels for the record (e.g. ``{"sweep": "lmax"}``).
+    problem : {"pairs", "density"}
+        The pair expansion, or the centre density of the batch's segments
+        (time per pair is still per neighbour pair).
 
     Raises
     ------
     RuntimeError (unavailable variant), pinning.PinningError, AssertionError
     (spot check), as :func:`run_variant`.
     """
-    variant, function = load_pinned(name, threads)
-    args = (*inp.arrays(dtype), inp.hypers)
+    variant, function = load_pinned(name, threads, problem)
+    args = call_arguments(inp, dtype, problem)
     device = variant_device(variant)
     sync = measure.synchronizer(device)
+    check = density_spot_check if problem == "density" else spot_check
 
     def call():
         out = function(*args)
@@ -181,12 +213,12 @@ def benchmark_variant(benchmark, name: str, inp: BenchInput, threads: int, *, dt
     if not benchmark.enabled:
         first_s, out = benchmark.pedantic(lambda: measure.timed_call(call))
         pinning.pin_and_verify(threads)
-        spot_check(name, out, inp, dtype)
+        check(name, out, inp, dtype)
         steady = peak = None
     else:
         first_s, out = measure.timed_call(call)
         pinning.pin_and_verify(threads)  # the first call may have loaded Numba or started Torch's pools
-        spot_check(name, out, inp, dtype)
+        check(name, out, inp, dtype)
         del out
         warm_s, _ = measure.timed_call(call)
         rounds = measure.choose_rounds(warm_s, budget_s, min_rounds, max_rounds)
@@ -204,6 +236,6 @@ def benchmark_variant(benchmark, name: str, inp: BenchInput, threads: int, *, dt
         speedup_vs_reference=(reference_best_s / steady["min_s"]) if (reference_best_s and steady) else None,
         reference_best_s=reference_best_s,
     ).as_dict()
-    record.update(suite=suite, group=group or inp.label, **(labels or {}))
+    record.update(suite=suite, group=group or inp.label, problem=problem, **(labels or {}))
     benchmark.extra_info.update(record)
     return record

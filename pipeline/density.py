@@ -29,7 +29,7 @@ import numpy as np
 
 from einsum_workbench.reference.density import orthonormalize_density, segment_sum
 from einsum_workbench.reference.hypers import ExpansionHypers
-from einsum_workbench.reference.pairs import PairBatch
+from einsum_workbench.reference.pairs import AtomsTable, PairBatch
 
 from .stages import stage
 
@@ -82,6 +82,8 @@ class DensityLayout:
         """
         n_centres, n_types = len(self.samples[c]), len(self.neighbour_types[c])
         rows = rho_l[self.offsets[c]:self.offsets[c + 1]]
+        if n_types == 1:
+            return rows  # one neighbour species: both layouts are the rows themselves
         rows = rows.reshape(n_centres, n_types, rho_l.shape[1], rho_l.shape[2])
         order = (0, 2, 3, 1) if property_layout == "upstream" else (0, 2, 1, 3)
         return np.ascontiguousarray(rows.transpose(order)).reshape(n_centres, rho_l.shape[1], -1)
@@ -105,36 +107,78 @@ def density_layout(pairs: PairBatch):
     -------
     (DensityLayout, segment): ``segment`` (P,) int64 is each pair's output row.
     """
-    first_atom = np.concatenate([[0], np.cumsum(pairs.n_atoms)[:-1]]).astype(np.int64)
-    centre_atom = first_atom[pairs.frame] + pairs.centre
-    segment = np.empty(len(pairs), dtype=np.int64)
-    centre_types = np.unique(pairs.centre_species).astype(np.int32)
+    return segments(pairs.frame, pairs.centre, pairs.centre_species, pairs.neighbour_species, pairs.n_atoms)
+
+
+def segments(frame, centre, centre_species, neighbour_species, n_atoms):
+    """Each pair's output row and the :class:`DensityLayout` of the rows.
+
+    Parameters
+    ----------
+    frame, centre : (P,) int64, the pair's frame and centre atom within it
+    centre_species, neighbour_species : (P,) int, atomic numbers
+    n_atoms : (F,) int64, atoms per frame
+
+    Returns
+    -------
+    (DensityLayout, segment (P,) int64)
+    """
+    first_atom = np.concatenate([[0], np.cumsum(n_atoms)[:-1]]).astype(np.int64)
+    centre_atom = first_atom[frame] + centre
+    segment = np.empty(len(frame), dtype=np.int64)
+    centre_types = np.unique(centre_species).astype(np.int32)
     neighbour_types, samples, offsets = [], [], [0]
-    ends = np.cumsum(pairs.n_atoms)
+    ends = np.cumsum(n_atoms)
     for c in centre_types:
-        mine = np.flatnonzero(pairs.centre_species == c)
-        types = np.unique(pairs.neighbour_species[mine]).astype(np.int32)
+        mine = np.flatnonzero(centre_species == c)
+        types = np.unique(neighbour_species[mine]).astype(np.int32)
         centres, row = np.unique(centre_atom[mine], return_inverse=True)
-        segment[mine] = offsets[-1] + row.reshape(-1) * len(types) + np.searchsorted(types, pairs.neighbour_species[mine])
-        frame = np.searchsorted(ends, centres, side="right")
-        samples.append(np.stack([frame, centres - first_atom[frame]], axis=1).astype(np.int32))
+        segment[mine] = offsets[-1] + row.reshape(-1) * len(types) + np.searchsorted(types, neighbour_species[mine])
+        frame_of = np.searchsorted(ends, centres, side="right")
+        samples.append(np.stack([frame_of, centres - first_atom[frame_of]], axis=1).astype(np.int32))
         neighbour_types.append(types)
         offsets.append(offsets[-1] + len(centres) * len(types))
     layout = DensityLayout(centre_types=centre_types, neighbour_types=neighbour_types, samples=samples,
-                           offsets=np.asarray(offsets, dtype=np.int64), n_frames=len(pairs.n_atoms))
+                           offsets=np.asarray(offsets, dtype=np.int64), n_frames=len(n_atoms))
     return layout, segment
 
 
-def _orthonormal_rotations(rotations) -> np.ndarray:
-    """(P,) bool: the rotation is orthonormal within the kernels' tolerance."""
+def is_rotation(matrices) -> np.ndarray:
+    """(N,) bool: each 3x3 matrix is orthonormal within the kernels' float64 tolerance."""
     from einsum_workbench.reference.validation import ORTHONORMAL_TOL
 
-    gram = np.einsum("pij,pkj->pik", rotations, rotations) - np.eye(3)
+    gram = np.matmul(matrices, np.swapaxes(matrices, 1, 2)) - np.eye(3)
     return np.abs(gram).max(axis=(1, 2), initial=0.0) <= ORTHONORMAL_TOL[np.dtype(np.float64)]
 
 
+def sorted_by_segment(segment):
+    """The permutation that groups the pairs by segment (stable: pair order kept
+    inside a segment), or None when they already are."""
+    if len(segment) < 2 or not np.any(segment[1:] < segment[:-1]):
+        return None
+    return np.argsort(segment, kind="stable")
+
+
+def _run_density(centre_density, r_ij, rotations, semiaxes, segment, layout, hypers, orthonormal, general):
+    """One density variant call on pairs sorted by segment; the pairs in the
+    ``general`` mask (matrices that are not rotations) through upstream's arithmetic."""
+    with stage("kernel"):
+        if general is None:
+            return centre_density(r_ij, rotations, semiaxes, hypers, segment, layout.n_segments,
+                                  dtype=np.float64, orthonormal=orthonormal)
+        from einsum_workbench.reference.expansion import expansion_any_matrix
+
+        ok = ~general
+        density = centre_density(r_ij[ok], rotations[ok], semiaxes[ok], hypers, segment[ok],
+                                 layout.n_segments, dtype=np.float64, orthonormal=False)
+        extra = expansion_any_matrix(r_ij[general], rotations[general], semiaxes[general], hypers)
+        for rho, c in zip(density, extra):
+            rho += segment_sum(c, segment[general], layout.n_segments)
+        return orthonormalize_density(density, hypers) if orthonormal else density
+
+
 def density_of_pairs(pairs: PairBatch, hypers: ExpansionHypers, *, backend: str = "numba_fused",
-                     orthonormal: bool = True, any_matrix: bool = False):
+                     orthonormal: bool = True):
     """The centre density of a pair batch, computed by one density variant call.
 
     Parameters
@@ -146,12 +190,6 @@ def density_of_pairs(pairs: PairBatch, hypers: ExpansionHypers, *, backend: str 
         plus a segment sum, see ``kernels.registry.density_function``) runs.
     orthonormal : bool
         Loewdin-orthonormalise along n (AniSOAP's ``normalize=True``).
-    any_matrix : bool
-        Accept matrices that are not rotations, as upstream AniSOAP does for
-        frames stored without rotations (it warns and uses zero matrices):
-        those pairs are computed with upstream's lab-frame arithmetic
-        (``reference.expansion.expansion_any_matrix``) and added in; the
-        others go to the variant. False: such a matrix is an error.
 
     Returns
     -------
@@ -168,31 +206,61 @@ def density_of_pairs(pairs: PairBatch, hypers: ExpansionHypers, *, backend: str 
     from einsum_workbench.kernels.registry import density_function
 
     layout, segment = density_layout(pairs)
-    centre_density = density_function(backend)
-    order = np.argsort(segment, kind="stable")
-    segment = segment[order]
-    r_ij, rotations, semiaxes = pairs.r_ij[order], pairs.rotations[order], pairs.semiaxes[order]
-    general = None
-    if any_matrix and len(order):
-        general = ~_orthonormal_rotations(rotations)
-        if not general.any():
-            general = None
-    with stage("kernel"):
-        if general is None:
-            density = centre_density(r_ij, rotations, semiaxes, hypers, segment, layout.n_segments,
-                                     dtype=np.float64, orthonormal=orthonormal)
-        else:
-            from einsum_workbench.reference.expansion import expansion_any_matrix
+    order = sorted_by_segment(segment)
+    arrays = pairs.arrays() if order is None else (a[order] for a in pairs.arrays())
+    segment = segment if order is None else segment[order]
+    return layout, _run_density(density_function(backend), *arrays, segment, layout, hypers, orthonormal, None)
 
-            ok = ~general
-            density = centre_density(r_ij[ok], rotations[ok], semiaxes[ok], hypers, segment[ok],
-                                     layout.n_segments, dtype=np.float64, orthonormal=False)
-            extra = expansion_any_matrix(r_ij[general], rotations[general], semiaxes[general], hypers)
-            for rho, c in zip(density, extra):
-                rho += segment_sum(c, segment[general], layout.n_segments)
-            if orthonormal:
-                orthonormalize_density(density, hypers)
-    return layout, density
+
+def density_of_table(table: AtomsTable, hypers: ExpansionHypers, *, backend: str = "numba_fused",
+                     orthonormal: bool = True, self_pairs: bool = True, any_matrix: bool = False):
+    """The centre density of every frame of an :class:`AtomsTable`.
+
+    One neighbour-list pass over all frames, each pair's segment, the pairs
+    grouped by segment with the neighbour's rotation and semi-axes gathered
+    once in that order, one density variant call.
+
+    Parameters
+    ----------
+    table : AtomsTable
+    hypers, backend, orthonormal : as :func:`density_of_pairs`
+    self_pairs : bool
+        Count each centre's own density (AniSOAP's default).
+    any_matrix : bool
+        Accept matrices that are not rotations, as upstream AniSOAP does for
+        frames stored without rotations (it warns and uses zero matrices):
+        the pairs whose neighbour has one are computed with upstream's
+        lab-frame arithmetic (``reference.expansion.expansion_any_matrix``)
+        and added in. False: such a matrix is the variant's error.
+
+    Returns
+    -------
+    (DensityLayout, density) as :func:`density_of_pairs`.
+
+    Raises
+    ------
+    As :func:`density_of_pairs`, and ValueError for a bad cutoff or cell.
+    """
+    from einsum_workbench.kernels.registry import density_function
+    from einsum_workbench.reference.neighbours import neighbour_pairs
+
+    centre_density = density_function(backend)
+    with stage("neighbour_list"):
+        frame, i, j, _, r_ij = neighbour_pairs(table.positions, table.n_atoms, table.cells, table.pbc,
+                                               hypers.cutoff, self_pairs=self_pairs)
+        first = table.first_atom
+        gi, gj = first[frame] + i, first[frame] + j
+        layout, segment = segments(frame, i, table.numbers[gi], table.numbers[gj], table.n_atoms)
+        order = sorted_by_segment(segment)
+        if order is not None:
+            segment, r_ij, gj = segment[order], r_ij[order], gj[order]
+        rotations, semiaxes = table.rotations[gj], table.semiaxes[gj]
+    general = None
+    if any_matrix and len(table.rotations):
+        bad_atom = ~is_rotation(table.rotations)
+        general = bad_atom[gj] if bad_atom.any() else None
+    return layout, _run_density(centre_density, r_ij, rotations, semiaxes, segment, layout, hypers,
+                                orthonormal, general)
 
 
 def density_blocks(layout: DensityLayout, density, *, property_layout: str = "upstream",
@@ -224,8 +292,7 @@ def density_blocks(layout: DensityLayout, density, *, property_layout: str = "up
             if orthonormalize_columns is not None:
                 n_radial = rho.shape[2]
                 w = orthonormalization_matrix(l, orthonormalize_columns)
-                runs = values.reshape(values.shape[0], values.shape[1], -1, n_radial)
-                values = np.matmul(runs, w).reshape(values.shape)
+                values = (values.reshape(-1, n_radial) @ w).reshape(values.shape)
             per_l.append(values)
         blocks.append(per_l)
     return blocks
@@ -309,14 +376,12 @@ def centre_density(frames, hypers: ExpansionHypers, *, backend: str = "numba_fus
 
 def _density_of_frames(frames, hypers, *, backend, orthonormal, self_pairs, semiaxes, rotation_key,
                        rotation_type):
-    from einsum_workbench.reference.pairs import atoms_table, pairs_from_table
+    from einsum_workbench.reference.pairs import atoms_table
 
     check_hypers(hypers)
     with stage("frames"):
         table = atoms_table(frames, semiaxes=semiaxes, rotation_key=rotation_key, rotation_type=rotation_type)
-    with stage("neighbour_list"):
-        pairs = pairs_from_table(table, hypers.cutoff, self_pairs=self_pairs)
-    return density_of_pairs(pairs, hypers, backend=backend, orthonormal=orthonormal)
+    return density_of_table(table, hypers, backend=backend, orthonormal=orthonormal, self_pairs=self_pairs)
 
 
 def check_hypers(hypers) -> ExpansionHypers:

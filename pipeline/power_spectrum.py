@@ -60,7 +60,8 @@ def species_power_spectrum(layout: DensityLayout, blocks, c: int):
     values, properties = [], []
     n_types = len(layout.neighbour_types[c])
     for l, block in enumerate(blocks[c]):
-        products = np.matmul(block.transpose(0, 2, 1), block)             # (S, Q, Q)
+        # sum over m of the outer products; broadcasting beats a batched matmul of tiny matrices
+        products = (block[:, :, :, None] * block[:, :, None, :]).sum(axis=1)   # (S, Q, Q)
         values.append(coupling_constant(l) * products.reshape(len(block), -1))
         labels = layout.property_rows(c, block.shape[2] // n_types)      # (Q, 2) species-major
         q = len(labels)

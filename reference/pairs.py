@@ -363,10 +363,11 @@ def frame_geometry(frames):
     ValueError
         a non-finite position (frame and atom named).
     """
-    n_atoms = np.fromiter((len(f) for f in frames), dtype=np.int64, count=len(frames))
-    positions = np.concatenate([f.positions for f in frames]) if len(frames) else np.zeros((0, 3))
+    arrays = [f.arrays for f in frames]  # ASE keeps positions and numbers there: no property calls
+    n_atoms = np.fromiter((len(a["numbers"]) for a in arrays), dtype=np.int64, count=len(frames))
+    positions = np.concatenate([a["positions"] for a in arrays]) if len(frames) else np.zeros((0, 3))
     positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
-    numbers = (np.concatenate([f.numbers for f in frames]) if len(frames) else np.zeros(0)).astype(np.int32)
+    numbers = (np.concatenate([a["numbers"] for a in arrays]) if len(frames) else np.zeros(0)).astype(np.int32)
     cells = np.array([f.cell.array for f in frames], dtype=np.float64).reshape(-1, 3, 3)
     pbc = np.array([f.pbc for f in frames], dtype=bool).reshape(-1, 3)
     bad = ~np.isfinite(positions).all(axis=1)
