@@ -223,6 +223,66 @@ def rust_lib_standin(moments: str = "python") -> types.ModuleType:
     return module
 
 
+#: Source of the importable stand-in module, per ``moments`` choice.
+_STANDIN_SOURCES = {
+    "python": '''
+def compute_moments(precision, center, maxdeg):
+    # upstream's own pure-Python recurrence: independent of the workbench
+    from anisoap.utils.moment_generator import compute_moments_inefficient_implementation
+
+    return compute_moments_inefficient_implementation(precision, center, maxdeg=maxdeg)
+''',
+    "numba": '''
+from einsum_workbench.reference.moments import compute_moments as _workbench_moments
+
+
+def compute_moments(precision, center, maxdeg):
+    # the workbench's compiled moments (numba, cached on disk), as upstream's are compiled (Rust)
+    return _workbench_moments(precision, center, maxdeg)
+''',
+}
+
+
+def write_rust_lib_standin(directory, moments: str = "numba") -> Path:
+    """Write an importable stand-in ``anisoap_rust_lib`` module into ``directory``.
+
+    For a subprocess (upstream's own test suite, scripts): with ``directory``
+    on its ``PYTHONPATH``, ``from anisoap_rust_lib import compute_moments``
+    works there as it does with upstream's compiled Rust extension.
+
+    Parameters
+    ----------
+    directory : path
+        Created if missing; ``anisoap_rust_lib.py`` is written (replaced) there.
+    moments : {"python", "numba"}
+        What ``compute_moments(precision, center, maxdeg)`` runs, as in
+        :func:`rust_lib_standin`: upstream's Python
+        ``compute_moments_inefficient_implementation`` or the workbench's
+        compiled ``reference.moments.compute_moments`` (the workbench must then
+        be importable in the subprocess, as it is once installed).
+
+    Returns
+    -------
+    Path of the written ``anisoap_rust_lib.py``.
+
+    Raises
+    ------
+    ValueError
+        ``moments`` is not one of ``MOMENTS``.
+    """
+    if moments not in _STANDIN_SOURCES:
+        raise ValueError(f"moments must be one of {MOMENTS}, got {moments!r}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "anisoap_rust_lib.py"
+    path.write_text(
+        f'"""Stand-in for anisoap\'s Rust extension anisoap_rust_lib ({moments} moments; '
+        f'written by einsum_workbench.reference.upstream)."""\n'
+        f"__einsum_workbench_moments__ = {moments!r}\n" + _STANDIN_SOURCES[moments]
+    )
+    return path
+
+
 def _check_dependencies():
     missing = []
     for name in UPSTREAM_DEPENDENCIES:
