@@ -166,12 +166,13 @@ def _run_density(centre_density, r_ij, rotations, semiaxes, segment, layout, hyp
         if general is None:
             return centre_density(r_ij, rotations, semiaxes, hypers, segment, layout.n_segments,
                                   dtype=np.float64, orthonormal=orthonormal)
-        from einsum_workbench.reference.expansion import expansion_any_matrix
+        from einsum_workbench.reference.expansion import pairwise_ellip_expansion
 
         ok = ~general
         density = centre_density(r_ij[ok], rotations[ok], semiaxes[ok], hypers, segment[ok],
                                  layout.n_segments, dtype=np.float64, orthonormal=False)
-        extra = expansion_any_matrix(r_ij[general], rotations[general], semiaxes[general], hypers)
+        extra = pairwise_ellip_expansion(r_ij[general], rotations[general], semiaxes[general], hypers,
+                                         any_matrix=True)
         for rho, c in zip(density, extra):
             rho += segment_sum(c, segment[general], layout.n_segments)
         return orthonormalize_density(density, hypers) if orthonormal else density
@@ -230,7 +231,7 @@ def density_of_table(table: AtomsTable, hypers: ExpansionHypers, *, backend: str
         Accept matrices that are not rotations, as upstream AniSOAP does for
         frames stored without rotations (it warns and uses zero matrices):
         the pairs whose neighbour has one are computed with upstream's
-        lab-frame arithmetic (``reference.expansion.expansion_any_matrix``)
+        lab-frame arithmetic (the reference with ``any_matrix=True``)
         and added in. False: such a matrix is the variant's error.
 
     Returns

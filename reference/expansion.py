@@ -27,7 +27,8 @@ def scaled_solid_harmonic_tensors(hypers: ExpansionHypers) -> list[np.ndarray]:
     return [t / np.sqrt(4.0 * np.pi / (2 * l + 1)) for l, t in enumerate(tensors)]
 
 
-def pairwise_ellip_expansion(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None):
+def pairwise_ellip_expansion(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None,
+                             any_matrix: bool = False):
     """Expansion coefficients of every neighbour pair, one pair at a time.
 
     Parameters
@@ -42,6 +43,14 @@ def pairwise_ellip_expansion(r_ij, rotations, semiaxes, hypers: ExpansionHypers,
     dtype : None, numpy.float32 or numpy.float64
         Output dtype; None means the inputs' dtype. The reference always
         computes in float64 (as upstream does) and casts at the end.
+    any_matrix : bool
+        Accept any 3x3 matrices in place of rotations. Upstream AniSOAP
+        accepts frames stored without rotations: it warns and uses zero
+        matrices, so that ``A = R diag(1/l^2) R^T`` is zero and only the GTO's
+        own Gaussian remains. The AniSOAP switch computes those pairs here,
+        with upstream's lab-frame arithmetic, to give upstream's numbers
+        (non-finite where upstream's are, e.g. zero matrices with the
+        monomial basis). Every other check still applies.
 
     Returns
     -------
@@ -54,35 +63,8 @@ def pairwise_ellip_expansion(r_ij, rotations, semiaxes, hypers: ExpansionHypers,
     ValueError
         on malformed input (see ``validation.check_pair_arrays``).
     """
-    r_ij, rotations, semiaxes, dtype = check_pair_arrays(r_ij, rotations, semiaxes, dtype)
-    return [c.astype(dtype, copy=False) for c in _per_pair_loop(r_ij, rotations, semiaxes, hypers)]
-
-
-def expansion_any_matrix(r_ij, rotations, semiaxes, hypers: ExpansionHypers):
-    """The reference loop for any 3x3 matrices in place of rotations.
-
-    Upstream AniSOAP accepts frames stored without rotations: it warns and
-    uses zero matrices, so that ``A = R diag(1/l^2) R^T`` is zero and only the
-    GTO's own Gaussian remains. The variants reject such matrices; this runs
-    upstream's lab-frame arithmetic on them so that a drop-in gives upstream's
-    numbers (the AniSOAP switch uses it for those pairs only).
-
-    Parameters
-    ----------
-    r_ij (P, 3), rotations (P, 3, 3), semiaxes (P, 3): float arrays, angstrom;
-    no check that the matrices are rotations.
-
-    Returns
-    -------
-    list over l of (P, 2l+1, num_radial[l]) float64 arrays (non-finite where
-    upstream's arithmetic is, e.g. a zero matrix with the monomial basis).
-    """
-    arrays = (np.asarray(a, dtype=np.float64) for a in (r_ij, rotations, semiaxes))
-    return _per_pair_loop(*arrays, hypers)
-
-
-def _per_pair_loop(r_ij, rotations, semiaxes, hypers: ExpansionHypers) -> list[np.ndarray]:
-    """Upstream's loop: per pair, Gaussian parameters, moments, one einsum per l (float64)."""
+    r_ij, rotations, semiaxes, dtype = check_pair_arrays(r_ij, rotations, semiaxes, dtype,
+                                                         check_rotations=not any_matrix)
     r_ij, rotations, semiaxes = (a.astype(np.float64) for a in (r_ij, rotations, semiaxes))
     scaled_t = scaled_solid_harmonic_tensors(hypers)
     n_pairs = r_ij.shape[0]
@@ -98,6 +80,6 @@ def _per_pair_loop(r_ij, rotations, semiaxes, hypers: ExpansionHypers) -> list[n
             d = hypers.degree(l)
             values[l].append(np.einsum("mnpqr,pqr->mn", scaled_t[l], moments[: d + 1, : d + 1, : d + 1]))
     return [
-        np.asarray(v, dtype=np.float64).reshape(n_pairs, 2 * l + 1, hypers.num_radial[l])
+        np.asarray(v, dtype=dtype).reshape(n_pairs, 2 * l + 1, hypers.num_radial[l])
         for l, v in enumerate(values)
     ]

@@ -46,7 +46,7 @@ def resolve_dtype(dtype, *arrays) -> np.dtype:
     return dtype
 
 
-def check_pair_arrays(r_ij, rotations, semiaxes, dtype=None):
+def check_pair_arrays(r_ij, rotations, semiaxes, dtype=None, *, check_rotations: bool = True):
     """Validate and normalise a pair batch.
 
     Parameters
@@ -56,6 +56,8 @@ def check_pair_arrays(r_ij, rotations, semiaxes, dtype=None):
     semiaxes : (P, 3) array, angstrom, finite and > 0
     dtype : None, float32 or float64
         Compute dtype; None means the inputs' dtype (float64 for integers).
+    check_rotations : bool
+        False accepts any finite 3x3 matrices (the reference's ``any_matrix``).
 
     Returns
     -------
@@ -82,11 +84,11 @@ def check_pair_arrays(r_ij, rotations, semiaxes, dtype=None):
     # checked in slices so that validation needs little memory at any batch size
     for first in range(0, n, _CHECK_CHUNK):
         chunk = slice(first, min(first + _CHECK_CHUNK, n))
-        _check_values(r_ij[chunk], rotations[chunk], semiaxes[chunk], first)
+        _check_values(r_ij[chunk], rotations[chunk], semiaxes[chunk], first, check_rotations)
     return r_ij, rotations, semiaxes, dtype
 
 
-def _check_values(r_ij, rotations, semiaxes, first: int) -> None:
+def _check_values(r_ij, rotations, semiaxes, first: int, rotations_too: bool = True) -> None:
     # cheap whole-chunk tests first; the exact culprit is located only on failure
     for name, arr in (("r_ij", r_ij), ("rotations", rotations), ("semiaxes", semiaxes)):
         if not np.isfinite(arr.sum()):
@@ -97,7 +99,7 @@ def _check_values(r_ij, rotations, semiaxes, first: int) -> None:
     if len(semiaxes) and semiaxes.min() <= 0:
         p = int(np.argmax((semiaxes <= 0).any(axis=1)))
         raise ValueError(f"semiaxes must be > 0; pair {first + p} has {semiaxes[p].tolist()}")
-    if len(rotations):
+    if len(rotations) and rotations_too:
         check_rotations(rotations, first)
 
 

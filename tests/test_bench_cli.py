@@ -177,9 +177,12 @@ def test_pytest_bench_ranks_saves_and_compares(tmp_path):
     assert len(saved) == 1, "autosave did not write one run"
     records = report.load_records(saved)
     assert {r["variant"] for r in records} == {"reference", "numpy_einsum"}
+    assert "goal: numba_fused centre density" not in first.stdout  # numba_fused not selected
     for r in records:
         assert RECORD_KEYS <= set(r) and r["pinning"]["verified"]
-    assert len({r["group"] for r in records}) == 1  # one workload, one ranking group
+    groups = {r["group"] for r in records}
+    assert len(groups) == 2  # one workload: the pair ranking and the centre-density ranking
+    assert {r["problem"] for r in records} == {"pairs", "density"}
 
     second = pytest_bench(*common, "--benchmark-compare")
     assert second.returncode == 0, second.stdout + second.stderr
@@ -194,7 +197,7 @@ def test_pytest_bench_on_an_xyz_file_benchmark_disabled():
                         "--semiaxes", "4,4,0.5", "--benchmark-disable")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ellipsoids.xyz: 2 frames, semi-axes 4,4,0.5" in proc.stdout
-    assert "benchmarking disabled" in proc.stdout and "2 passed" in proc.stdout
+    assert "benchmarking disabled" in proc.stdout and "4 passed" in proc.stdout  # pairs and centre density
 
 
 def test_plain_pytest_does_not_collect_bench():

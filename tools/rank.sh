@@ -11,4 +11,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
-exec .venv/bin/python -m pytest bench/test_ranking.py -p no:warnings "$@"
+exec .venv/bin/python -m pytest bench/test_ranking.py bench/test_density_ranking.py -p no:warnings "$@"

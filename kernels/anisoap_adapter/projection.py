@@ -20,8 +20,8 @@ What stays upstream's, for anisoap 0.1.1 and its development head:
   ``Rotation`` (vectorised), ``c_diameter[k] / 2`` (a ``KeyError`` when
   missing, as upstream), and for a frame without the rotation array
   upstream's warning, once per atom, and zero matrices (those pairs are
-  computed with upstream's lab-frame arithmetic, see
-  ``reference.expansion.expansion_any_matrix``);
+  computed with upstream's lab-frame arithmetic, the reference's
+  ``any_matrix=True``);
 - outputs: keys, samples, components, properties and their order; values
   within the equivalence tolerance. anisoap 0.1.1 orthonormalises after the
   neighbour sum by label, which with two or more neighbour species applies
