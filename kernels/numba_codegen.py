@@ -40,6 +40,14 @@ Per block of pairs:
 No heap allocation happens per pair or per block. Every lane runs the same
 instructions whatever its block or thread, so results are bit-identical for
 any thread count and any position of a pair in the batch.
+
+The centre density (``numba_density``) has its own generated module
+(``generate_density_source``, ``density_intrinsic``): the same screen and
+moment recurrence per block of pairs of one segment (inputs loaded
+contiguously, geometry rearranged to 3 divisions and an inline exp,
+``_emit_density_geometry``), but the moments are summed per segment in SIMD
+accumulators and contracted with ``T'_l`` once per segment (the contraction
+is linear), SIMD across a group of segments.
 """
 
 from __future__ import annotations
@@ -203,6 +211,42 @@ class _VectorBuilder:
             level = [self.b.shuffle_vector(a, b, mask) for a, b in zip(level[0::2], level[1::2])]
         return level[0]
 
+    def select(self, mask, a, b):
+        """Lane-wise ``mask ? a : b`` (``mask`` a vector of ``lanes`` i1)."""
+        return self.b.select(mask, a, b)
+
+    def lane_mask(self, flags):
+        """Vector of ``lanes`` i1 from one i1 per lane."""
+        ir = self.ir
+        mask = ir.Constant(ir.VectorType(ir.IntType(1), self.lanes), ir.Undefined)
+        for j, flag in enumerate(flags):
+            mask = self.b.insert_element(mask, flag, ir.Constant(ir.IntType(32), j))
+        return mask
+
+    def sum_lanes(self, group):
+        """Vector whose lane c is the sum of the lanes of ``group[c]`` (len(group) == lanes).
+
+        A transpose-and-add tree: at each level adjacent vectors are paired,
+        every column keeps half as many partial sums (partial i plus partial
+        i + half), so ``lanes`` columns cost 2 (lanes - 1) shuffles and
+        lanes - 1 additions. The order of the additions is fixed
+        (lanes 4: (x0 + x2) + (x1 + x3)), whatever the data.
+        """
+        ir = self.ir
+        lanes = self.lanes
+        level, chunk = list(group), lanes
+        while len(level) > 1:
+            columns, half = lanes // chunk, chunk // 2
+            low = [c * chunk + i for c in range(columns) for i in range(half)]
+            low = low + [lanes + index for index in low]
+            kind = ir.VectorType(ir.IntType(32), lanes)
+            lo_mask = ir.Constant(kind, low)
+            hi_mask = ir.Constant(kind, [index + half for index in low])
+            level = [self.add(self.b.shuffle_vector(a, b, lo_mask), self.b.shuffle_vector(a, b, hi_mask))
+                     for a, b in zip(level[0::2], level[1::2])]
+            chunk = half
+        return level[0]
+
     def store_rows(self, values, data, first_row):
         """Write lane j of ``values[c]`` to ``data[(first_row + j) * C + c]`` (C = len(values)).
 
@@ -291,8 +335,13 @@ def _emit_geometry(v: _VectorBuilder, hypers: ExpansionHypers, rv, R, s):
     return centre, cov, scale
 
 
-def _emit_moments(v: _VectorBuilder, moment_plan, centre, cov, scale):
-    """Scaled moments E[t] (flat monomial order) by the unrolled recurrence."""
+def _emit_moments(v: _VectorBuilder, moment_plan, centre, cov, scale, consume=None):
+    """Scaled moments E[t] (flat monomial order) by the unrolled recurrence.
+
+    ``consume(t, E[t])``, if given, is called as soon as each moment is
+    emitted (the density kernel accumulates it there, so that a moment's
+    live range ends with its last use in the recurrence).
+    """
     scaled = {}
 
     def cov_times(k, m, multiplicity):
@@ -303,11 +352,15 @@ def _emit_moments(v: _VectorBuilder, moment_plan, centre, cov, scale):
         return scaled[key]
 
     moments = [scale]
+    if consume is not None:
+        consume(0, scale)
     for k, parent, lower in moment_plan:
         value = v.mul(centre[k], moments[parent])
         for m, multiplicity, low in lower:
             value = v.fma(cov_times(k, m, multiplicity), moments[low], value)
         moments.append(value)
+        if consume is not None:
+            consume(len(moments) - 1, value)
     return moments
 
 
@@ -503,16 +556,494 @@ def generate_source(hypers: ExpansionHypers, dtype, lanes: int | None = None, sp
     return "\n".join(lines) + "\n"
 
 
-def kernel_key(hypers: ExpansionHypers, dtype, lanes: int | None = None, split: bool | None = None) -> str:
+# ---------------------------------------------------------------------------
+# The centre density: per segment (one output row), the sum of its pairs'
+# coefficients, accumulated across SIMD lanes and written once.
+
+def host_vector_bits() -> int:
+    """Width in bits of the float vectors Numba's target has here: 512 with AVX-512F, else 256.
+
+    Reads ``NUMBA_CPU_FEATURES`` when set (as Numba's code generator does),
+    else the host's features from llvmlite.
+    """
+    from numba.core import config
+
+    features = config.CPU_FEATURES
+    if features is None:
+        import llvmlite.binding as llvm
+
+        features = llvm.get_host_cpu_features().flatten()
+    return 512 if "+avx512f" in features.split(",") else 256
+
+
+def default_density_lanes(dtype) -> int:
+    """Pairs per block (and segments per group) of the density kernel on this machine.
+
+    One vector register of the widest kind the target has: 8 float64 / 16
+    float32 lanes with AVX-512F, else 4 / 8 (the pair kernel's
+    ``DEFAULT_LANES``). A machine fact, measured on one CPU only (not "the
+    best" elsewhere): on the Intel Xeon (Emerald Rapids, AVX-512, 2 shared
+    cores) where this kernel was written, one thread, default workload, the
+    kernel alone took 0.022 us per pair in float64 with 8 lanes against
+    0.039 with 4 and 0.027 with 16; the whole float32 call 0.016 with 16
+    lanes against 0.025 with 8. Compiled for an AVX2-only target (Haswell
+    features) on the same CPU, 4 and 8 float64 lanes tied (0.033). Not
+    measured on Zen 4, whose AVX-512 is double-pumped (the pair kernel
+    measured 256-bit best there): pass ``lanes`` to
+    ``numba_density.centre_density`` to measure a machine.
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in DEFAULT_LANES:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    return host_vector_bits() // (8 * dtype.itemsize)
+
+
+def _checked_density_lanes(dtype, lanes) -> int:
+    """The density kernel's lane count: ``default_density_lanes`` or a given power of two >= 2."""
+    if lanes is None:
+        return default_density_lanes(dtype)
+    return _checked_lanes(dtype, lanes)
+
+
+def _emit_exp(v: _VectorBuilder, x):
+    """Inline ``exp(x)`` on every lane, for the Gaussian's ``x = -k/2 <= 0``.
+
+    ``llvm.exp`` on a vector becomes one libm call per lane here (no vector
+    math library), and every call spills the live vectors: it cost about as
+    much as the rest of the per-pair work. Instead: ``n = rint(x log2 e)``,
+    ``r = x - n ln2`` (Cody-Waite split, fused multiply-adds, |r| <= ln2/2),
+    Taylor polynomial of degree 13 (float64; 7 in float32) by Horner, times
+    ``2^n`` built in the exponent bits. Relative error a few ulp. ``x``
+    below -708 (float32: -87) gives 0: the true value is below 3e-308
+    (2e-38), where ``2^n`` would leave the normal range. A NaN ``x`` gives a
+    finite value; it only arises from inputs the screen rejects.
+    """
+    ir, b = v.ir, v.b
+    double = v.itemsize == 8
+    if double:
+        log2e, ln2_hi, ln2_lo, degree, low = 1.4426950408889634, 6.93147180369123816490e-01, \
+            1.90821492927058770002e-10, 13, -708.0
+        integer, bias, shift = ir.IntType(64), 1023, 52
+    else:
+        log2e, ln2_hi, ln2_lo, degree, low = 1.4426950408889634, 0.693359375, -2.12194440e-4, 7, -87.0
+        integer, bias, shift = ir.IntType(32), 127, 23
+    suffix = f"v{v.lanes}{'f64' if double else 'f32'}"
+    from numba.core import cgutils
+
+    def call(name, *args):
+        kind = ir.FunctionType(v.vector, [v.vector] * len(args))
+        return b.call(cgutils.get_or_insert_function(b.module, kind, f"llvm.{name}.{suffix}"), list(args))
+
+    clamped = call("maxnum", x, v.splat(low))
+    n = call("rint", v.mul(clamped, v.splat(log2e)))
+    r = v.fma(n, v.splat(-ln2_hi), clamped)
+    r = v.fma(n, v.splat(-ln2_lo), r)
+    factorial = [1.0]
+    for k in range(1, degree + 1):
+        factorial.append(factorial[-1] * k)
+    p = v.splat(1.0 / factorial[degree])
+    for k in range(degree - 1, -1, -1):
+        p = v.fma(p, r, v.splat(1.0 / factorial[k]))
+    vector_int = ir.VectorType(integer, v.lanes)
+    bits = b.shl(b.add(b.fptosi(n, vector_int), ir.Constant(vector_int, [ir.Constant(integer, bias)] * v.lanes)),
+                 ir.Constant(vector_int, [ir.Constant(integer, shift)] * v.lanes))
+    value = v.mul(p, b.bitcast(bits, v.vector))
+    return b.select(b.fcmp_ordered("<", x, v.splat(low)), v.splat(0.0), value)
+
+
+def _emit_density_geometry(v: _VectorBuilder, hypers: ExpansionHypers, rv, R, s):
+    """Centre (3), covariance {(i, j): S_ij} and scale of each lane's pair, with few divisions.
+
+    The quantities of :func:`_emit_geometry` (same formulas, DESIGN.md
+    section 7), rearranged so that a pair needs 3 divisions instead of 7 and
+    no ``llvm.exp`` call (divisions and exp dominated the per-pair cost once
+    the density kernel stopped contracting per pair). GTO, with
+    ``g_k = 1 / (1 + l_k^2 / sigma^2)`` (in (0, 1], well conditioned):
+    ``1/d_k = l_k^2 g_k``, ``S = R diag(l_k^2 g_k) R^T``,
+    ``a = r - R (R^T r * l^2 g) / sigma^2``, ``k = sum_k (R^T r)_k^2 g_k / sigma^2``,
+    ``scale = exp(-k/2) / (l1 l2 l3 sqrt(d1 d2 d3)) = exp(-k/2) sqrt(g1 g2 g3)``.
+    Monomial: ``1/d_k = l_k^2``, ``a = r``, ``scale = 1`` exactly (no division at all).
+    """
+    l2 = [v.mul(s[k], s[k]) for k in range(3)]
+    gto = hypers.radial_basis == "gto"
+    if gto:
+        one = v.splat(1.0)
+        inv_s2 = v.splat(1.0 / hypers.sigma**2)
+        g = [v.div(one, v.fma(l2[k], inv_s2, one)) for k in range(3)]
+        inv_d = [v.mul(l2[k], g[k]) for k in range(3)]
+    else:
+        inv_d = l2
+    cov = {
+        (i, j): v.dot3([(v.mul(R[i][k], R[j][k]), inv_d[k]) for k in range(3)])
+        for (i, j) in _COVARIANCE
+    }
+    if not gto:
+        return rv, cov, v.splat(1.0)
+    body = [v.dot3([(R[0][k], rv[0]), (R[1][k], rv[1]), (R[2][k], rv[2])]) for k in range(3)]
+    w = [v.mul(body[k], inv_d[k]) for k in range(3)]
+    centre = [v.sub(rv[i], v.mul(inv_s2, v.dot3([(R[i][k], w[k]) for k in range(3)]))) for i in range(3)]
+    kk = v.mul(inv_s2, v.dot3([(v.mul(body[k], body[k]), g[k]) for k in range(3)]))
+    scale = v.mul(_emit_exp(v, v.mul(v.splat(-0.5), kk)), v.sqrt(v.mul(v.mul(g[0], g[1]), g[2])))
+    return centre, cov, scale
+
+
+def _load_rows(v: _VectorBuilder, data, first_row, width: int):
+    """Lane vectors of the ``width`` columns of rows ``first_row .. first_row + lanes - 1``.
+
+    One contiguous load of ``lanes * width`` values, split into columns by
+    shuffles (instead of ``lanes * width`` scalar loads and inserts).
+    """
+    ir, b = v.ir, v.b
+    whole = ir.VectorType(v.scalar, v.lanes * width)
+    ptr = b.gep(data, [b.mul(first_row, ir.Constant(first_row.type, width))], inbounds=True)
+    block = b.load(b.bitcast(ptr, whole.as_pointer()), align=v.itemsize)
+    kind = ir.VectorType(ir.IntType(32), v.lanes)
+    return [b.shuffle_vector(block, ir.Constant(whole, ir.Undefined),
+                             ir.Constant(kind, [j * width + c for j in range(v.lanes)]))
+            for c in range(width)]
+
+
+def density_intrinsic(hypers: ExpansionHypers, dtype, lanes: int):
+    """Numba intrinsic ``density_group(r, rot, ax, starts, group, outs, w)``: ``lanes`` segments.
+
+    Segments ``s = group * lanes + i`` (i < lanes; those >= S = len(starts) - 1
+    are empty) are pairs ``starts[s] .. starts[s+1] - 1`` of the C-contiguous
+    ``r`` (P, 3), ``rot`` (P, 3, 3), ``ax`` (P, 3), P >= lanes. Their rows go
+    to rows ``group * lanes + i`` of each flat C-order ``outs[l]`` ((S_pad,
+    2l+1, n_l), S_pad a multiple of ``lanes``), times ``W_l`` (``w``: float64,
+    row-major ``W_0, W_1, ...`` concatenated; identity matrices for raw
+    output). Returns 1 if some pair could fail ``check_pair_arrays``'s value
+    tests, else 0.
+
+    The contraction is linear in the moments, so a segment's sum of pair
+    coefficients is the contraction of its summed moments:
+    ``sum_p c_l(p)[m, n] = sum_k T'_l[k, m, n] sum_p E_p[k]``. Emitted as LLVM
+    IR (see :func:`block_intrinsic`), nothing on the heap:
+
+    1. per segment, a loop over blocks of ``lanes`` consecutive pairs: one
+       contiguous load per input array (:func:`_load_rows`; the last block
+       of a segment is moved back to end at the segment's end, or at the
+       batch's end, and lanes outside the block's share of the segment get
+       benign inputs (r = 0, R = I, semi-axes 1) and scale 0), the pair
+       kernel's screen and unrolled moment recurrence (unscaled, E[0] = 1;
+       geometry as :func:`_emit_density_geometry`), then
+       ``acc[k] += scale * E[k]`` for each moment the contraction uses (SoA
+       accumulators on the stack: lane j sums the pairs j, j + lanes, ...
+       of the block sequence). No coefficient of a pair is formed.
+       After the loop the lanes are summed by a fixed transpose-and-add
+       tree (:meth:`_VectorBuilder.sum_lanes`) into the segment's row of a
+       stack scratch.
+    2. per group, SIMD across the ``lanes`` segments: the summed moments
+       transposed out of the scratch (to float64), then per l, in one
+       out-of-line function each (compile time), contracted with the
+       non-zeros of ``T'_l`` (the pair kernel's unrolled multiply-adds),
+       times ``W_l``, rounded once to ``dtype`` and written (one row per
+       segment, transposed in registers). Empty segments give zero rows.
+
+    The same instructions run whatever the thread or group, and a segment's
+    pairs always go to the same lanes (relative to the segment's start and
+    end; only a segment shorter than ``lanes`` within the batch's last
+    ``lanes`` pairs is shifted), so results are bit-identical for any thread
+    count.
+    """
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.core.errors import TypingError
+    from numba.np import numpy_support
+    from numba.extending import intrinsic
+
+    dtype = np.dtype(dtype)
+    moment_plan = _moment_plan(hypers.max_degree)
+    contraction_plan = _contraction_plan(hypers)
+    tol = ORTHONORMAL_TOL[dtype]
+    used = sorted({k for columns in contraction_plan for terms in columns for k, _ in terms})
+    groups = -(-len(used) // lanes)  # scratch row: this many vectors of lane sums
+    w_offsets = [int(c) for c in np.cumsum([0] + [n * n for n in hypers.num_radial])]
+    i64 = ir.IntType(64)
+
+    def const(value):
+        return ir.Constant(i64, int(value))
+
+    prefix = f"numba_density_{kernel_key(hypers, dtype, lanes, kind='density')}"
+
+    def segment_moments(v, r, rot, ax, n_pairs, start, stop, acc, suspect):
+        """acc[i] (for moment used[i]) = this segment's lane-wise sums of scale * E."""
+        b = v.b
+        zero, one = v.splat(0.0), v.splat(1.0)
+        count = b.sub(stop, start)
+        n_blocks = b.sdiv(b.add(count, const(lanes - 1)), const(lanes))
+        # the block's first row: p0, or earlier so that the block ends at the segment's
+        # end (if the segment is long enough) and inside the batch
+        latest = b.sub(n_pairs, const(lanes))
+        back = b.sub(stop, const(lanes))
+        slots = {k: b.gep(acc, [const(i)], inbounds=True) for i, k in enumerate(used)}
+        with cgutils.for_range(b, n_blocks) as loop:
+            p0 = b.add(start, b.mul(loop.index, const(lanes)))
+            first = b.select(b.icmp_signed("<", back, p0), back, p0)
+            first = b.select(b.icmp_signed("<", first, start), p0, first)
+            first = b.select(b.icmp_signed("<", latest, first), latest, first)
+            inside = []
+            for j in range(lanes):
+                pair = b.add(first, const(j))
+                inside.append(b.and_(b.icmp_signed(">=", pair, p0), b.icmp_signed("<", pair, stop)))
+            mask = v.lane_mask(inside)
+            rv = [v.select(mask, x, zero) for x in _load_rows(v, r, first, 3)]
+            flat = _load_rows(v, rot, first, 9)
+            R = [[v.select(mask, flat[3 * i + k], one if i == k else zero) for k in range(3)] for i in range(3)]
+            s = [v.select(mask, x, one) for x in _load_rows(v, ax, first, 3)]
+            screen = b.zext(_emit_screen(v, rv, R, s, tol), i64)
+            b.store(b.or_(b.load(suspect), screen), suspect)
+            centre, cov, scale = _emit_density_geometry(v, hypers, rv, R, s)
+            scale = v.select(mask, scale, zero)  # lanes outside the share add exactly 0
+
+            # unscaled moments (E[0] = 1): the scale (exp, sqrt, divisions) stays off the
+            # recurrence's dependency chain and enters each accumulation's fma, emitted as
+            # soon as the moment is (its live range then ends with its last use)
+            def accumulate(k, moment):
+                if k in slots:
+                    b.store(v.fma(scale, moment, b.load(slots[k])), slots[k])
+
+            _emit_moments(v, moment_plan, centre, cov, one, accumulate)
+
+    def splat_loaded(vd, ptr):
+        ir_ = vd.ir
+        scalar = vd.b.load(ptr, align=8)
+        vector = vd.b.insert_element(ir_.Constant(vd.vector, ir_.Undefined), scalar, ir_.Constant(ir_.IntType(32), 0))
+        return vd.b.shuffle_vector(vector, ir_.Constant(vd.vector, ir_.Undefined),
+                                   ir_.Constant(ir_.VectorType(ir_.IntType(32), lanes), [0] * lanes))
+
+    def write_function(module, l: int, columns):
+        """``void write_l(<lanes x double>* moments, double* w, T* out, i64 first_row)``.
+
+        SIMD across ``lanes`` segments: contraction of the summed moments
+        (``moments[i]`` = moment ``used[i]``) with the non-zeros of ``T'_l``,
+        times ``W_l``, rounded to ``dtype`` and transposed into rows
+        ``first_row ..`` of ``out``. Out of line (noinline), one per l, so
+        that no straight-line block grows with lmax beyond one channel's
+        (LLVM's compile time grows faster than linearly with a block).
+        """
+        name = f"{prefix}_write_{l}"
+        if name in module.globals:
+            return module.globals[name]
+        scalar = ir.DoubleType() if dtype == np.dtype(np.float64) else ir.FloatType()
+        double_vector = ir.VectorType(ir.DoubleType(), lanes)
+        kind = ir.FunctionType(ir.VoidType(), [double_vector.as_pointer(), ir.DoubleType().as_pointer(),
+                                               scalar.as_pointer(), i64])
+        function = ir.Function(module, kind, name=name)
+        function.linkage = "internal"
+        function.attributes.add("noinline")
+        function.attributes.add("nounwind")
+        builder = ir.IRBuilder(function.append_basic_block("entry"))
+        v = _VectorBuilder(builder, dtype, lanes)
+        vd = _VectorBuilder(builder, np.float64, lanes)
+        moments_ptr, w, out, first_row = function.args
+        position = {k: i for i, k in enumerate(used)}
+        moments = {k: builder.load(builder.gep(moments_ptr, [const(position[k])], inbounds=True))
+                   for k in sorted({k for terms in columns for k, _ in terms})}
+        values = _emit_contraction(vd, columns, moments)
+        n_l = hypers.num_radial[l]
+        weights = [[splat_loaded(vd, builder.gep(w, [const(w_offsets[l] + i * n_l + n)], inbounds=True))
+                    for n in range(n_l)] for i in range(n_l)]
+        rows = []
+        for m in range(2 * l + 1):
+            for n in range(n_l):
+                value = vd.mul(values[m * n_l], weights[0][n])
+                for i in range(1, n_l):
+                    value = vd.fma(values[m * n_l + i], weights[i][n], value)
+                rows.append(value if v.itemsize == 8 else builder.fptrunc(value, v.vector))
+        v.store_rows(rows, out, first_row)
+        builder.ret_void()
+        return function
+
+    def codegen(context, builder, signature, args):
+        r_t, rot_t, ax_t, starts_t, group_t, outs_t, w_t = signature.args
+        r, rot, ax = (
+            cgutils.create_struct_proxy(t)(context, builder, value=a).data
+            for t, a in zip((r_t, rot_t, ax_t), args[:3])
+        )
+        n_pairs = cgutils.unpack_tuple(builder, cgutils.create_struct_proxy(r_t)(
+            context, builder, value=args[0]).shape, 2)[0]
+        starts_array = cgutils.create_struct_proxy(starts_t)(context, builder, value=args[3])
+        starts = starts_array.data
+        n_segments = builder.sub(cgutils.unpack_tuple(builder, starts_array.shape, 1)[0], const(1))
+        group = context.cast(builder, args[4], group_t, types.int64)
+        outs = [cgutils.create_struct_proxy(outs_t.dtype)(
+            context, builder, value=builder.extract_value(args[5], l)).data for l in range(len(contraction_plan))]
+        w = cgutils.create_struct_proxy(w_t)(context, builder, value=args[6]).data
+
+        v = _VectorBuilder(builder, dtype, lanes)
+        vd = _VectorBuilder(builder, np.float64, lanes)
+        # stack only: accumulators (padded to whole groups of lanes, the padding stays 0),
+        # the group's rows of summed moments, and those transposed (SIMD across segments)
+        acc_array = cgutils.alloca_once(builder, ir.ArrayType(v.vector, groups * lanes), name="density_acc")
+        acc = builder.bitcast(acc_array, v.vector.as_pointer())
+        scratch_array = cgutils.alloca_once(builder, ir.ArrayType(v.vector, lanes * groups), name="density_rows")
+        scratch = builder.bitcast(scratch_array, v.vector.as_pointer())
+        moments_array = cgutils.alloca_once(builder, ir.ArrayType(vd.vector, groups * lanes), name="density_sums")
+        moments = builder.bitcast(moments_array, vd.vector.as_pointer())
+        suspect = cgutils.alloca_once_value(builder, const(0))
+        first_segment = builder.mul(group, const(lanes))
+        cgutils.memset(builder, acc_array, const(groups * lanes * lanes * v.itemsize), 0)
+
+        # 1. per segment of the group: its summed moments into a row of the scratch
+        with cgutils.for_range(builder, const(lanes)) as outer:
+            segment = builder.add(first_segment, outer.index)
+            real = builder.icmp_signed("<", segment, n_segments)
+            index = builder.select(real, segment, const(0))
+            start = builder.load(builder.gep(starts, [index], inbounds=True))
+            stop = builder.load(builder.gep(starts, [builder.add(index, const(1))], inbounds=True))
+            start = builder.select(real, start, const(0))
+            stop = builder.select(real, stop, const(0))
+            segment_moments(v, r, rot, ax, n_pairs, start, stop, acc, suspect)
+            row = builder.mul(outer.index, const(groups))
+            for g in range(groups):
+                slots = [builder.gep(acc, [const(g * lanes + j)], inbounds=True) for j in range(lanes)]
+                group_vectors = [builder.load(slot) for slot in slots]
+                for slot in slots:
+                    builder.store(v.splat(0.0), slot)  # ready for the next segment
+                builder.store(v.sum_lanes(group_vectors),
+                              builder.gep(scratch, [builder.add(row, const(g))], inbounds=True))
+
+        # 2. SIMD across the group's segments: transpose, then per l contraction, W, rows
+        with cgutils.for_range(builder, const(groups)) as block:
+            rows = [builder.load(builder.gep(scratch, [builder.add(const(i * groups), block.index)], inbounds=True))
+                    for i in range(lanes)]
+            base = builder.mul(block.index, const(lanes))
+            for j in range(lanes):
+                value = v._lane_row(rows, j)
+                value = value if v.itemsize == 8 else builder.fpext(value, vd.vector)
+                builder.store(value, builder.gep(moments, [builder.add(base, const(j))], inbounds=True))
+        for l, columns in enumerate(contraction_plan):
+            builder.call(write_function(builder.module, l, columns), [moments, w, outs[l], first_segment])
+        return builder.load(suspect)
+
+    @intrinsic
+    def density_group(typingctx, r, rot, ax, starts, group, outs, w):
+        for name, array, ndim in (("r", r, 2), ("rot", rot, 3), ("ax", ax, 2)):
+            if not (isinstance(array, types.Array) and array.layout == "C" and array.ndim == ndim
+                    and array.dtype == numpy_support.from_dtype(dtype)):
+                raise TypingError(f"density_group: {name} must be a C-contiguous {ndim}-d {dtype} array, got {array}")
+        if not (isinstance(starts, types.Array) and starts.layout == "C" and starts.ndim == 1
+                and starts.dtype == types.int64):
+            raise TypingError(f"density_group: starts must be a C-contiguous int64 vector, got {starts}")
+        if not isinstance(group, types.Integer):
+            raise TypingError(f"density_group: group must be an integer, got {group}")
+        if not (isinstance(outs, types.UniTuple) and len(outs) == len(contraction_plan)
+                and isinstance(outs.dtype, types.Array) and outs.dtype.layout == "C"
+                and outs.dtype.dtype == numpy_support.from_dtype(dtype)):
+            raise TypingError(f"density_group: outs must be a tuple of {len(contraction_plan)} "
+                              f"C-contiguous {dtype} arrays, got {outs}")
+        if not (isinstance(w, types.Array) and w.layout == "C" and w.dtype == types.float64):
+            raise TypingError(f"density_group: w must be a C-contiguous float64 array, got {w}")
+        return types.int64(r, rot, ax, starts, group, outs, w), codegen
+
+    return density_group
+
+
+def _density_driver(hypers: ExpansionHypers, lanes: int) -> list[str]:
+    outs = ", ".join(f"out{l}" for l in range(hypers.lmax + 1))
+    return [
+        "@njit(cache=True, nogil=True, parallel=True)",
+        f"def density_segments(r, rot, ax, starts, w, {outs}):",
+        '    """Segment s = pairs starts[s] .. starts[s + 1] - 1 summed into row s of every out{l}, times W_l.',
+        "",
+        f"    out{{l}}: flat C-order (S_pad, 2l+1, n_l), S = len(starts) - 1, S_pad = S rounded up to",
+        f"    a multiple of {lanes}, every row written (rows >= S zero); r, rot, ax hold >= {lanes} pairs.",
+        "    Returns the number of groups of segments holding a pair that check_pair_arrays could reject.",
+        '    """',
+        f"    outs = ({outs},)",
+        f"    n_groups = (starts.shape[0] - 1 + {lanes - 1}) // {lanes}",
+        "    suspects = 0",
+        "    for group in prange(n_groups):",
+        "        suspects += density_group(r, rot, ax, starts, group, outs, w)",
+        "    return suspects",
+        "",
+        "",
+        "@njit(cache=True, nogil=True)",
+        "def segment_starts(segment, starts):",
+        '    """Fill starts (S + 1 entries) with each segment\'s first pair and return 0, if segment',
+        "    is non-decreasing with values in [0, S); else return 1 (starts then meaningless).",
+        '    """',
+        "    n_pairs = segment.shape[0]",
+        "    n_segments = starts.shape[0] - 1",
+        "    if n_pairs == 0:",
+        "        starts[:] = 0",
+        "        return 0",
+        "    first = segment[0]",
+        "    last = segment[n_pairs - 1]",
+        "    if first < 0 or last >= n_segments:",
+        "        return 1",
+        "    for s in range(first + 1):",
+        "        starts[s] = 0",
+        "    for p in range(1, n_pairs):  # one pass; the branch is rarely taken",
+        "        before = segment[p - 1]",
+        "        now = segment[p]",
+        "        if now != before:",
+        "            if now < before:",
+        "                return 1",
+        "            for s in range(before + 1, now + 1):",
+        "                starts[s] = p",
+        "    for s in range(last + 1, n_segments + 1):",
+        "        starts[s] = n_pairs",
+        "    return 0",
+        "",
+    ]
+
+
+def generate_density_source(hypers: ExpansionHypers, dtype, lanes: int | None = None) -> str:
+    """Python source of the specialised centre-density module.
+
+    Parameters
+    ----------
+    hypers : ExpansionHypers
+    dtype : float32 or float64, the compute dtype
+    lanes : pairs per block and segments per group (default ``default_density_lanes(dtype)``)
+
+    Returns
+    -------
+    str: a module defining ``LANES``, ``density_segments(r (P,3), rot (P,3,3),
+    ax (P,3), starts (S+1,) int64, w (float64, the row-major W_l
+    concatenated), out0, ..., out_lmax)`` with ``out_l`` the flat C-order
+    ``(S_pad, 2l+1, n_l)`` output of ``dtype`` (S_pad = S rounded up to a
+    multiple of ``LANES``; P >= ``LANES``), and ``segment_starts(segment,
+    starts)`` (the boundaries of a sorted int64 ``segment``).
+    """
+    dtype = np.dtype(dtype)
+    lanes = _checked_density_lanes(dtype, lanes)
+    lines = [
+        f'"""numba_density kernel generated for {hypers!r}, {dtype}, {lanes} lanes (code version {CODE_VERSION})."""',
+        "import numpy as np",
+        "from numba import njit, prange",
+        "",
+        "from einsum_workbench.kernels.numba_codegen import density_intrinsic",
+        "from einsum_workbench.reference.hypers import ExpansionHypers",
+        "",
+        f"FT = np.{dtype.name}",
+        f"LANES = {lanes}",
+        f"HYPERS = ExpansionHypers(**{hypers.as_dict()!r})",
+        "density_group = density_intrinsic(HYPERS, FT, LANES)",
+        "",
+    ]
+    lines += _density_driver(hypers, lanes)
+    return "\n".join(lines) + "\n"
+
+
+def kernel_key(hypers: ExpansionHypers, dtype, lanes: int | None = None, split: bool | None = None,
+               kind: str = "pairs") -> str:
     """Hash naming the generated module, so that a stale disk cache is never used.
 
     Covers what shapes the machine code: the hyper-parameters that enter
-    (rcond/tol do not), dtype, lanes, split, ``CODE_VERSION``, this file's
-    source (the IR emitter) and the bytes of the solid-harmonic tables (the
-    constants inlined). Numba keys its cache on the generated file only.
+    (rcond/tol do not: the density kernel reads the orthonormalisation
+    matrices at run time), dtype, lanes, split, the kind of kernel
+    (``"pairs"`` or ``"density"``), ``CODE_VERSION``, this file's source (the
+    IR emitter) and the bytes of the solid-harmonic tables (the constants
+    inlined). Numba keys its cache on the generated file only.
     """
     dtype = np.dtype(dtype)
-    lanes = _checked_lanes(dtype, lanes)
+    if kind not in ("pairs", "density"):
+        raise ValueError(f"kind must be 'pairs' or 'density', got {kind!r}")
+    lanes = _checked_lanes(dtype, lanes) if kind == "pairs" else _checked_density_lanes(dtype, lanes)
     tables = hashlib.sha256()
     for table in compact_solid_harmonics(hypers):
         tables.update(np.ascontiguousarray(table).tobytes())
@@ -521,6 +1052,8 @@ def kernel_key(hypers: ExpansionHypers, dtype, lanes: int | None = None, split: 
         "num_radial": list(hypers.num_radial), "dtype": dtype.name, "lanes": lanes, "split": split,
         "version": CODE_VERSION, "emitter": _emitter_digest(), "tables": tables.hexdigest(),
     }
+    if kind != "pairs":  # the pair kernel's fields as they were
+        fields["kind"] = kind
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
 
 
