@@ -12,15 +12,26 @@ Usable without upstream AniSOAP installed (metatensor is needed for TensorMaps
 only). Importing this package imports NumPy only.
 """
 
-from .density import centre_density, density_layout, density_of_pairs, density_tensormap
+from .density import (
+    centre_density,
+    density_blocks,
+    density_layout,
+    density_of_frames,
+    density_of_pairs,
+    density_of_table,
+    density_tensormap,
+)
 from .power_spectrum import PowerSpectrum, power_spectrum, power_spectrum_tensormap
 from .stages import record_stages
 
 __all__ = [
     "PowerSpectrum",
     "centre_density",
+    "density_blocks",
     "density_layout",
+    "density_of_frames",
     "density_of_pairs",
+    "density_of_table",
     "density_tensormap",
     "power_spectrum",
     "power_spectrum_tensormap",

@@ -369,14 +369,18 @@ def centre_density(frames, hypers: ExpansionHypers, *, backend: str = "numba_fus
     KeyError, RuntimeError
         unknown backend, or one that cannot run here.
     """
-    layout, density = _density_of_frames(frames, hypers, backend=backend, orthonormal=orthonormal,
-                                         self_pairs=self_pairs, semiaxes=semiaxes, rotation_key=rotation_key,
-                                         rotation_type=rotation_type)
+    check_property_layout(property_layout)
+    layout, density = density_of_frames(frames, hypers, backend=backend, orthonormal=orthonormal,
+                                        self_pairs=self_pairs, semiaxes=semiaxes, rotation_key=rotation_key,
+                                        rotation_type=rotation_type)
     return density_tensormap(layout, density_blocks(layout, density, property_layout=property_layout))
 
 
-def _density_of_frames(frames, hypers, *, backend, orthonormal, self_pairs, semiaxes, rotation_key,
-                       rotation_type):
+def density_of_frames(frames, hypers: ExpansionHypers, *, backend: str = "numba_fused", orthonormal: bool = True,
+                      self_pairs: bool = True, semiaxes=None, rotation_key: str | None = "c_q",
+                      rotation_type: str = "quaternion"):
+    """(DensityLayout, density arrays) of frames: :func:`centre_density` before
+    the TensorMap (parameters and errors the same)."""
     from einsum_workbench.reference.pairs import atoms_table
 
     check_hypers(hypers)

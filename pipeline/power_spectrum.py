@@ -28,7 +28,7 @@ import numpy as np
 
 from einsum_workbench.reference.hypers import ExpansionHypers
 
-from .density import DensityLayout, _density_of_frames, density_blocks
+from .density import DensityLayout, density_blocks, density_of_frames
 from .stages import stage
 
 #: Property names of upstream's power-spectrum blocks (after ``standardize_keys``).
@@ -166,9 +166,9 @@ def power_spectrum(frames, hypers: ExpansionHypers, *, backend: str = "numba_fus
     ------
     As :func:`einsum_workbench.pipeline.density.centre_density`.
     """
-    layout, density = _density_of_frames(frames, hypers, backend=backend, orthonormal=orthonormal,
-                                         self_pairs=self_pairs, semiaxes=semiaxes, rotation_key=rotation_key,
-                                         rotation_type=rotation_type)
+    layout, density = density_of_frames(frames, hypers, backend=backend, orthonormal=orthonormal,
+                                        self_pairs=self_pairs, semiaxes=semiaxes, rotation_key=rotation_key,
+                                        rotation_type=rotation_type)
     columns, labels = [], []
     with stage("power_spectrum"):
         blocks = density_blocks(layout, density, property_layout="labelled")
