@@ -6,8 +6,9 @@ Two workloads, one pinned thread (the bench's pinning, verified at start):
 - generated benzenes (``--frames``, default 16, two species; lmax ``--lmax``,
   GTO sigma 1.5, cutoff 7): about 1,700 pairs per frame, measures the kernel;
 - the first 1,000 frames of AniSOAP's ``ellipsoids.xyz`` (``../shared/data``,
-  or ``--xyz`` and ``--xyz-frames``) with semi-axes 4, 4, 0.5: one or two
-  ellipsoids and about 12 pairs per frame, measures per-frame costs.
+  or ``--xyz`` and ``--xyz-frames``) with semi-axes 4, 4, 0.5 (or
+  ``--semiaxes``): one or two ellipsoids and about 12 pairs per frame,
+  measures per-frame costs.
 
 Upstream AniSOAP 0.1.1 runs its own Python code with the workbench's
 **compiled** stand-in for its Rust moments (``import_upstream_anisoap(
@@ -47,6 +48,7 @@ DEFAULT_XYZ = Path(__file__).resolve().parent.parent.parent / "shared" / "data" 
 
 
 def _frames(workload, pytestconfig):
+    from einsum_workbench.bench.options import parse_semiaxes
     from einsum_workbench.reference.pairs import read_frames
     from einsum_workbench.reference.workloads import DEFAULT_FRAMES, benzenes
 
@@ -57,11 +59,14 @@ def _frames(workload, pytestconfig):
     if not path.is_file():
         pytest.skip(f"ellipsoid frames not found at {path}: the ellipsoid end-to-end bench did not run")
     n_frames = pytestconfig.getoption("xyz_frames") or ELLIPSOID_FRAMES
+    text = pytestconfig.getoption("semiaxes")
+    semiaxes = parse_semiaxes(text) if text else ELLIPSOID_SEMIAXES
     frames = read_frames(path, index=f":{n_frames}")
     for frame in frames:
-        for k, axis in enumerate(ELLIPSOID_SEMIAXES, start=1):
+        for k, axis in enumerate(semiaxes, start=1):
             frame.arrays[f"c_diameter[{k}]"] = np.full(len(frame), 2 * axis)
-    return frames, f"{path.name} first {len(frames)} frames, semi-axes 4,4,0.5"
+    axes = ",".join(f"{a:g}" for a in semiaxes)
+    return frames, f"{path.name} first {len(frames)} frames, semi-axes {axes}"
 
 
 def _same(actual, expected):

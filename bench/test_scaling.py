@@ -9,7 +9,7 @@
 Pairs come from the default workload, tiled to the exact count
 (``BenchInput.tiled``); ``--scaling-max-pairs N`` caps every size at N (a quick
 run). Each (size, threads) is its own pytest-benchmark group;
-``python -m einsum_workbench.bench report`` plots log-log time against pairs
+``einsum-workbench report`` plots log-log time against pairs
 per variant and time per pair against lmax.
 """
 

@@ -1,10 +1,11 @@
-"""The NumPy-vs-Torch study (``bench/torch_study.py``) on this session's pairs,
+"""The NumPy-vs-Torch study (``bench/lib/torch_study.py``) on this session's pairs,
 marked ``study`` (not run by default): ``pytest bench -m study``.
 
 float64 and float32, eager and ``torch.compile`` (compile time apart), the
 NumPy <-> Torch conversion, opt_einsum's backends, and the reference on a
 sample for speedups; one thread, pinned by this session. The table is printed
-under the ranking and saved as JSON in ``.benchmarks/study/``.
+under the ranking and saved as JSON in ``study/`` of the session's storage
+(``--benchmark-storage``, by default ``.benchmarks`` in the current directory).
 """
 
 import json
@@ -17,13 +18,13 @@ pytestmark = pytest.mark.study
 REFERENCE_SAMPLE = 500  # pairs of the reference timed for the speedup column
 
 
-def test_torch_study(bench_input, bench_state):
+def test_torch_study(bench_input, bench_state, bench_storage):
     pytest.importorskip("torch", reason="torch is not installed: the NumPy-vs-Torch study cannot run")
     try:
         from einsum_workbench.bench.torch_study import study_markdown, torch_study
     except ImportError as err:
-        pytest.skip(f"bench/torch_study.py cannot be imported: {err}")
-    from einsum_workbench.bench import pinning, report
+        pytest.skip(f"einsum_workbench.bench.torch_study cannot be imported: {err}")
+    from einsum_workbench.bench import pinning
 
     if bench_state["threads"] != 1:
         pytest.skip(f"the study runs on one thread; this session is pinned to {bench_state['threads']}")
@@ -36,7 +37,7 @@ def test_torch_study(bench_input, bench_state):
     assert {"numpy_einsum", "torch_einsum"} <= {r["variant"] for r in rows}
     table = study_markdown(rows)
     bench_state.setdefault("study", []).append(f"### NumPy vs Torch study: {bench_input.label}\n\n{table}")
-    out = report.default_storage() / "study" / f"torch-study-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = bench_storage / "study" / f"torch-study-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"workload": bench_input.description, "rows": rows,
                                "pinning": pinning.pinning_state(bench_state["threads"])}, indent=1, default=str))

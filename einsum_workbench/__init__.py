@@ -7,10 +7,53 @@ Subpackages (installed from the repository's top-level folders):
   bases, solid-harmonic tensors, Gaussian moments, frames to neighbour pairs,
   workloads, the per-pair reference loop).
 - ``einsum_workbench.kernels``: the variant registry and one module per variant.
-- ``einsum_workbench.bench``: thread pinning, benchmark helpers and the runner.
+- ``einsum_workbench.bench``: the bench's pytest plugin, thread pinning, the
+  measuring path, the report and the ``einsum-workbench`` command line.
 - ``einsum_workbench.profiles``: profiling recipes.
+- ``einsum_workbench.pipeline``: frames to AniSOAP's features with any variant.
 
-Importing this package imports neither torch, cupy nor numba.
+The most used names are re-exported here, lazily (each is imported on first
+use)::
+
+    import einsum_workbench as wb
+    expand = wb.load_variant("numba_fused")
+    work = wb.default_workload()
+
+Importing this package imports neither NumPy, torch, cupy nor numba.
 """
 
+import importlib
+
 __version__ = "0.1.0"
+
+#: name -> module it is re-exported from (imported on first access)
+_LAZY = {
+    "load_variant": "einsum_workbench.kernels.registry",
+    "get_variant": "einsum_workbench.kernels.registry",
+    "variant_names": "einsum_workbench.kernels.registry",
+    "available_variants": "einsum_workbench.kernels.registry",
+    "availability_table": "einsum_workbench.kernels.registry",
+    "density_function": "einsum_workbench.kernels.registry",
+    "VARIANTS": "einsum_workbench.kernels.registry",
+    "DENSITY_VARIANTS": "einsum_workbench.kernels.registry",
+    "Variant": "einsum_workbench.kernels.registry",
+    "ExpansionHypers": "einsum_workbench.reference.hypers",
+    "default_workload": "einsum_workbench.reference.workloads",
+    "make_workload": "einsum_workbench.reference.workloads",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+    """Import a re-exported name on first access (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later accesses skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -44,22 +44,21 @@ best block size and register cap; ``bench/gpu_validate.py`` measures them.
 Not done: overlapping transfers with compute (streams, pinned host memory);
 the copy-back path is bound by the host link, not by the kernel.
 
-The same per-pair body compiles as plain C++ (:func:`build_host_library`, g++)
-so tests on a machine without a GPU run the exact device arithmetic, driven
-by the same chunking code through :class:`HostBackend`.
+The same per-pair body compiles as plain C++
+(:mod:`einsum_workbench.kernels.cuda.host_build`, g++) so tests on a machine
+without a GPU run the exact device arithmetic, driven by the same chunking
+code through :class:`HostBackend`.
+
+Contract: :class:`einsum_workbench.kernels.contract.PairExpansion`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
+import logging
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +66,11 @@ import numpy as np
 from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.validation import check_pair_arrays
 
+from .cuda.host_build import HOST_CXX_FLAGS, compile_host_library, host_compiler  # noqa: F401  (re-exported)
+from .cuda.host_build import build_pair_library as build_host_library
 from .tables import compact_solid_harmonics, num_monomials, recurrence_table
+
+logger = logging.getLogger(__name__)
 
 CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 KERNEL_FILE = "pair_expansion_kernel.cu"
@@ -182,6 +185,7 @@ def generate_spec_source(hypers: ExpansionHypers) -> str:
     -------
     str, the content of ``wb_spec.cuh``.
     """
+    start = time.perf_counter()
     max_degree = hypers.max_degree
     n_moments = num_monomials(max_degree)
     offsets = output_offsets(hypers)
@@ -221,6 +225,7 @@ def generate_spec_source(hypers: ExpansionHypers) -> str:
                 total = " + ".join(terms) if terms else "T(0)"
                 lines.append(f"        out[{o}LL * stride] = scale * ({total});")
     lines += ["    }", "};", "}  // namespace wb", "#endif  // WB_SPEC_CUH", ""]
+    logger.info("generated wb::Spec for %r: %d lines in %.2f s", hypers, len(lines), time.perf_counter() - start)
     return "\n".join(lines)
 
 
@@ -417,9 +422,21 @@ def nvrtc_options(max_registers: int | None = None) -> tuple[str, ...]:
 def compiled_module(hypers: ExpansionHypers, max_registers: int | None = None):
     """``cupy.RawModule`` with ``wb_expand_f64`` and ``wb_expand_f32`` for ``hypers`` (cached
     per (hypers, max_registers); NVRTC compiles on first use, CuPy also caches on disk)."""
+    return nvrtc_module(kernel_source(hypers), nvrtc_options(max_registers), f"the pair kernels for {hypers!r}")
+
+
+def nvrtc_module(source: str, options: tuple, what: str):
+    """``cupy.RawModule`` of ``source``, compiled now (NVRTC, or CuPy's disk
+    cache) so that the log gives the compile time."""
     import cupy
 
-    return cupy.RawModule(code=kernel_source(hypers), options=nvrtc_options(max_registers))
+    start = time.perf_counter()
+    module = cupy.RawModule(code=source, options=options)
+    if hasattr(module, "compile"):  # CuPy >= 9; else it compiles at the first get_function
+        module.compile()
+    logger.info("NVRTC compiled %s (options %s) in %.2f s (CuPy's disk cache may have served it)",
+                what, " ".join(options), time.perf_counter() - start)
+    return module
 
 
 class CupyBackend(_Backend):
@@ -463,15 +480,12 @@ def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None,
            block_size: int = DEFAULT_BLOCK_SIZE, max_registers: int | None = None):
     """Raw expansion coefficients of every pair, one CUDA thread per pair.
 
+    The pair-expansion contract
+    (:class:`einsum_workbench.kernels.contract.PairExpansion`); float32
+    computes everything on the device in float32. Options:
+
     Parameters
     ----------
-    r_ij : (P, 3) float array, angstrom (every frame's pairs together)
-    rotations : (P, 3, 3) float array, body to lab
-    semiaxes : (P, 3) float array, angstrom, > 0
-    hypers : ExpansionHypers
-    dtype : None, float32 or float64
-        Compute and output dtype (None: the inputs'); float32 computes
-        everything on the device in float32.
     max_gpu_memory : int, bytes
         Bound on the device memory this call allocates (default 1 GiB): one
         chunk's inputs and two copies of its outputs (kernel layout and
@@ -493,16 +507,14 @@ def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None,
 
     Returns
     -------
-    list over l of (P, 2l+1, num_radial[l]) arrays of ``dtype``
-    (NumPy, or CuPy with ``keep_on_device``).
+    as the contract (NumPy arrays, or CuPy arrays with ``keep_on_device``).
 
     Raises
     ------
-    ValueError on malformed input (``check_pair_arrays``), a bad
-    ``max_gpu_memory``, ``block_size`` or ``max_registers``.
-    RuntimeError when no CUDA device is usable (the reason is given).
+    as the contract: ValueError for a bad ``max_gpu_memory``, ``block_size``
+    or ``max_registers``; RuntimeError when no CUDA device is usable.
     """
-    r_ij, rotations, semiaxes, dtype = check_pair_arrays(r_ij, rotations, semiaxes, dtype)
+    r_ij, rotations, semiaxes, dtype = check_pair_arrays(r_ij, rotations, semiaxes, dtype, hypers=hypers)
     reason = gpu_unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"cupy_batched needs a CUDA device: {reason}")
@@ -514,7 +526,8 @@ def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None,
 
 class HostBackend(_Backend):
     """The chunk loop on the host: NumPy buffers stand for device memory and
-    the g++-compiled per-pair body (:func:`build_host_library`) for the kernel.
+    the g++-compiled per-pair body
+    (:func:`einsum_workbench.kernels.cuda.host_build.build_pair_library`) for the kernel.
 
     Tests only: it checks the device arithmetic and the host-side chunking
     logic on a machine without a GPU. ``peak_bytes`` records the largest total
@@ -582,97 +595,12 @@ def expand_host_compiled(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, 
     ValueError on malformed input; RuntimeError when g++ is missing or the
     source does not compile (the compiler's output is included).
     """
-    r_ij, rotations, semiaxes, dtype = check_pair_arrays(r_ij, rotations, semiaxes, dtype)
+    r_ij, rotations, semiaxes, dtype = check_pair_arrays(r_ij, rotations, semiaxes, dtype, hypers=hypers)
     backend = backend if backend is not None else HostBackend(hypers)
     return _expand_with(backend, r_ij, rotations, semiaxes, hypers, dtype, max_gpu_memory, keep_on_device)
 
 
-HOST_CXX_FLAGS = ("-O1", "-std=c++17", "-fPIC", "-shared", "-Wall")
-
-
-def host_compiler() -> str | None:
-    """Path of the C++ compiler used for the host build ($CXX, else g++), or None."""
-    return shutil.which(os.environ.get("CXX", "g++"))
-
-
-def _host_cache_dir() -> Path:
-    root = os.environ.get("EINSUM_WORKBENCH_CACHE") or os.path.join(tempfile.gettempdir(), "einsum_workbench")
-    path = Path(root) / "cuda_host"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def compile_host_library(source: str, what: str) -> Path:
-    """Compile one C++ translation unit into a shared library with g++ (cached on disk).
-
-    The library is cached by a hash of the source, compiler and flags
-    (``$EINSUM_WORKBENCH_CACHE`` or the temp directory, sub-folder ``cuda_host``).
-
-    Parameters
-    ----------
-    source : str, the complete C++ source (e.g. from :func:`assemble_source`)
-    what : str, named in the error message
-
-    Returns
-    -------
-    Path of the shared library.
-
-    Raises
-    ------
-    RuntimeError when no compiler is found or compilation fails (its output
-    is in the message).
-    """
-    compiler = host_compiler()
-    if compiler is None:
-        raise RuntimeError(f"no C++ compiler found (looked for {os.environ.get('CXX', 'g++')!r})")
-    digest = hashlib.sha256("\0".join((source, compiler, *HOST_CXX_FLAGS)).encode()).hexdigest()[:20]
-    cache = _host_cache_dir()
-    library = cache / f"wb_host_{digest}.so"
-    if not library.exists():
-        with tempfile.TemporaryDirectory(dir=cache) as work:
-            cpp = Path(work) / "wb_host.cpp"
-            cpp.write_text(source)
-            built = Path(work) / "wb_host.so"
-            result = subprocess.run([compiler, *HOST_CXX_FLAGS, str(cpp), "-o", str(built)],
-                                    capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"host build of {what} failed:\n{result.stderr[-4000:]}")
-            os.replace(built, library)  # atomic: parallel builds of one source agree
-    return library
-
-
-@functools.lru_cache(maxsize=32)
-def build_host_library(hypers: ExpansionHypers) -> ctypes.CDLL:
-    """Compile ``host_harness.cpp`` (+ header + generated spec) with g++ and load it.
-
-    The shared library is cached on disk by a hash of the source and flags
-    (``$EINSUM_WORKBENCH_CACHE`` or the temp directory, sub-folder
-    ``cuda_host``).
-
-    Returns
-    -------
-    ctypes.CDLL exporting ``wb_host_expand_f64``, ``wb_host_expand_f32`` and
-    ``wb_host_num_outputs()``; arguments (r_ij, rotations, semiaxes, out
-    pointers, long long n_pairs, long long out_stride) as the CUDA kernels.
-
-    Raises
-    ------
-    RuntimeError when no compiler is found or compilation fails (its output
-    is in the message).
-    """
-    library = compile_host_library(assemble_source(HOST_HARNESS, hypers), f"the CUDA per-pair body for {hypers!r}")
-    lib = ctypes.CDLL(str(library))
-    for name in ("wb_host_expand_f64", "wb_host_expand_f32"):
-        function = getattr(lib, name)
-        function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 2
-        function.restype = None
-    lib.wb_host_num_outputs.restype = ctypes.c_int
-    if lib.wb_host_num_outputs() != output_offsets(hypers)[-1]:
-        raise RuntimeError("host library's output count disagrees with output_offsets (stale build?)")
-    return lib
-
-
-# ------------------------------------------------------------ sources for the compile check
+# ------------------------------------------------------------ hyper-parameter sets of the compile check
 
 def representative_hypers() -> dict[str, ExpansionHypers]:
     """Hyper-parameter sets whose kernels CI compiles for sm_90 (name -> hypers)."""
@@ -683,34 +611,3 @@ def representative_hypers() -> dict[str, ExpansionHypers]:
                                                max_radial=[3, 2, 2, 1, 1, 1, 0, 0, 0]),
         "lmax0_gto_int": ExpansionHypers(0, "gto", cutoff=7.0, sigma=1.5, max_radial=2),
     }
-
-
-def write_sources(directory) -> list[Path]:
-    """Write ``<name>.cu`` (kernel) and ``<name>_host.cpp`` for each representative set.
-
-    Returns the written paths.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, hypers in representative_hypers().items():
-        for suffix, main in ((".cu", KERNEL_FILE), ("_host.cpp", HOST_HARNESS)):
-            path = directory / f"{name}{suffix}"
-            path.write_text(assemble_source(main, hypers))
-            written.append(path)
-    return written
-
-
-def main(argv=None) -> int:
-    """``python -m einsum_workbench.kernels.cupy_batched write-sources DIR``."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] != "write-sources":
-        print("usage: python -m einsum_workbench.kernels.cupy_batched write-sources DIR", file=sys.stderr)
-        return 2
-    for path in write_sources(argv[1]):
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -36,26 +36,33 @@ Three forms of the contraction are offered (``form=``):
     D_l[m, q] R_lq(x)``, with ``|x|^(2n)`` invariant). Six operands, one
     constant: the planner orders the three 1-D factors, the scale and the
     rotation. ``D_l`` is fitted per pair from the harmonics at rotated sample
-    points (``wigner_matrices``). More arithmetic than "compact" and no
+    points (:func:`einsum_workbench.kernels.wigner.wigner_matrices`). More arithmetic than "compact" and no
     moment recurrence mixing axes: the form meant for GPUs.
 
-opt_einsum is imported when a contraction is planned, so that the table
-helpers serve other variants without it.
+The tables (``factored_tables``, ``dense_tables``) are in
+:mod:`einsum_workbench.kernels.tables`, the Wigner fit in
+:mod:`einsum_workbench.kernels.wigner`. opt_einsum is imported when a
+contraction is planned; every planning is logged (INFO, with its duration).
+
+Contract: :class:`einsum_workbench.kernels.contract.PairExpansion`.
 """
 
 from __future__ import annotations
 
 import functools
-import math
+import logging
+import time
 
 import numpy as np
 
 from einsum_workbench.reference.hypers import ExpansionHypers
-from einsum_workbench.reference.solid_harmonics import solid_harmonic_tensors
 from einsum_workbench.reference.validation import check_pair_arrays
 
 from .numpy_einsum import body_frame_gaussians, normal_moments
-from .tables import compact_solid_harmonics, monomial_exponents, num_monomials, power_of_two_bucket, stacked_tables
+from .tables import dense_tables, factored_tables, power_of_two_bucket, stacked_tables
+from .wigner import wigner_matrices
+
+logger = logging.getLogger(__name__)
 
 BACKENDS = ("numpy", "torch")
 FORMS = ("compact", "factored", "body")
@@ -69,108 +76,7 @@ MIN_BUCKET = 64           # smallest planned pair count
 COMPACT_PATH = [(0, 2), (0, 1)]
 
 
-# ---------------------------------------------------------------- tables
-
-
-@functools.lru_cache(maxsize=64)
-def factored_tables(hypers: ExpansionHypers) -> tuple:
-    """Per l, the factors ``(Y_l, R_l)`` of the compact table ``T_l = einsum("ma,nak->kmn")``.
-
-    Returns
-    -------
-    tuple over l of (Y_l (2l+1, A_l), R_l (num_radial[l], A_l, K_l)) float64,
-    ``A_l = (l+1)(l+2)/2`` monomials of degree l, ``K_l = num_monomials(hypers.degree(l))``.
-    ``Y_l[m, a]`` is the coefficient of degree-l monomial a in
-    ``R_lm / sqrt(4 pi / (2l+1))``; ``R_l[n, a, k]`` the coefficient of
-    monomial k in ``|x|^(2n) x^a`` (multinomial expansion of
-    ``(x^2 + y^2 + z^2)^n``).
-    """
-    out = []
-    for l, compact in enumerate(compact_solid_harmonics(hypers)):
-        degree = hypers.degree(l)
-        exps = monomial_exponents(degree)
-        index = {tuple(e): i for i, e in enumerate(exps.tolist())}
-        first = num_monomials(l - 1) if l > 0 else 0
-        harmonics = compact[first: num_monomials(l), :, 0].T.copy()     # (2l+1, A_l)
-        n_radial = hypers.num_radial[l]
-        radial = np.zeros((n_radial, harmonics.shape[1], exps.shape[0]))
-        for n in range(n_radial):
-            for a, (a0, a1, a2) in enumerate(exps[first: num_monomials(l)].tolist()):
-                for i in range(n + 1):
-                    for j in range(n - i + 1):
-                        weight = math.factorial(n) // (math.factorial(i) * math.factorial(j) * math.factorial(n - i - j))
-                        radial[n, a, index[(a0 + 2 * i, a1 + 2 * j, a2 + 2 * (n - i - j))]] += weight
-        for arr in (harmonics, radial):
-            arr.setflags(write=False)
-        out.append((harmonics, radial))
-    return tuple(out)
-
-
-@functools.lru_cache(maxsize=64)
-def dense_tables(hypers: ExpansionHypers) -> tuple:
-    """Per l, ``T_l / sqrt(4 pi / (2l+1))`` dense: (2l+1, num_radial[l], d+1, d+1, d+1) float64."""
-    out = []
-    for l, t in enumerate(solid_harmonic_tensors(hypers.lmax, hypers.num_radial)):
-        dense = t / np.sqrt(4.0 * np.pi / (2 * l + 1))
-        dense.setflags(write=False)
-        out.append(dense)
-    return tuple(out)
-
-
-@functools.lru_cache(maxsize=16)
-def _wigner_fit(hypers: ExpansionHypers) -> tuple:
-    """Sample directions u (S, 3) and, per l, ``pinv(Y_l(u))`` (S, 2l+1).
-
-    S = 2 lmax + 3 fixed pseudo-random unit vectors; ``Y_l(u)`` (2l+1, S) has
-    full row rank for every l <= lmax (checked), so ``D = Y_l(R u) pinv(Y_l(u))``
-    is exact.
-    """
-    rng = np.random.default_rng(20240611)
-    samples = rng.normal(size=(2 * hypers.lmax + 3, 3))
-    samples /= np.linalg.norm(samples, axis=1, keepdims=True)
-    inverses = []
-    for l, (harmonics, _) in enumerate(factored_tables(hypers)):
-        values = harmonics @ _degree_monomials(samples, l).T   # (2l+1, S)
-        if np.linalg.cond(values) > 1e8:
-            raise AssertionError(f"sample directions ill-conditioned for l={l}")
-        inverses.append(np.linalg.pinv(values))
-    return samples, tuple(inverses)
-
-
-def _degree_monomials(points, l: int):
-    """Monomials of degree exactly l (flat order) at points (..., 3) -> (..., A_l)."""
-    exps = monomial_exponents(l)[num_monomials(l - 1) if l > 0 else 0:]
-    powers = np.empty(points.shape + (l + 1,), dtype=points.dtype)   # (..., 3, l+1)
-    powers[..., 0] = 1.0
-    for j in range(1, l + 1):
-        powers[..., j] = powers[..., j - 1] * points
-    return powers[..., 0, exps[:, 0]] * powers[..., 1, exps[:, 1]] * powers[..., 2, exps[:, 2]]
-
-
-def wigner_matrices(rotations, hypers: ExpansionHypers) -> list:
-    """Per l, ``D_l (P, 2l+1, 2l+1)`` with ``R_lm(R x) = sum_q D_l[m, q] R_lq(x)``.
-
-    Fitted exactly from the harmonics at the rotated sample directions of
-    ``_wigner_fit``: ``D_l = Y_l(R u) pinv(Y_l(u))``. Orthogonal for proper
-    rotations (the real harmonics of one l share one normalisation).
-    """
-    samples, inverses = _wigner_fit(hypers)
-    dtype = rotations.dtype
-    n_pairs, n_samples = rotations.shape[0], samples.shape[0]
-    # coordinate-major (3, P S) so that every power and monomial is a contiguous row
-    rotated = np.ascontiguousarray(np.einsum("pij,sj->ips", rotations, samples.astype(dtype))).reshape(3, -1)
-    powers = np.empty((hypers.lmax + 1, 3, rotated.shape[1]), dtype=dtype)
-    powers[0] = 1.0
-    for j in range(1, hypers.lmax + 1):
-        np.multiply(powers[j - 1], rotated, out=powers[j])
-    out = []
-    for l, (harmonics, _) in enumerate(factored_tables(hypers)):
-        exps = monomial_exponents(l)[num_monomials(l - 1) if l > 0 else 0:]
-        monomials = powers[exps[:, 0], 0] * powers[exps[:, 1], 1] * powers[exps[:, 2], 2]   # (A_l, P S)
-        values = harmonics.astype(dtype) @ monomials                                     # (2l+1, P S)
-        wigner = values.reshape(-1, n_samples) @ inverses[l].astype(dtype)               # ((2l+1) P, 2l+1)
-        out.append(np.ascontiguousarray(wigner.reshape(2 * l + 1, n_pairs, 2 * l + 1).transpose(1, 0, 2)))
-    return out
+# ---------------------------------------------------------------- body-frame form
 
 
 def body_frame_factors(r_ij, rotations, semiaxes, hypers: ExpansionHypers):
@@ -231,6 +137,7 @@ def planned_expressions(hypers: ExpansionHypers, form: str, bucket: int, dtype_n
     import opt_einsum
 
     _PLAN_STATS["planned"] += 1
+    start = time.perf_counter()
     dtype = np.dtype(dtype_name)
     out = []
     if form == "compact":
@@ -254,6 +161,8 @@ def planned_expressions(hypers: ExpansionHypers, form: str, bucket: int, dtype_n
             out.append((expr, width, ((l, 0, (2 * l + 1) * dense.shape[1]),)))
     else:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    logger.info("opt_einsum planned %d %r expression(s) for %r, %d pairs, %s in %.3f s",
+                len(out), form, hypers, bucket, dtype_name, time.perf_counter() - start)
     return tuple(out)
 
 
@@ -330,13 +239,12 @@ def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None, ba
            form: str = "compact", chunk: int = DEFAULT_CHUNK):
     """Raw expansion coefficients of every pair; contraction planned by opt_einsum.
 
+    The pair-expansion contract
+    (:class:`einsum_workbench.kernels.contract.PairExpansion`), computed in
+    ``dtype``. Options:
+
     Parameters
     ----------
-    r_ij : (P, 3) float array, angstrom
-    rotations : (P, 3, 3) float array, body to lab
-    semiaxes : (P, 3) float array, angstrom, > 0
-    hypers : ExpansionHypers
-    dtype : None, float32 or float64 (None: the inputs'); computes in it.
     backend : {"numpy", "torch"}
         Library that computes the moments and executes the planned
         contraction (Torch on CPU; inputs shared, not copied).
@@ -347,14 +255,14 @@ def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None, ba
 
     Returns
     -------
-    list over l of (P, 2l+1, num_radial[l]) NumPy arrays of ``dtype``.
+    as the contract (NumPy arrays).
 
     Raises
     ------
-    ValueError on malformed input (``check_pair_arrays``), an unknown backend
-    or form, or a non-positive chunk.
+    as the contract: ValueError for an unknown backend or form, or a
+    non-positive chunk.
     """
-    r_ij, rotations, semiaxes, dtype = check_pair_arrays(r_ij, rotations, semiaxes, dtype)
+    r_ij, rotations, semiaxes, dtype = check_pair_arrays(r_ij, rotations, semiaxes, dtype, hypers=hypers)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if form not in FORMS:

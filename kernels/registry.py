@@ -20,11 +20,19 @@ Two problems, one entry per (name, problem):
   (:mod:`einsum_workbench.reference.density` states it in full).
 
 Each entry says what it needs (importable modules, a GPU) and, when
-unavailable, why. Modules are imported only when their variant is loaded, so
-listing variants imports neither torch, cupy nor numba. A new variant joins
-the equivalence suite and the bench by adding one line to ``VARIANTS`` or
-``DENSITY_VARIANTS``. A pair backend without a density entry still has a
-centre density: :func:`density_function` sums its pair coefficients.
+unavailable, why, and carries every fact the tools need about it: the device
+it runs on (``device``: timings synchronise it, the GPU validation runs the
+``"cuda"`` ones), whether its hot code is compiled (``native``: py-spy samples
+native frames), what a line profile of it targets (``line_target``), and its
+problem. Modules are imported only when their variant is loaded, so listing
+variants imports neither torch, cupy nor numba.
+
+Adding a variant is one module plus one line here: the module defines the
+contract's function, the line in ``VARIANTS`` (or ``DENSITY_VARIANTS``) names
+it and its facts. It then joins the equivalence suites, the bench (``pytest
+bench``, ``einsum-workbench run``), the profiles and ``ANISOAP_BACKEND``. A
+pair backend without a density entry still has a centre density:
+:func:`density_function` sums its pair coefficients.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from typing import Callable
 _PACKAGE = "einsum_workbench"
 #: The problems a variant solves: the pair expansion and the centre density.
 PROBLEMS = ("pairs", "density")
+#: Where a variant computes.
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,18 @@ class Variant:
         Keyword options passed on every call (e.g. ``{"compile": True}``).
     problem : {"pairs", "density"}
         The contract the function implements (module docstring).
+    device : str
+        Where it computes: ``"cpu"`` or ``"cuda"``. Timings synchronise a
+        CUDA device before reading the clock; the GPU validation
+        (``python -m einsum_workbench.bench.gpu_validate``) runs the
+        ``"cuda"`` variants.
+    native : bool
+        Its hot code is compiled (Numba, Torch's C++): profiles sample native
+        frames (``py-spy --native``), or its time shows as one opaque frame.
+    line_target : str or None
+        What ``kernprof -p`` profiles line by line (a function or a whole
+        module, relative to the ``einsum_workbench`` package); None when a
+        line profile would show nothing useful (compiled code).
     """
 
     name: str
@@ -71,6 +93,20 @@ class Variant:
     description: str = ""
     options: dict = field(default_factory=dict)
     problem: str = "pairs"
+    device: str = "cpu"
+    native: bool = False
+    line_target: str | None = None
+
+    def __post_init__(self):
+        if self.problem not in PROBLEMS:
+            raise ValueError(f"variant {self.name!r}: problem must be one of {PROBLEMS}, got {self.problem!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"variant {self.name!r}: device must be one of {DEVICES}, got {self.device!r}")
+
+    @property
+    def line_profile_target(self) -> str | None:
+        """The full dotted path of :attr:`line_target` (what ``kernprof -p`` takes), or None."""
+        return None if self.line_target is None else f"{_PACKAGE}.{self.line_target}"
 
     def unavailable_reason(self) -> str | None:
         """None if the variant can run here, else why not (missing module, no GPU)."""
@@ -115,10 +151,11 @@ class Variant:
 VARIANTS: tuple[Variant, ...] = (
     Variant(
         "reference", "reference.expansion", "pairwise_ellip_expansion",
+        line_target="reference.expansion.pairwise_ellip_expansion",
         description="per-pair loop, one numpy.einsum per pair and l (AniSOAP's structure)",
     ),
     Variant(
-        "numpy_einsum", "kernels.numpy_einsum",
+        "numpy_einsum", "kernels.numpy_einsum", line_target="kernels.numpy_einsum",
         description="NumPy, batched over pairs: vectorised moments, one contraction per l, chunked",
     ),
     Variant(
@@ -128,30 +165,30 @@ VARIANTS: tuple[Variant, ...] = (
     ),
     Variant(
         "opt_einsum_torch", "kernels.opt_einsum_planned", requires=("opt_einsum", "torch"),
-        options={"backend": "torch"},
+        options={"backend": "torch"}, native=True,
         description="contraction planned once by opt_einsum, executed by Torch",
     ),
     Variant(
-        "torch_einsum", "kernels.torch_einsum", requires=("torch",),
+        "torch_einsum", "kernels.torch_einsum", requires=("torch",), native=True,
         description="Torch, batched over pairs from geometry to coefficients, eager, CPU",
     ),
     Variant(
         "torch_compiled", "kernels.torch_einsum", requires=("torch",),
-        options={"compile": True},
+        options={"compile": True}, native=True,
         description="torch_einsum under torch.compile (pair counts bucketed: no recompilation per call)",
     ),
     Variant(
         "torch_cuda", "kernels.torch_einsum", requires=("torch",),
-        gpu_probe="cuda_unavailable_reason", options={"device": "cuda"},
+        gpu_probe="cuda_unavailable_reason", options={"device": "cuda"}, device="cuda", native=True,
         description="torch_einsum on a CUDA device",
     ),
     Variant(
-        "numba_fused", "kernels.numba_fused", requires=("numba",),
+        "numba_fused", "kernels.numba_fused", requires=("numba",), native=True,
         description="Numba, one fused per-pair kernel (geometry, moments, sparse contraction), prange",
     ),
     Variant(
         "cupy_batched", "kernels.cupy_batched", requires=("cupy",),
-        gpu_probe="gpu_unavailable_reason",
+        gpu_probe="gpu_unavailable_reason", device="cuda",
         description="CuPy/CUDA: every frame's pairs in one GPU pass, one thread per pair",
     ),
 )
@@ -168,15 +205,17 @@ DENSITY_VARIANTS: tuple[Variant, ...] = (
     ),
     Variant(
         "torch_einsum", "kernels.torch_density", "centre_density", requires=("torch",), problem="density",
+        native=True,
         description="torch_einsum expansion plus index_add_, CPU",
     ),
     Variant(
         "numba_fused", "kernels.numba_density", "centre_density", requires=("numba",), problem="density",
+        native=True,
         description="Numba, fused per centre: each centre's sum accumulated in registers/stack, written once",
     ),
     Variant(
         "cupy_batched", "kernels.cupy_density", "centre_density", requires=("cupy",), problem="density",
-        gpu_probe="gpu_unavailable_reason",
+        gpu_probe="gpu_unavailable_reason", device="cuda",
         description="CuPy/CUDA: one thread per centre segment, the sum kept on chip, written once",
     ),
 )
@@ -206,9 +245,8 @@ def get_variant(name: str, problem: str = "pairs") -> Variant:
     for v in _table(problem):
         if v.name == name:
             return v
-    raise KeyError(
-        f"unknown {problem} variant {name!r}; registered variants: {', '.join(variant_names(problem))}"
-    )
+    kind = "variant" if problem == "pairs" else "centre-density variant"
+    raise KeyError(f"unknown {kind} {name!r}; registered variants: {', '.join(variant_names(problem))}")
 
 
 def load_variant(name: str, problem: str = "pairs") -> Callable:

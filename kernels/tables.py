@@ -4,18 +4,26 @@ Monomials ``x^n0 y^n1 z^n2`` are numbered by total degree first (then n0
 descending, then n1 descending), so those of degree <= d are a prefix of
 length ``(d+1)(d+2)(d+3)/6``. Moments are stored flat in that order, which
 turns the contraction of channel l into one (pairs x K_l) @ (K_l x (2l+1) n_l)
-product.
+product (:func:`compact_solid_harmonics`, :func:`stacked_tables`).
+:func:`factored_tables` and :func:`dense_tables` are the other forms that
+``opt_einsum_planned`` contracts; :mod:`einsum_workbench.kernels.wigner`
+fits the rotations of its body-frame form.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.solid_harmonics import solid_harmonic_tensors
+
+logger = logging.getLogger(__name__)
 
 
 def power_of_two_bucket(n_pairs: int, smallest: int, largest: int) -> int:
@@ -114,6 +122,7 @@ def compact_solid_harmonics(hypers: ExpansionHypers) -> tuple:
     ``(num_monomials(d_l), 2l+1, num_radial[l])``, with d_l = ``hypers.degree(l)``,
     ready for ``moments_flat[:, :K_l] @ table.reshape(K_l, -1)``.
     """
+    start = time.perf_counter()
     out = []
     for l, t in enumerate(solid_harmonic_tensors(hypers.lmax, hypers.num_radial)):
         d = hypers.degree(l)
@@ -122,6 +131,7 @@ def compact_solid_harmonics(hypers: ExpansionHypers) -> tuple:
         compact = np.ascontiguousarray(np.moveaxis(compact, -1, 0)) / np.sqrt(4 * np.pi / (2 * l + 1))
         compact.setflags(write=False)
         out.append(compact)
+    logger.debug("compact solid-harmonic tables for %r built in %.3f s", hypers, time.perf_counter() - start)
     return tuple(out)
 
 
@@ -160,4 +170,52 @@ def stacked_tables(hypers: ExpansionHypers) -> tuple:
             start += t.shape[1]
         stacked.setflags(write=False)
         out.append((stacked, tuple(columns)))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- tables of opt_einsum's other forms
+
+
+@functools.lru_cache(maxsize=64)
+def factored_tables(hypers: ExpansionHypers) -> tuple:
+    """Per l, the factors ``(Y_l, R_l)`` of the compact table ``T_l = einsum("ma,nak->kmn")``.
+
+    Returns
+    -------
+    tuple over l of (Y_l (2l+1, A_l), R_l (num_radial[l], A_l, K_l)) float64,
+    ``A_l = (l+1)(l+2)/2`` monomials of degree l, ``K_l = num_monomials(hypers.degree(l))``.
+    ``Y_l[m, a]`` is the coefficient of degree-l monomial a in
+    ``R_lm / sqrt(4 pi / (2l+1))``; ``R_l[n, a, k]`` the coefficient of
+    monomial k in ``|x|^(2n) x^a`` (multinomial expansion of
+    ``(x^2 + y^2 + z^2)^n``).
+    """
+    out = []
+    for l, compact in enumerate(compact_solid_harmonics(hypers)):
+        degree = hypers.degree(l)
+        exps = monomial_exponents(degree)
+        index = {tuple(e): i for i, e in enumerate(exps.tolist())}
+        first = num_monomials(l - 1) if l > 0 else 0
+        harmonics = compact[first: num_monomials(l), :, 0].T.copy()     # (2l+1, A_l)
+        n_radial = hypers.num_radial[l]
+        radial = np.zeros((n_radial, harmonics.shape[1], exps.shape[0]))
+        for n in range(n_radial):
+            for a, (a0, a1, a2) in enumerate(exps[first: num_monomials(l)].tolist()):
+                for i in range(n + 1):
+                    for j in range(n - i + 1):
+                        weight = math.factorial(n) // (math.factorial(i) * math.factorial(j) * math.factorial(n - i - j))
+                        radial[n, a, index[(a0 + 2 * i, a1 + 2 * j, a2 + 2 * (n - i - j))]] += weight
+        for arr in (harmonics, radial):
+            arr.setflags(write=False)
+        out.append((harmonics, radial))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=64)
+def dense_tables(hypers: ExpansionHypers) -> tuple:
+    """Per l, ``T_l / sqrt(4 pi / (2l+1))`` dense: (2l+1, num_radial[l], d+1, d+1, d+1) float64."""
+    out = []
+    for l, t in enumerate(solid_harmonic_tensors(hypers.lmax, hypers.num_radial)):
+        dense = t / np.sqrt(4.0 * np.pi / (2 * l + 1))
+        dense.setflags(write=False)
+        out.append(dense)
     return tuple(out)

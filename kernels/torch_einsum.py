@@ -22,13 +22,17 @@ power-of-two *bucket* of pairs (padding pairs are harmless: r = 0, R = I,
 semi-axes 1), and each bucket is compiled once with static shapes, so varying
 pair counts cost at most one compilation per bucket, never one per call
 (``compile_count`` reads the counter). ``device="cuda"`` runs the same code on
-a GPU. Compiled cores are cached per (hyper-parameters, dtype, device).
+a GPU. Compiled cores are cached per (hyper-parameters, dtype, device);
+every compilation is logged (INFO, with its duration). Compile-time studies:
+:func:`einsum_workbench.bench.torch_study.time_compile`.
+
+Contract: :class:`einsum_workbench.kernels.contract.PairExpansion`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import logging
 import time
 import types
 from dataclasses import dataclass
@@ -40,6 +44,8 @@ from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.validation import check_pair_arrays
 
 from .tables import num_monomials, power_of_two_bucket, recurrence_table, stacked_tables
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 4096       # pairs per chunk; also the largest compile bucket
 MIN_BUCKET = 64            # smallest compile bucket (pairs)
@@ -288,14 +294,22 @@ def _counting_backend(graph_module, example_inputs):
 
     start = time.perf_counter()
     compiled = compile_fx(graph_module, example_inputs)
+    seconds = time.perf_counter() - start
     _COMPILE_STATS["compiles"] += 1
-    _COMPILE_STATS["backend_seconds"] += time.perf_counter() - start
+    _COMPILE_STATS["backend_seconds"] += seconds
+    shapes = [tuple(x.shape) for x in example_inputs if hasattr(x, "shape")][:3]
+    logger.info("torch.compile: Inductor compiled a graph (inputs %s) in %.2f s", shapes, seconds)
     return compiled
 
 
 def compile_count() -> int:
     """Graphs compiled by this module's ``torch.compile`` backend since import."""
     return _COMPILE_STATS["compiles"]
+
+
+def compile_seconds() -> float:
+    """Seconds spent inside Inductor by this module's backend since import."""
+    return _COMPILE_STATS["backend_seconds"]
 
 
 _CORE_KEYS: list = []   # (hypers, dtype, device) per compiled core, in creation order
@@ -374,15 +388,12 @@ def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None, de
            compile: bool = False, chunk: int = DEFAULT_CHUNK):
     """Raw expansion coefficients of every pair, batched in Torch.
 
+    The pair-expansion contract
+    (:class:`einsum_workbench.kernels.contract.PairExpansion`); float32
+    computes everything in float32. Options:
+
     Parameters
     ----------
-    r_ij : (P, 3) float array, angstrom
-    rotations : (P, 3, 3) float array, body to lab
-    semiaxes : (P, 3) float array, angstrom, > 0
-    hypers : ExpansionHypers
-    dtype : None, float32 or float64
-        Compute and output dtype (None: the inputs'); float32 computes
-        everything in float32.
     device : "cpu" (default) or "cuda[:index]"
         Where Torch computes; the inputs are copied there once and the results
         back once.
@@ -396,15 +407,14 @@ def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None, de
 
     Returns
     -------
-    list over l of (P, 2l+1, num_radial[l]) NumPy arrays of ``dtype``.
+    as the contract (NumPy arrays).
 
     Raises
     ------
-    ValueError on malformed input (see ``check_pair_arrays``), a bad device
-    string or a non-positive chunk; RuntimeError if ``device="cuda"`` and no
-    CUDA device is usable (the reason is given).
+    as the contract: ValueError for a bad device string or a non-positive
+    chunk; RuntimeError if ``device="cuda"`` and no CUDA device is usable.
     """
-    r_ij, rotations, semiaxes, dtype = check_pair_arrays(r_ij, rotations, semiaxes, dtype)
+    r_ij, rotations, semiaxes, dtype = check_pair_arrays(r_ij, rotations, semiaxes, dtype, hypers=hypers)
     if int(chunk) <= 0:
         raise ValueError(f"chunk must be a positive number of pairs, got {chunk!r}")
     device = _resolve_device(device)
@@ -427,49 +437,3 @@ def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None, de
                 for l, first, last in group.columns:
                     targets[l][start:stop].copy_(block[: stop - start, first:last])
     return out
-
-
-def cold_compile():
-    """Context manager: Inductor's on-disk caches off, so a compilation is timed cold.
-
-    Without it a graph compiled by an earlier process is loaded from
-    ``/tmp/torchinductor_$USER`` in a fraction of the compile time.
-    """
-    import torch._inductor.config as inductor_config
-
-    return inductor_config.patch(force_disable_caches=True)
-
-
-def time_compile(hypers: ExpansionHypers, n_pairs: int = DEFAULT_CHUNK, *, dtype=np.float64,
-                 device="cpu", repeats: int = 3, seed: int = 0, cold: bool = True) -> dict:
-    """Compile time apart from steady state for ``compile=True``.
-
-    Calls ``expand(..., compile=True)`` on ``n_pairs`` random pairs: the first
-    call compiles (unless this key and bucket were compiled earlier in the
-    process), the next ``repeats`` calls are steady state. ``cold=True``
-    disables Inductor's on-disk caches for the first call (``cold_compile``).
-
-    Returns
-    -------
-    dict with ``first_call_s``, ``steady_s`` (best of ``repeats``),
-    ``compile_s`` (first minus steady), ``compiles`` (graphs compiled by the
-    first call), ``backend_s`` (time spent inside Inductor) and ``n_pairs``.
-    """
-    from einsum_workbench.reference.random_pairs import random_pair_batch
-
-    arrays = [a.astype(dtype) for a in random_pair_batch(n_pairs, seed)]
-    before, backend_before = compile_count(), _COMPILE_STATS["backend_seconds"]
-    with cold_compile() if cold else contextlib.nullcontext():
-        start = time.perf_counter()
-        expand(*arrays, hypers, dtype=dtype, device=device, compile=True)
-        first = time.perf_counter() - start
-    compiles = compile_count() - before
-    steady = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        expand(*arrays, hypers, dtype=dtype, device=device, compile=True)
-        steady.append(time.perf_counter() - start)
-    best = min(steady)
-    return {"first_call_s": first, "steady_s": best, "compile_s": max(0.0, first - best),
-            "compiles": compiles, "backend_s": _COMPILE_STATS["backend_seconds"] - backend_before,
-            "n_pairs": n_pairs}

@@ -1,32 +1,51 @@
 """Profiling driver: run one variant on one workload, pinned, a few times.
 
 ``python -m einsum_workbench.profiles.run --variant V [--workload W --frames N
---lmax L --threads T --repeat K --warmup W --xyz PATH --semiaxes a,b,c]``
+--lmax L --threads T --repeat K --warmup W --xyz PATH --semiaxes a,b,c
+--xyz-frames N]``
 
 Meant to run under a profiler (py-spy, kernprof; see ``profiles/README.md``):
 it pins the threads before NumPy loads, builds the pair batch, makes
 ``--warmup`` calls (JIT compilation, ``torch.compile``) and then ``--repeat``
 calls, which are what a profile should show. Prints one line of timings.
+The workload options are the bench's (:mod:`einsum_workbench.bench.options`),
+with one frame by default.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
+from einsum_workbench.bench import options
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m einsum_workbench.profiles.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--variant", required=True, help="registered variant name")
-    p.add_argument("--workload", default="benzenes", help="generated workload (default benzenes)")
-    p.add_argument("--frames", type=int, default=1, help="frames (default 1)")
-    p.add_argument("--lmax", type=int, default=6, help="lmax (default 6)")
-    p.add_argument("--threads", type=int, default=1, help="threads, pinned (default 1)")
-    p.add_argument("--repeat", type=int, default=3, help="profiled calls (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="calls before the profiled ones (default 1)")
-    p.add_argument("--xyz", default=None, help="extxyz file of ellipsoid frames instead of a generated workload")
-    p.add_argument("--semiaxes", default=None, help="constant semi-axes a,b,c (angstrom) for --xyz")
+#: frames profiled by default (about 1,700 pairs of benzenes)
+DEFAULT_FRAMES = 1
+
+
+def add_driver_options(parser) -> None:
+    """Add the driver's options to an argparse parser.
+
+    ``--variant`` (required), the workload options of
+    :func:`einsum_workbench.bench.options.add_workload_options` (one frame by
+    default), ``--threads``, ``--repeat`` (>= 1) and ``--warmup`` (>= 0).
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    """
+    parser.add_argument("--variant", required=True, help="registered variant name")
+    options.add_workload_options(parser, frames_default=DEFAULT_FRAMES)
+    options.add_threads_option(parser)
+    parser.add_argument("--repeat", type=options.positive_int, default=3, help="profiled calls (default 3)")
+    parser.add_argument("--warmup", type=options.non_negative_int, default=1,
+                        help="calls before the profiled ones (default 1)")
+
+
+def build_parser() -> options.ArgumentParser:
+    """The driver's argument parser."""
+    p = options.ArgumentParser(prog="python -m einsum_workbench.profiles.run", description=__doc__.split("\n\n")[0])
+    add_driver_options(p)
     return p
 
 
@@ -38,21 +57,15 @@ def main(argv=None) -> int:
     try:
         pinning.set_thread_env(args.threads)  # before NumPy loads
         pinning.pin_and_verify(args.threads)
-    except (ValueError, pinning.PinningError) as err:
+    except pinning.PinningError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    if args.repeat < 1 or args.warmup < 0:
-        print(f"error: --repeat must be >= 1 and --warmup >= 0, got {args.repeat} and {args.warmup}", file=sys.stderr)
-        return 2
-    from einsum_workbench.bench import inputs, runner
+    from einsum_workbench.bench import runner
 
     try:
-        if args.xyz:
-            inp = inputs.xyz_input(args.xyz, args.semiaxes, frames=args.frames, lmax=args.lmax)
-        else:
-            inp = inputs.generated_input(args.workload, args.frames, lmax=args.lmax)
+        inp = options.workload_from(args)
         variant, function = runner.load_pinned(args.variant, args.threads)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
+    except (KeyError, options.OptionError, RuntimeError) as err:
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
     call_args = (*inp.arrays(), inp.hypers)

@@ -1,8 +1,11 @@
-"""Upstream AniSOAP's own Python code, fetched from the package index, as an oracle.
+"""Upstream AniSOAP's own Python code, fetched with pip, as an oracle.
 
-:func:`fetch_anisoap_source` downloads anisoap's source distribution from the
-package index's simple (PEP 503) page, checks its sha256 (pinned for 0.1.1,
-and the one the index states), and extracts it into a cache directory.
+:func:`fetch_anisoap_source` downloads anisoap's source distribution with
+``pip download anisoap==<version> --no-deps --no-binary :all:`` (so the
+user's pip configuration applies: index, certificates, proxies), checks its
+sha256 against the pinned one (:data:`SDIST_SHA256`; pip itself checks the
+one the index states) and extracts it into a cache directory
+(:func:`einsum_workbench.paths.upstream_cache_dir`).
 :func:`import_upstream_anisoap` imports the ``anisoap`` package from that
 source. Upstream's Rust extension ``anisoap_rust_lib`` cannot be built here (no
 crate registry), so a stand-in module of that name supplies its only function,
@@ -18,27 +21,33 @@ Upstream 0.1.1 needs metatensor-core < 0.2 (it calls
 from __future__ import annotations
 
 import hashlib
-import html.parser
 import importlib
+import logging
 import os
 import shutil
-import ssl
+import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import types
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
+from einsum_workbench.paths import upstream_cache_dir
+
+logger = logging.getLogger(__name__)
+
 DEFAULT_VERSION = "0.1.1"
-DEFAULT_INDEX_URL = "https://pypi.org/simple"
 #: sha256 of the source distributions this module has been checked against.
 SDIST_SHA256 = {"0.1.1": "52ea43528d28b990830c5f42e206b2c02b0dd66a35163f48069c917d37f2ea0f"}
 #: Modules upstream imports besides numpy, scipy, ase and tqdm.
 UPSTREAM_DEPENDENCIES = ("metatensor", "featomic", "skmatter", "wigners")
 MOMENTS = ("python", "numba")
+#: Seconds ``pip download`` may take (it also builds the sdist's metadata in an
+#: isolated environment: about 30 s for anisoap 0.1.1).
+DEFAULT_TIMEOUT = 600.0
+#: Lines of pip's output quoted in an error.
+PIP_TAIL_LINES = 15
 
 
 class UpstreamUnavailable(RuntimeError):
@@ -50,77 +59,93 @@ class UpstreamUnavailable(RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    """``$EINSUM_WORKBENCH_CACHE``, else ``$XDG_CACHE_HOME/einsum_workbench``,
-    else ``~/.cache/einsum_workbench``."""
-    if os.environ.get("EINSUM_WORKBENCH_CACHE"):
-        return Path(os.environ["EINSUM_WORKBENCH_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "einsum_workbench"
+    """Where :func:`fetch_anisoap_source` extracts by default:
+    :func:`einsum_workbench.paths.upstream_cache_dir` (``<cache root>/upstream``,
+    the root being ``$EINSUM_WORKBENCH_CACHE`` or the user cache folder)."""
+    return upstream_cache_dir()
 
 
-def _ssl_context():
-    """Default SSL context, using the CA bundle pip is told to use when set."""
-    for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT"):
-        path = os.environ.get(var)
-        if path and os.path.isfile(path):
-            return ssl.create_default_context(cafile=path)
-    return ssl.create_default_context()
+def _tail(text: str, lines: int = PIP_TAIL_LINES) -> str:
+    kept = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return "\n".join(kept[-lines:]) or "(no output)"
 
 
-def _download(url: str, timeout: float) -> bytes:
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme == "file" and os.path.isdir(urllib.request.url2pathname(parsed.path)):
-        url = url.rstrip("/") + "/index.html"  # a simple index on disk, as pip reads one
-    try:
-        with urllib.request.urlopen(url, timeout=timeout, context=_ssl_context()) as response:
-            return response.read()
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        raise UpstreamUnavailable(f"cannot download {url}: {err}") from err
+def pip_download_command(version: str, dest, index_url: str | None = None) -> list[str]:
+    """The ``pip download`` command :func:`download_sdist` runs (this interpreter's pip).
+
+    ``index_url`` adds ``--index-url`` (None: pip's own configuration decides).
+    """
+    command = [sys.executable, "-m", "pip", "download", f"anisoap=={version}",
+               "--no-deps", "--no-binary", ":all:", "--dest", str(dest)]
+    if index_url:
+        command += ["--index-url", index_url]
+    return command
 
 
-class _LinkParser(html.parser.HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.links = []
+def download_sdist(version: str, dest, *, index_url: str | None = None,
+                   timeout: float = DEFAULT_TIMEOUT) -> Path:
+    """Download ``anisoap-<version>.tar.gz`` into ``dest`` with ``pip download``.
 
-    def handle_starttag(self, tag, attrs):
-        if tag == "a":
-            href = dict(attrs).get("href")
-            if href:
-                self.links.append(href)
-
-
-def find_sdist(version: str = DEFAULT_VERSION, index_url: str | None = None, timeout: float = 60.0):
-    """URL and sha256 of ``anisoap-<version>.tar.gz`` on a PEP 503 simple index.
+    pip honours the user's configuration (``pip.conf``, ``PIP_*`` variables:
+    index, certificates, proxies, retries) and checks the sha256 the index
+    states, if any. Its output is logged at DEBUG level.
 
     Parameters
     ----------
     version : str
+    dest : path, an existing folder
     index_url : str or None
-        Base of the simple index; None means ``$EINSUM_WORKBENCH_INDEX_URL`` or
-        ``https://pypi.org/simple``.
+        Passed as ``--index-url``; None leaves the choice to pip's configuration.
     timeout : float, seconds
+        For the whole pip run.
 
     Returns
     -------
-    (url, sha256) : (str, str or None)
+    Path of the downloaded archive.
 
     Raises
     ------
     UpstreamUnavailable
-        the index cannot be reached or does not list that file.
+        pip fails (the index cannot be reached or has no such source
+        distribution; the tail of pip's output is in the message), runs past
+        ``timeout`` or leaves no archive.
+    ValueError
+        the download does not match the sha256 the index states.
     """
-    index_url = (index_url or os.environ.get("EINSUM_WORKBENCH_INDEX_URL") or DEFAULT_INDEX_URL).rstrip("/")
-    page_url = f"{index_url}/anisoap/"
-    parser = _LinkParser()
-    parser.feed(_download(page_url, timeout).decode("utf-8", errors="replace"))
-    filename = f"anisoap-{version}.tar.gz"
-    for href in parser.links:
-        url, _, fragment = urllib.parse.urljoin(page_url, href).partition("#")
-        if url.rsplit("/", 1)[-1] == filename:
-            digest = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
-            return url, digest
-    raise UpstreamUnavailable(f"the index page {page_url} lists no {filename}")
+    command = pip_download_command(version, dest, index_url)
+    logger.info("downloading anisoap==%s with pip (%s)", version, " ".join(command[1:]))
+    start = time.perf_counter()
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        output = err.stderr or err.stdout or ""
+        output = output.decode(errors="replace") if isinstance(output, bytes) else output
+        raise UpstreamUnavailable(
+            f"cannot download anisoap=={version}: pip download ran past {timeout:g} s; pip:\n{_tail(output)}"
+        ) from err
+    except OSError as err:
+        raise UpstreamUnavailable(f"cannot download anisoap=={version}: cannot run pip ({err})") from err
+    seconds = time.perf_counter() - start
+    logger.debug("pip download output:\n%s%s", result.stdout, result.stderr)
+    if result.returncode != 0:
+        output = _tail(result.stderr or result.stdout)
+        if "DO NOT MATCH THE HASHES" in result.stderr:
+            raise ValueError(f"sha256 mismatch for anisoap-{version}.tar.gz: the download differs from the "
+                             f"sha256 the index states; pip:\n{output}")
+        raise UpstreamUnavailable(
+            f"cannot download anisoap=={version} with pip (exit status {result.returncode} after "
+            f"{seconds:.1f} s: no such source distribution on the index, the index cannot be reached, "
+            f"or pip failed); pip:\n{output}"
+        )
+    expected = Path(dest) / f"anisoap-{version}.tar.gz"
+    archives = [expected] if expected.is_file() else sorted(Path(dest).glob("anisoap-*.tar.gz"))
+    if len(archives) != 1:
+        raise UpstreamUnavailable(
+            f"pip download of anisoap=={version} left {[p.name for p in Path(dest).iterdir()]} in {dest}, "
+            f"not one anisoap-{version}.tar.gz; pip:\n{_tail(result.stdout)}"
+        )
+    logger.info("downloaded %s (%d bytes) in %.1f s", archives[0].name, archives[0].stat().st_size, seconds)
+    return archives[0]
 
 
 def fetch_anisoap_source(
@@ -128,20 +153,20 @@ def fetch_anisoap_source(
     cache_dir=None,
     *,
     index_url: str | None = None,
-    timeout: float = 60.0,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> Path:
     """Download, verify and extract anisoap's source distribution (once).
 
     Parameters
     ----------
     version : str
-        anisoap version; its sha256 must be in ``SDIST_SHA256`` or stated by
-        the index.
+        anisoap version. Its sha256 is checked against ``SDIST_SHA256`` when
+        pinned there; pip checks the one the index states.
     cache_dir : path or None
         Where the sdist is extracted; None means :func:`default_cache_dir`.
         A previous extraction there is reused without touching the network.
     index_url, timeout
-        See :func:`find_sdist`.
+        See :func:`download_sdist`.
 
     Returns
     -------
@@ -151,35 +176,36 @@ def fetch_anisoap_source(
     Raises
     ------
     UpstreamUnavailable
-        the index or the file cannot be reached, or no hash is known.
+        pip cannot download it (see :func:`download_sdist`), or the archive
+        holds no ``anisoap-<version>/anisoap`` package.
     ValueError
-        the download's sha256 differs from the expected one (both named).
+        the download's sha256 differs from the pinned one (both named) or
+        from the one the index states.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = cache_dir / f"anisoap-{version}"
     marker = target / ".sha256-verified"
     if marker.is_file() and (target / "anisoap" / "__init__.py").is_file():
+        logger.debug("anisoap %s source: cache hit at %s", version, target)
         return target
-    url, index_digest = find_sdist(version, index_url, timeout)
-    expected = SDIST_SHA256.get(version, index_digest)
-    if expected is None:
-        raise UpstreamUnavailable(f"no sha256 known for {url}: the index states none and none is pinned")
-    payload = _download(url, timeout)
-    digest = hashlib.sha256(payload).hexdigest()
-    if digest != expected or (index_digest is not None and index_digest != expected):
-        raise ValueError(
-            f"sha256 mismatch for {url}: downloaded {digest}, index states {index_digest}, expected {expected}"
-        )
     cache_dir.mkdir(parents=True, exist_ok=True)
-    # Extract beside the target, then rename: concurrent runs never see half a tree.
+    # Download and extract beside the target, then rename: concurrent runs never see half a tree.
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".extract-") as tmp:
-        archive = Path(tmp) / url.rsplit("/", 1)[-1]
-        archive.write_bytes(payload)
+        download = Path(tmp) / "download"
+        download.mkdir()
+        archive = download_sdist(version, download, index_url=index_url, timeout=timeout)
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        expected = SDIST_SHA256.get(version)
+        if expected is not None and digest != expected:
+            raise ValueError(f"sha256 mismatch for {archive.name}: downloaded {digest}, expected {expected}")
+        if expected is None:
+            logger.warning("no sha256 pinned for anisoap %s: accepted %s on pip's check alone", version, digest)
+        start = time.perf_counter()
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(tmp, filter="data")
         extracted = Path(tmp) / f"anisoap-{version}"
         if not (extracted / "anisoap" / "__init__.py").is_file():
-            raise UpstreamUnavailable(f"{url} holds no anisoap-{version}/anisoap package")
+            raise UpstreamUnavailable(f"{archive.name} holds no anisoap-{version}/anisoap package")
         (extracted / ".sha256-verified").write_text(digest + "\n")
         if target.exists() and not marker.is_file():
             shutil.rmtree(target)
@@ -188,6 +214,7 @@ def fetch_anisoap_source(
         except OSError:
             if not marker.is_file():  # another process did not win the race either
                 raise
+        logger.info("extracted %s into %s in %.2f s", archive.name, target, time.perf_counter() - start)
     return target
 
 

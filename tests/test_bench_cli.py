@@ -1,6 +1,8 @@
 """The measuring side: the command-line runner (list, run, report), the
 ``pytest bench`` ranking with its saved runs and comparison, the --xyz path,
-and the helpers they share. Workloads are tiny (one frame, low lmax)."""
+the helpers they share, and bad command lines (each a one-line usage error,
+never a traceback; outputs under the current directory). Workloads are tiny
+(one frame, low lmax)."""
 
 import json
 import os
@@ -22,8 +24,8 @@ RECORD_KEYS = {
 }
 
 
-def run(args, timeout=600, **kwargs):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=timeout, **kwargs)
+def run(args, timeout=600, cwd=REPO, **kwargs):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, **kwargs)
 
 
 def bench_cli(*args, **kwargs):
@@ -203,3 +205,111 @@ def test_pytest_bench_on_an_xyz_file_benchmark_disabled():
 def test_plain_pytest_does_not_collect_bench():
     proc = run(["-m", "pytest", "--collect-only", "-q", "-p", "no:warnings"])
     assert "bench/test_ranking.py" not in proc.stdout
+
+
+# ----------------------------------------------------------------- bad command lines, outputs
+
+
+def assert_one_line_error(proc, code, *words):
+    """Exit status ``code``, no traceback, and stderr one line naming ``words``."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == code, out
+    assert "Traceback" not in out, out
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--budget", "inf"], ["--budget", "'inf'"]),
+    (["--budget", "nan"], ["--budget", "'nan'"]),
+    (["--budget", "-1"], ["--budget", "'-1'"]),
+    (["--frames", "0"], ["--frames", "'0'"]),
+    (["--lmax", "-1"], ["--lmax", "'-1'"]),
+    (["--threads", "0"], ["--threads", "'0'"]),
+    (["--xyz", "/nonexistent/frames.xyz"], ["--xyz", "/nonexistent/frames.xyz"]),
+    (["--xyz", str(REPO / "README.md")], ["--xyz", "README.md", "XYZError"]),
+])
+def test_run_bad_values_are_one_line_usage_errors(args, words, tmp_path):
+    out = tmp_path / "run.json"
+    proc = bench_cli("run", "--variant", "numpy_einsum", "--lmax", "2", "--frames", "1", "--out", str(out), *args)
+    assert_one_line_error(proc, 2, *words)
+    assert not out.exists()
+
+
+def test_run_out_folder_is_refused_before_measuring(tmp_path):
+    proc = bench_cli("run", "--variant", "numpy_einsum", "--frames", "1", "--lmax", "2", "--out", str(tmp_path))
+    assert_one_line_error(proc, 2, "--out", str(tmp_path), "folder")
+    assert proc.stdout == "" and not list(tmp_path.iterdir())
+
+
+def test_run_out_in_a_missing_folder_is_refused_before_measuring(tmp_path):
+    out = tmp_path / "missing" / "run.json"
+    proc = bench_cli("run", "--variant", "numpy_einsum", "--frames", "1", "--lmax", "2", "--out", str(out))
+    assert_one_line_error(proc, 2, "--out", str(out.parent), "does not exist")
+    assert proc.stdout == "" and not out.parent.exists()
+
+
+def test_run_with_only_unavailable_variants_is_an_error(tmp_path):
+    unavailable = [name for name, status, _ in availability_table() if status != "available"]
+    if not unavailable:
+        pytest.skip("every registered variant can run here: no unavailable one to choose")
+    out = tmp_path / "run.json"
+    proc = bench_cli("run", "--variant", unavailable[0], "--frames", "1", "--lmax", "2", "--out", str(out))
+    assert_one_line_error(proc, 2, "--variant", unavailable[0])
+    assert not out.exists()
+
+
+def test_run_and_report_write_under_the_working_directory(tmp_path):
+    proc = bench_cli("run", "--variant", "numpy_einsum", "--frames", "1", "--lmax", "2", "--repeat", "3",
+                     cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (saved,) = (tmp_path / ".benchmarks" / "cli").glob("run-*.json")
+    assert f"saved: {saved}" in proc.stdout
+    proc = bench_cli("report", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / ".benchmarks" / "report" / "ranking.md").is_file()
+    assert report.default_storage() == Path.cwd() / ".benchmarks"
+
+
+def test_console_script_runs_the_same_commands(tmp_path):
+    script = Path(sys.executable).with_name("einsum-workbench")
+    if not script.exists():
+        pytest.skip(f"the console script is not installed beside {sys.executable} (pip install -e . installs it)")
+    proc = subprocess.run([str(script), "list"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0 and "numpy_einsum" in proc.stdout, proc.stderr
+    proc = subprocess.run([str(script), "profile", "breakdown", "/nonexistent.txt"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert_one_line_error(proc, 2, "einsum-workbench profile breakdown", "/nonexistent.txt")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--frames", "0"], ["--frames", "'0'"]),
+    (["--lmax", "-1"], ["--lmax", "'-1'"]),
+    (["--xyz", "/nonexistent/frames.xyz"], ["--xyz", "'/nonexistent/frames.xyz'"]),
+    (["--threads", "0"], ["--threads", "'0'"]),
+    (["--budget", "inf"], ["--budget", "'inf'"]),
+    (["--variant", "no_such_variant"], ["--variant", "no_such_variant", "numpy_einsum"]),
+])
+def test_pytest_bench_bad_values_are_usage_errors(args, words):
+    proc = pytest_bench("-k", "ranking", "--benchmark-disable", *args)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR, out
+    assert "Traceback" not in out and "passed" not in out and "failed" not in out, out
+    assert [line for line in out.splitlines() if all(w in line for w in words)], out
+
+
+def test_pytest_bench_on_a_file_that_is_not_extxyz_stops_once():
+    proc = pytest_bench("-k", "ranking", "--benchmark-disable", "--variant", "numpy_einsum",
+                        "--xyz", str(REPO / "README.md"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR, out
+    assert "Traceback" not in out and "passed" not in out and "failed" not in out, out
+    assert out.count("usage error: cannot build the workload of --xyz") == 1, out
+
+
+def test_pytest_bench_saves_under_the_working_directory(tmp_path):
+    proc = run(["-m", "pytest", str(REPO / "bench" / "test_ranking.py"), "-p", "no:warnings", "--variant",
+                "numpy_einsum", "--frames", "1", "--lmax", "2", "--budget", "0.1"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(list((tmp_path / ".benchmarks").glob("*/0001_*.json"))) == 1, sorted(tmp_path.rglob("*"))

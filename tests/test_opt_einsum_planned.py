@@ -15,7 +15,8 @@ import pytest
 pytest.importorskip("opt_einsum", reason="opt_einsum is not installed: the planned variants did not run")
 
 from einsum_workbench.kernels import opt_einsum_planned as planned  # noqa: E402
-from einsum_workbench.kernels.tables import compact_solid_harmonics  # noqa: E402
+from einsum_workbench.kernels.tables import compact_solid_harmonics, factored_tables  # noqa: E402
+from einsum_workbench.kernels.wigner import degree_monomials, wigner_matrices  # noqa: E402
 from einsum_workbench.reference.expansion import pairwise_ellip_expansion  # noqa: E402
 from einsum_workbench.reference.hypers import ExpansionHypers  # noqa: E402
 from einsum_workbench.reference.compare import assert_coefficients_close  # noqa: E402
@@ -71,7 +72,7 @@ def test_plan_reused_across_calls_in_one_bucket():
 @pytest.mark.parametrize("lmax,basis,max_radial", [(6, "gto", None), (5, "monomial", [0, 3, 1, 2, 0, 1])])
 def test_factored_tables_rebuild_the_compact_tables(lmax, basis, max_radial):
     hypers = ExpansionHypers(lmax, basis, cutoff=7.0, sigma=1.5 if basis == "gto" else None, max_radial=max_radial)
-    for l, ((harmonics, radial), compact) in enumerate(zip(planned.factored_tables(hypers),
+    for l, ((harmonics, radial), compact) in enumerate(zip(factored_tables(hypers),
                                                             compact_solid_harmonics(hypers))):
         rebuilt = np.einsum("ma,nak->kmn", harmonics, radial)
         np.testing.assert_allclose(rebuilt, compact, rtol=0, atol=1e-12 * np.abs(compact).max(), err_msg=f"l={l}")
@@ -82,13 +83,13 @@ def test_wigner_matrices_rotate_the_harmonics():
     hypers = ExpansionHypers(7, "gto", cutoff=7.0, sigma=1.5)
     _, rotations, _ = random_pair_batch(20, 8)
     points = np.random.default_rng(1).normal(size=(20, 3))
-    for l, (wigner, (harmonics, _)) in enumerate(zip(planned.wigner_matrices(rotations, hypers),
-                                                      planned.factored_tables(hypers))):
+    for l, (wigner, (harmonics, _)) in enumerate(zip(wigner_matrices(rotations, hypers),
+                                                      factored_tables(hypers))):
         np.testing.assert_allclose(wigner @ wigner.transpose(0, 2, 1), np.broadcast_to(np.eye(2 * l + 1), wigner.shape),
                                    atol=1e-10, err_msg=f"l={l}")
         rotated_points = np.einsum("pij,pj->pi", rotations, points)
-        lhs = planned._degree_monomials(rotated_points, l) @ harmonics.T
-        rhs = np.einsum("pmq,pq->pm", wigner, planned._degree_monomials(points, l) @ harmonics.T)
+        lhs = degree_monomials(rotated_points, l) @ harmonics.T
+        rhs = np.einsum("pmq,pq->pm", wigner, degree_monomials(points, l) @ harmonics.T)
         np.testing.assert_allclose(lhs, rhs, rtol=1e-10, atol=1e-10 * np.abs(lhs).max(), err_msg=f"l={l}")
 
 

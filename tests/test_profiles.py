@@ -106,3 +106,63 @@ def test_readme_gives_the_recipes_verbatim(build, variant, options):
     cmd, out = build(variant, **tools, **options)
     line = " ".join(cmd)
     assert line in README.read_text(), f"profiles/README.md lacks the recipe:\n{line}"
+
+
+# ----------------------------------------------------------------- command line: errors and outputs
+
+
+def profiles_cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "einsum_workbench.profiles", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def assert_one_line_error(proc, *words):
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out, out
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(w in lines[0] for w in words), proc.stderr
+
+
+def test_breakdown_of_a_missing_file_is_a_usage_error():
+    assert_one_line_error(profiles_cli("breakdown", "/nonexistent/stacks.txt"), "/nonexistent/stacks.txt")
+
+
+def test_breakdown_of_a_file_that_is_not_collapsed_stacks_is_a_usage_error():
+    assert_one_line_error(profiles_cli("breakdown", str(README)), "README.md", "collapsed stack")
+
+
+@pytest.mark.parametrize("command", ["flame", "lines"])
+@pytest.mark.parametrize("args, words", [
+    (["--frames", "0"], ["--frames", "'0'"]),
+    (["--lmax", "-1"], ["--lmax", "'-1'"]),
+    (["--repeat", "0"], ["--repeat", "'0'"]),
+    (["--xyz", "/nonexistent/frames.xyz"], ["--xyz", "/nonexistent/frames.xyz"]),
+])
+def test_bad_driver_options_are_usage_errors(command, args, words, tmp_path):
+    proc = profiles_cli(command, "--variant", "reference", *args, cwd=tmp_path)
+    assert_one_line_error(proc, *words)
+    assert not list(tmp_path.iterdir()), "a refused command wrote something"
+
+
+def test_unknown_variant_is_a_usage_error(tmp_path):
+    assert_one_line_error(profiles_cli("flame", "--variant", "no_such_variant", cwd=tmp_path), "no_such_variant")
+
+
+def test_driver_bad_values_are_usage_errors():
+    proc = subprocess.run([sys.executable, "-m", "einsum_workbench.profiles.run", "--variant", "reference",
+                           "--warmup", "-1"], capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, "--warmup", "'-1'")
+
+
+def test_recipes_write_under_the_working_directory(tmp_path):
+    """``lines`` from another directory writes its report there, not into the package's folder."""
+    package_out = Path(recipes.__file__).resolve().parent / "out"
+    stem = "reference-f1-l1"
+    existed = {p for p in package_out.glob(f"{stem}.*")} if package_out.is_dir() else set()
+    proc = profiles_cli("lines", "--variant", "reference", "--lmax", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "profiles" / "out" / f"{stem}.lines.txt").is_file()
+    assert (tmp_path / "profiles" / "out" / f"{stem}.lprof").is_file()
+    now = {p for p in package_out.glob(f"{stem}.*")} if package_out.is_dir() else set()
+    assert now == existed, f"written into the package's folder: {sorted(now - existed)}"

@@ -1,6 +1,6 @@
 """The reference against upstream AniSOAP 0.1.1's own Python code.
 
-The source distribution is fetched from the package index
+The source distribution is fetched with ``pip download`` and hash-checked
 (``reference.upstream``); its Rust moments routine is replaced by upstream's
 own Python ``compute_moments_inefficient_implementation``, so this oracle owes
 nothing to the workbench's moments, neighbour list, rotations or radial code.
@@ -203,20 +203,62 @@ def fake_index(tmp_path, version, payload: bytes, stated_sha256: str):
     return (tmp_path / "simple").as_uri()
 
 
+#: An in-tree PEP 517 backend: pip prepares the fake sdist's metadata without
+#: installing anything (no index needed besides the fake one).
+FAKE_BACKEND = """
+import os
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+
+def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    name = "anisoap-{version}.dist-info"
+    os.makedirs(os.path.join(metadata_directory, name))
+    with open(os.path.join(metadata_directory, name, "METADATA"), "w") as f:
+        f.write("Metadata-Version: 2.1\\nName: anisoap\\nVersion: {version}\\n")
+    return name
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    raise RuntimeError("a fake sdist for the fetch test: no wheel")
+"""
+
+
 def fake_sdist(version) -> bytes:
     import io
     import tarfile
 
+    files = {
+        "anisoap/__init__.py": b"__version__ = 'fake'\n",
+        "pyproject.toml": b'[build-system]\nrequires = []\nbuild-backend = "fake_backend"\nbackend-path = ["."]\n',
+        "fake_backend.py": FAKE_BACKEND.format(version=version).encode(),
+        "PKG-INFO": f"Metadata-Version: 2.1\nName: anisoap\nVersion: {version}\n".encode(),
+    }
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        data = b"__version__ = 'fake'\n"
-        info = tarfile.TarInfo(f"anisoap-{version}/anisoap/__init__.py")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"anisoap-{version}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 
-def test_fetch_verifies_the_hash_and_extracts_once(tmp_path):
+@pytest.fixture
+def hermetic_pip(monkeypatch):
+    """pip without the user's configuration (only the fake index counts) and without retries."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("PIP_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+
+
+def test_fetch_verifies_the_hash_and_extracts_once(tmp_path, hermetic_pip):
     import hashlib
 
     from einsum_workbench.reference.upstream import fetch_anisoap_source
@@ -226,18 +268,25 @@ def test_fetch_verifies_the_hash_and_extracts_once(tmp_path):
     index = fake_index(tmp_path / "good", "9.9.9", payload, digest)
     source = fetch_anisoap_source("9.9.9", tmp_path / "cache", index_url=index)
     assert (source / "anisoap" / "__init__.py").read_text() == "__version__ = 'fake'\n"
+    assert (source / ".sha256-verified").read_text().strip() == digest
     # reused from the cache without the index
     assert fetch_anisoap_source("9.9.9", tmp_path / "cache", index_url="http://127.0.0.1:9/simple") == source
 
     bad = fake_index(tmp_path / "bad", "9.9.9", payload, "0" * 64)
     with pytest.raises(ValueError, match="sha256 mismatch"):
         fetch_anisoap_source("9.9.9", tmp_path / "cache2", index_url=bad)
-    with pytest.raises(ValueError, match=f"sha256 mismatch .*downloaded {digest}"):
-        fetch_anisoap_source("0.1.1", tmp_path / "cache3", index_url=fake_index(tmp_path / "p", "0.1.1", payload, digest))
-    with pytest.raises(UpstreamUnavailable, match="lists no anisoap-1.2.3.tar.gz"):
+    payload_011 = fake_sdist("0.1.1")
+    digest_011 = hashlib.sha256(payload_011).hexdigest()
+    with pytest.raises(ValueError, match=f"sha256 mismatch .*downloaded {digest_011}"):
+        fetch_anisoap_source("0.1.1", tmp_path / "cache3",
+                             index_url=fake_index(tmp_path / "p", "0.1.1", payload_011, digest_011))
+    with pytest.raises(UpstreamUnavailable, match="(?s)cannot download anisoap==1.2.3.*No matching distribution"):
         fetch_anisoap_source("1.2.3", tmp_path / "cache4", index_url=index)
     with pytest.raises(UpstreamUnavailable, match="cannot download"):
         fetch_anisoap_source("9.9.9", tmp_path / "cache5", index_url="http://127.0.0.1:9/simple")
+    # nothing half-extracted is left behind by the failures
+    for name in ("cache2", "cache3", "cache4", "cache5"):
+        assert not list((tmp_path / name).iterdir()), name
 
 
 def test_standin_moments_choice(anisoap):

@@ -10,8 +10,10 @@
 #   density_<name>.cu  the centre-density kernels (+ generated wb::DensitySpec +
 #                      centre_density.cuh + centre_density_kernel.cu:
 #                      wb_density_f64/f32, wb_combine_f64/f32; kernels.cupy_density).
-# ptxas' register and spill report is printed per kernel. The host harnesses
-# (the same device code as plain C++) are syntax-checked with g++ -Werror.
+# (both written by `python -m einsum_workbench.kernels.cuda.host_build
+# write-sources DIR`). ptxas' register and spill report is printed per kernel.
+# The host harnesses (the same device code as plain C++) are syntax-checked
+# with g++ -Werror.
 #
 # Exit status: 0 compiled (or SKIPPED because nvcc is absent: the message says
 # so), 1 a compile failed (nvcc's output is printed), 2 usage/setup error.
@@ -34,10 +36,8 @@ fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-"$PYTHON" -m einsum_workbench.kernels.cupy_batched write-sources "$work" > /dev/null || {
-    echo "check_cuda_compile: FAILED to generate the kernel sources" >&2; exit 2; }
-"$PYTHON" -m einsum_workbench.kernels.cupy_density write-sources "$work" > /dev/null || {
-    echo "check_cuda_compile: FAILED to generate the centre-density kernel sources" >&2; exit 2; }
+"$PYTHON" -m einsum_workbench.kernels.cuda.host_build write-sources "$work" > /dev/null || {
+    echo "check_cuda_compile: FAILED to generate the pair and centre-density kernel sources" >&2; exit 2; }
 
 echo "check_cuda_compile: $("$NVCC" --version | tail -1), arch $ARCH"
 status=0

@@ -12,11 +12,12 @@ import numpy as np
 
 from einsum_workbench.reference.hypers import ExpansionHypers
 
+from .options import DEFAULT_XYZ_FRAMES, parse_semiaxes  # noqa: F401  (re-exported: checked once, in .options)
+
 #: hyper-parameters of the default workload (issue 2): GTO, sigma 1.5, cutoff 7
 DEFAULT_LMAX = 6
 DEFAULT_SIGMA = 1.5
 DEFAULT_CUTOFF = 7.0
-DEFAULT_XYZ_FRAMES = 20
 
 
 @dataclass
@@ -99,20 +100,6 @@ class BenchInput:
             label, self.hypers, self.r_ij[index], self.rotations[index], self.semiaxes[index],
             {**self.description, "pairs": n_pairs, "tiled_from": self.n_pairs},
         )
-
-
-def parse_semiaxes(text) -> tuple[float, float, float]:
-    """"4,4,0.5" -> (4.0, 4.0, 0.5) semi-axes in angstrom.
-
-    Raises ValueError naming the text unless it is three finite numbers > 0.
-    """
-    try:
-        values = tuple(float(v) for v in str(text).split(","))
-    except ValueError:
-        raise ValueError(f"semi-axes must be three comma-separated numbers like 4,4,0.5, got {text!r}") from None
-    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"semi-axes must be three finite numbers > 0 like 4,4,0.5, got {text!r}")
-    return values
 
 
 def _from_pairs(label: str, hypers: ExpansionHypers, pairs, description: dict) -> BenchInput:

@@ -16,7 +16,9 @@ Does float32 help? Does ``torch.compile`` pay for its compilation?
 - optionally the reference loop on a sample of the pairs (for speedups).
 
 Steady-state times are the best of ``repeats`` calls after one warm-up call.
-:func:`study_markdown` formats the rows. Torch and opt_einsum are imported
+:func:`study_markdown` formats the rows. :func:`time_compile` times one
+``torch.compile`` apart from the steady state; :func:`cold_compile` turns
+Inductor's on-disk caches off for it. Torch and opt_einsum are imported
 inside the functions: importing this module imports neither.
 """
 
@@ -29,6 +31,58 @@ import time
 import numpy as np
 
 from einsum_workbench.reference.hypers import ExpansionHypers
+
+
+def cold_compile():
+    """Context manager: Inductor's on-disk caches off, so a compilation is timed cold.
+
+    Without it a graph compiled by an earlier process is loaded from
+    ``/tmp/torchinductor_$USER`` in a fraction of the compile time.
+    """
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(force_disable_caches=True)
+
+
+_caches_off = cold_compile  # torch_study's parameter ``cold_compile`` hides the name there
+
+
+def time_compile(hypers: ExpansionHypers, n_pairs: int | None = None, *, dtype=np.float64,
+                 device="cpu", repeats: int = 3, seed: int = 0, cold: bool = True) -> dict:
+    """Compile time apart from steady state for ``torch_einsum.expand(..., compile=True)``.
+
+    Calls ``expand(..., compile=True)`` on ``n_pairs`` random pairs (None:
+    ``torch_einsum.DEFAULT_CHUNK``): the first call compiles (unless this key
+    and bucket were compiled earlier in the process), the next ``repeats``
+    calls are steady state. ``cold=True`` disables Inductor's on-disk caches
+    for the first call (:func:`cold_compile`).
+
+    Returns
+    -------
+    dict with ``first_call_s``, ``steady_s`` (best of ``repeats``),
+    ``compile_s`` (first minus steady), ``compiles`` (graphs compiled by the
+    first call), ``backend_s`` (time spent inside Inductor) and ``n_pairs``.
+    """
+    from einsum_workbench.kernels import torch_einsum
+    from einsum_workbench.reference.random_pairs import random_pair_batch
+
+    n_pairs = torch_einsum.DEFAULT_CHUNK if n_pairs is None else n_pairs
+    arrays = [a.astype(dtype) for a in random_pair_batch(n_pairs, seed)]
+    before, backend_before = torch_einsum.compile_count(), torch_einsum.compile_seconds()
+    with cold_compile() if cold else contextlib.nullcontext():
+        start = time.perf_counter()
+        torch_einsum.expand(*arrays, hypers, dtype=dtype, device=device, compile=True)
+        first = time.perf_counter() - start
+    compiles = torch_einsum.compile_count() - before
+    steady = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        torch_einsum.expand(*arrays, hypers, dtype=dtype, device=device, compile=True)
+        steady.append(time.perf_counter() - start)
+    best = min(steady)
+    return {"first_call_s": first, "steady_s": best, "compile_s": max(0.0, first - best),
+            "compiles": compiles, "backend_s": torch_einsum.compile_seconds() - backend_before,
+            "n_pairs": n_pairs}
 
 
 def _pair_arrays(pairs_or_workload, hypers):
@@ -141,7 +195,7 @@ def torch_study(pairs_or_workload, hypers: ExpansionHypers | None = None, *, rep
                 if include_compiled:
                     key = ("torch_einsum", name, "compiled")
                     calls[key] = functools.partial(torch_einsum.expand, *arrays, hypers, compile=True)
-                    with torch_einsum.cold_compile() if cold_compile else contextlib.nullcontext():
+                    with _caches_off() if cold_compile else contextlib.nullcontext():
                         start = time.perf_counter()
                         calls[key]()
                         first = time.perf_counter() - start

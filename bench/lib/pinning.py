@@ -59,8 +59,9 @@ def check_thread_count(threads) -> int:
 def threads_from_argv(argv, default: int = 1, option: str = "--threads") -> int:
     """The value of ``--threads N`` / ``--threads=N`` in a command line.
 
-    Used where options are not parsed yet but the environment must be set now
-    (pytest imports a conftest before parsing its options).
+    For a program that must set the environment before its options are
+    parsed; the bench's tools parse theirs first (argparse, and pytest's
+    ``pytest_configure`` in :mod:`.plugin`), importing nothing heavy before.
 
     Raises
     ------

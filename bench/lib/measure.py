@@ -2,7 +2,7 @@
 peak memory, and the context (versions, CPU model, pinning) stored with it.
 
 Shared by the pytest-benchmark suites (``bench/test_*.py``) and the command
-line runner (``python -m einsum_workbench.bench run``), so both report the same
+line runner (``einsum-workbench run``), so both report the same
 quantities the same way. Import it only after the threads are pinned
 (:mod:`.pinning`): it imports NumPy.
 """
@@ -195,7 +195,9 @@ def measure_peak_memory(call, *, device: str | None = None, traced: bool = True)
     ``traced=True`` (default), tracemalloc's peak, exact for Python and NumPy
     allocations (outputs included) but blind to Torch's allocator, and about
     3x slower on pure-Python loops. ``host_peak_bytes`` is the larger of the
-    two. Device: Torch's CUDA peak allocation when ``device`` starts with "cuda".
+    two. Device, when ``device`` starts with "cuda": Torch's CUDA peak
+    allocation (when Torch has initialised CUDA) plus the growth of CuPy's
+    default memory pool, emptied first (when CuPy is loaded).
 
     Returns
     -------
@@ -204,12 +206,15 @@ def measure_peak_memory(call, *, device: str | None = None, traced: bool = True)
     """
     result = {"host_peak_bytes": None, "rss_peak_bytes": None, "rss_method": None,
               "traced_peak_bytes": None, "device_peak_bytes": None}
-    cuda = device is not None and str(device).startswith("cuda") and "torch" in sys.modules
-    if cuda:
-        torch = sys.modules["torch"]
+    torch, cupy_pool = _torch_cuda(device), _cupy_pool(device)
+    if torch is not None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         device_base = torch.cuda.memory_allocated()
+    if cupy_pool is not None:
+        sys.modules["cupy"].cuda.Device().synchronize()
+        cupy_pool.free_all_blocks()
+        cupy_base = cupy_pool.total_bytes()
     if traced:
         import tracemalloc
 
@@ -231,20 +236,55 @@ def measure_peak_memory(call, *, device: str | None = None, traced: bool = True)
         result["traced_peak_bytes"] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     result["host_peak_bytes"] = max(result["rss_peak_bytes"], result["traced_peak_bytes"] or 0)
-    if cuda:
+    if torch is not None:
         torch.cuda.synchronize()
         result["device_peak_bytes"] = int(torch.cuda.max_memory_allocated() - device_base)
+    if cupy_pool is not None:
+        sys.modules["cupy"].cuda.Device().synchronize()
+        result["device_peak_bytes"] = (result["device_peak_bytes"] or 0) + int(cupy_pool.total_bytes() - cupy_base)
     return result
+
+
+def _torch_cuda(device):
+    """Torch, when ``device`` is a CUDA device and Torch has initialised CUDA; else None."""
+    torch = sys.modules.get("torch")
+    if device is None or not str(device).startswith("cuda") or torch is None:
+        return None
+    return torch if torch.cuda.is_initialized() else None
+
+
+def _cupy_pool(device):
+    """CuPy's default memory pool, when ``device`` is a CUDA device and CuPy is loaded; else None."""
+    cupy = sys.modules.get("cupy")
+    if device is None or not str(device).startswith("cuda") or cupy is None:
+        return None
+    return cupy.get_default_memory_pool()
 
 
 def synchronizer(device: str | None):
     """A function that waits for a device's queued work (no-op on the CPU).
 
-    A GPU clock must be read only after synchronising.
+    A GPU clock must be read only after synchronising. For a CUDA device
+    (``Variant.device == "cuda"``) it synchronises through the libraries that
+    drive it, Torch (when it has initialised CUDA) and CuPy (when loaded),
+    looked up at each call: the first call of a variant may load them.
+
+    Parameters
+    ----------
+    device : str or None
+        ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``), or None (the host).
     """
-    if device is not None and str(device).startswith("cuda") and "torch" in sys.modules:
-        return sys.modules["torch"].cuda.synchronize
-    return lambda: None
+    if device is None or not str(device).startswith("cuda"):
+        return lambda: None
+
+    def sync():
+        torch = _torch_cuda(device)
+        if torch is not None:
+            torch.cuda.synchronize()
+        if "cupy" in sys.modules:
+            sys.modules["cupy"].cuda.Device().synchronize()
+
+    return sync
 
 
 def timed_call(call, sync=lambda: None) -> tuple[float, object]:

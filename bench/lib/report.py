@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -344,6 +343,16 @@ def save_run(records, path, unavailable=None) -> Path:
     return path
 
 
+#: where saved runs go, relative to the current directory (pytest-benchmark's default storage)
+STORAGE_DIR = ".benchmarks"
+
+
 def default_storage() -> Path:
-    """The repository's ``.benchmarks`` folder (where ``pytest bench`` autosaves)."""
-    return Path(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) / ".benchmarks"
+    """``.benchmarks`` in the current directory.
+
+    Where ``pytest bench`` autosaves (pytest-benchmark's default
+    ``--benchmark-storage``), ``einsum-workbench run`` saves and
+    ``einsum-workbench report`` reads, unless told otherwise; never the
+    installed package's folder.
+    """
+    return Path.cwd() / STORAGE_DIR

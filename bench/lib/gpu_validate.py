@@ -2,7 +2,7 @@
 
 Run once on the GPU machine (it installs nothing)::
 
-    python -m einsum_workbench.bench.gpu_validate          # or: python bench/gpu_validate.py
+    python -m einsum_workbench.bench.gpu_validate          # or: python bench/lib/gpu_validate.py
     python -m einsum_workbench.bench.gpu_validate --pairs 4194304 --json gpu.json
 
 It
@@ -61,14 +61,15 @@ import traceback
 
 import numpy as np
 
-from einsum_workbench.kernels.registry import get_variant
+from einsum_workbench.kernels.registry import DENSITY_VARIANTS, VARIANTS, get_variant
 from einsum_workbench.reference.expansion import pairwise_ellip_expansion
 from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.compare import assert_coefficients_close
 from einsum_workbench.reference.random_pairs import random_pair_batch
 
-GPU_VARIANTS = ("cupy_batched", "torch_cuda")
-DENSITY_GPU_VARIANTS = ("cupy_batched",)  # registry problem "density"
+#: the variants that compute on a CUDA device (their registry fact ``Variant.device``)
+GPU_VARIANTS = tuple(v.name for v in VARIANTS if v.device == "cuda")
+DENSITY_GPU_VARIANTS = tuple(v.name for v in DENSITY_VARIANTS if v.device == "cuda")  # registry problem "density"
 DENSITY_PAIRS = (10**5, 10**6, 10**7)
 DENSITY_MEAN_SEGMENT = 64  # pairs per segment in the timed batches (an all-atom centre and species)
 EXIT_OK, EXIT_FAILED, EXIT_SKIPPED = 0, 1, 3  # 2 is argparse's usage error
