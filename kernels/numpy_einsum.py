@@ -131,7 +131,7 @@ def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None,
     ValueError on malformed input (see ``check_pair_arrays``) or a
     non-positive ``max_memory``.
     """
-    r_ij, rotations, semiaxes, dtype = check_pair_arrays(r_ij, rotations, semiaxes, dtype)
+    r_ij, rotations, semiaxes, dtype = check_pair_arrays(r_ij, rotations, semiaxes, dtype, hypers=hypers)
     if int(max_memory) <= 0:
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
     tables = [t.astype(dtype).reshape(t.shape[0], -1) for t in compact_solid_harmonics(hypers)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from einsum_workbench.reference.density import check_segments, orthonormalize_density, segment_sum
-from einsum_workbench.reference.validation import resolve_dtype
+from einsum_workbench.reference.validation import check_hypers, resolve_dtype
 
 
 def density_from_expansion(expand, name: str = "expansion"):
@@ -32,6 +32,7 @@ def density_from_expansion(expand, name: str = "expansion"):
 
     def centre_density(r_ij, rotations, semiaxes, hypers, segment, n_segments, *,
                        dtype=None, orthonormal: bool = False, **options):
+        check_hypers(hypers)
         dtype = resolve_dtype(dtype, r_ij, rotations, semiaxes)
         segment, n_segments = check_segments(segment, n_segments, np.shape(r_ij)[0] if np.ndim(r_ij) else -1)
         coefficients = expand(r_ij, rotations, semiaxes, hypers, dtype=dtype, **options)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from einsum_workbench.reference.density import check_segments, orthonormalize_density
-from einsum_workbench.reference.validation import resolve_dtype
+from einsum_workbench.reference.validation import check_hypers, resolve_dtype
 
 from .torch_einsum import expand
 
@@ -41,6 +41,7 @@ def centre_density(r_ij, rotations, semiaxes, hypers, segment, n_segments, *, dt
     ------
     ValueError, TypeError on malformed pairs or segments.
     """
+    check_hypers(hypers)
     dtype = resolve_dtype(dtype, r_ij, rotations, semiaxes)
     segment, n_segments = check_segments(segment, n_segments, np.shape(r_ij)[0] if np.ndim(r_ij) else -1)
     coefficients = expand(r_ij, rotations, semiaxes, hypers, dtype=dtype, **options)

@@ -45,7 +45,9 @@ def check_segments(segment, n_segments, n_pairs: int):
     n_segments : int >= 0
         Number of output rows.
     n_pairs : int
-        P, the number of pairs in the batch.
+        P, the number of pairs in the batch; negative when the caller could
+        not tell (``r_ij`` is not an array): the shape is then left to the
+        pair checks, which name ``r_ij``.
 
     Returns
     -------
@@ -66,6 +68,8 @@ def check_segments(segment, n_segments, n_pairs: int):
     array = np.asarray(segment)
     if array.size and array.dtype.kind not in "iu":
         raise TypeError(f"segment must hold integers (one output row per pair), got dtype {array.dtype}")
+    if n_pairs < 0:
+        n_pairs = array.shape[0] if array.ndim == 1 else -1
     if array.shape != (n_pairs,):
         raise ValueError(f"segment must have shape ({n_pairs},), one row per pair, got {array.shape}")
     array = np.ascontiguousarray(array, dtype=np.int64)

@@ -69,7 +69,7 @@ def pairwise_ellip_expansion(r_ij, rotations, semiaxes, hypers: ExpansionHypers,
     ValueError
         on malformed input (see ``validation.check_pair_arrays``).
     """
-    r_ij, rotations, semiaxes, dtype = check_pair_arrays(r_ij, rotations, semiaxes, dtype,
+    r_ij, rotations, semiaxes, dtype = check_pair_arrays(r_ij, rotations, semiaxes, dtype, hypers=hypers,
                                                          check_rotations=not any_matrix)
     r_ij, rotations, semiaxes = (a.astype(np.float64) for a in (r_ij, rotations, semiaxes))
     scaled_t = scaled_solid_harmonic_tensors(hypers)

@@ -433,10 +433,24 @@ def atoms_table(frames, *, semiaxes=None, rotation_key: str | None = "c_q",
                       semiaxes=lengths, cells=cells, pbc=pbc)
 
 
-def pairs_from_table(table: AtomsTable, cutoff: float, *, self_pairs: bool = True) -> PairBatch:
+def _check_cutoff(cutoff) -> None:
+    """TypeError for a cutoff that is not a real number (strings are not
+    parsed), ValueError for a non-finite or non-positive one."""
+    if isinstance(cutoff, bool) or not isinstance(cutoff, numbers.Real):
+        raise TypeError(f"cutoff must be a real number, got {cutoff!r}")
+    if not (float(cutoff) > 0 and np.isfinite(float(cutoff))):
+        raise ValueError(f"cutoff must be a finite number > 0, got {cutoff!r}")
+
+
+def pairs_from_table(table: AtomsTable, cutoff: float, *, self_pairs: bool = True,
+                     max_pairs: int | None = None) -> PairBatch:
     """The pair batch of an :class:`AtomsTable`: one neighbour-list pass over
     all frames (:func:`einsum_workbench.reference.neighbours.neighbour_pairs`),
     neighbour j's rotation and semi-axes gathered per pair.
+
+    ``max_pairs``: refuse, before allocating, when more pairs than this are
+    expected (:func:`einsum_workbench.reference.neighbours.check_pair_estimate`;
+    None: its default ``MAX_PAIRS``).
 
     Returns
     -------
@@ -444,15 +458,18 @@ def pairs_from_table(table: AtomsTable, cutoff: float, *, self_pairs: bool = Tru
 
     Raises
     ------
+    TypeError
+        a cutoff that is not a real number.
     ValueError
-        a non-positive or non-finite cutoff, a periodic axis with a zero cell vector.
+        a non-positive or non-finite cutoff, a periodic axis with a zero cell
+        vector, more pairs expected than ``max_pairs`` (the estimate and the
+        frame named).
     """
     from .neighbours import neighbour_pairs
 
-    if isinstance(cutoff, bool) or not isinstance(cutoff, numbers.Real) or not (float(cutoff) > 0 and np.isfinite(cutoff)):
-        raise ValueError(f"cutoff must be a finite number > 0, got {cutoff!r}")
+    _check_cutoff(cutoff)
     frame, i, j, shift, r_ij = neighbour_pairs(table.positions, table.n_atoms, table.cells, table.pbc,
-                                               float(cutoff), self_pairs=self_pairs)
+                                               float(cutoff), self_pairs=self_pairs, max_pairs=max_pairs)
     first = table.first_atom
     gi, gj = first[frame] + i, first[frame] + j
     return PairBatch(
@@ -471,6 +488,7 @@ def frames_to_pairs(
     semiaxes=None,
     rotation_key: str | None = "c_q",
     rotation_type: str = "quaternion",
+    max_pairs: int | None = None,
 ) -> PairBatch:
     """Flatten the full neighbour lists of frames into one pair batch.
 
@@ -490,6 +508,13 @@ def frames_to_pairs(
         Per-atom array holding the orientations (None: identity rotations).
     rotation_type : {"quaternion", "matrix"}
         Quaternions stored (w, x, y, z), or 3x3 matrices flattened row-major.
+    max_pairs : int
+        Refuse, before building the neighbour list, when more pairs than this
+        are expected in all frames together: atoms x atom density x 4/3 pi
+        cutoff^3 per periodic frame, at most atoms^2 per open one
+        (:func:`einsum_workbench.reference.neighbours.estimate_pairs`).
+        None: :data:`einsum_workbench.reference.neighbours.MAX_PAIRS`
+        (20 million, ~5.5 GB of pairs).
 
     Returns
     -------
@@ -499,11 +524,14 @@ def frames_to_pairs(
 
     Raises
     ------
+    TypeError
+        a cutoff that is not a real number.
     ValueError
         non-finite positions, bad or missing semi-axes, zero-norm quaternions,
-        non-rotation matrices, a non-positive cutoff (the value named).
+        non-rotation matrices, a non-positive cutoff (the value named), more
+        pairs expected than ``max_pairs`` (the estimate, the frame and the way
+        out named).
     """
-    if isinstance(cutoff, bool) or not isinstance(cutoff, numbers.Real) or not (float(cutoff) > 0 and np.isfinite(cutoff)):
-        raise ValueError(f"cutoff must be a finite number > 0, got {cutoff!r}")
+    _check_cutoff(cutoff)
     table = atoms_table(frames, semiaxes=semiaxes, rotation_key=rotation_key, rotation_type=rotation_type)
-    return pairs_from_table(table, cutoff, self_pairs=self_pairs)
+    return pairs_from_table(table, cutoff, self_pairs=self_pairs, max_pairs=max_pairs)
