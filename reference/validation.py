@@ -43,7 +43,7 @@ lower bounds 0.01 are stored as the float32 number just below 0.01
 a limit, a ``ValueError`` names the value, the pair (for arrays) and the
 limit; nothing is computed.
 
-Why these values (measured on this 2-core EPYC, November 2026):
+Why these values (measured on a 2-core Intel Xeon with AVX-512, November 2026):
 
 - ``lmax <= 20``: the dense solid-harmonic tables ``T_l`` (kept by the
   reference and cached per hyper-parameter set; ``max_memory`` does not cover
