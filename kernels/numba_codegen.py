@@ -48,6 +48,12 @@ contiguously, geometry rearranged to 3 divisions and an inline exp,
 ``_emit_density_geometry``), but the moments are summed per segment in SIMD
 accumulators and contracted with ``T'_l`` once per segment (the contraction
 is linear), SIMD across a group of segments.
+
+Machine facts and thresholds, each chosen in one place and part of the
+cache key (``kernel_key``): the lane counts (``lane_choice``: from the CPU,
+or ``EINSUM_WORKBENCH_LANES``) and the screen's thresholds
+(``screen_limits``: from ``reference.validation``). The same tables drive
+the generic kernels (``numba_generic``).
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from typing import NamedTuple
 
 import numpy as np
 
@@ -64,10 +71,21 @@ from einsum_workbench.reference.validation import ORTHONORMAL_TOL
 from .tables import compact_solid_harmonics, monomial_exponents
 
 #: Bump when the generated code changes: part of the cache key.
-CODE_VERSION = 10
+CODE_VERSION = 11
 
-#: Pairs per block (SIMD lanes): 256-bit vectors measured fastest on this Zen 4 (and compile fastest).
-DEFAULT_LANES = {np.dtype(np.float64): 4, np.dtype(np.float32): 8}
+#: Pairs per block (SIMD lanes) with 256-bit vectors; see ``default_lanes`` for the per-machine choice.
+BASE_LANES = {np.dtype(np.float64): 4, np.dtype(np.float32): 8}
+DEFAULT_LANES = BASE_LANES  # the former name (256-bit counts)
+
+#: Environment variable overriding the lane counts: ``8`` (float64 8, float32 16 lanes) or
+#: ``float64=8,float32=8`` (either entry may be left out).
+LANES_ENV = "EINSUM_WORKBENCH_LANES"
+
+#: CPUs (LLVM names) on which the pair kernel measured faster with 512-bit vectors (8 float64
+#: lanes) than with 256-bit ones: AMD Zen 5 (0.035 against 0.037 us per pair, issue 11). Not on
+#: the Intel Xeon Emerald Rapids where this was written (0.080 against 0.086 us per pair) nor
+#: on Zen 4 (double-pumped AVX-512).
+WIDE_PAIR_KERNEL_CPUS = frozenset({"znver5"})
 
 #: Blocks a thread takes at a time (dynamic scheduling of prange, set by the caller:
 #: ``numba.set_parallel_chunksize`` inside a cached function defeats the cache).
@@ -82,15 +100,177 @@ _COVARIANCE = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
 
 
 def _checked_lanes(dtype, lanes) -> int:
-    """The lane count: the dtype's default, or a given power of two >= 2
+    """The lane count: ``default_lanes(dtype)``, or a given power of two >= 2
     (the in-register transpose of ``store_rows`` halves groups recursively)."""
-    if np.dtype(dtype) not in DEFAULT_LANES:
+    if np.dtype(dtype) not in BASE_LANES:
         raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
     if lanes is None:
-        return DEFAULT_LANES[np.dtype(dtype)]
+        return default_lanes(dtype, "pairs")
     if isinstance(lanes, bool) or int(lanes) != lanes or lanes < 2 or int(lanes) & (int(lanes) - 1):
         raise ValueError(f"lanes must be a power of two >= 2, got {lanes!r}")
     return int(lanes)
+
+
+# ---------------------------------------------------------------------------
+# Machine facts: lane counts, chosen per machine.
+
+def host_cpu() -> tuple[str, str]:
+    """(CPU name, comma-separated features) of Numba's code-generation target here.
+
+    ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` when set (as Numba's code
+    generator reads them), else the host's, from llvmlite.
+    """
+    from numba.core import config
+
+    name, features = config.CPU_NAME, config.CPU_FEATURES
+    if name is None or features is None:
+        import llvmlite.binding as llvm
+
+        name = name if name is not None else llvm.get_host_cpu_name()
+        features = features if features is not None else llvm.get_host_cpu_features().flatten()
+    return str(name), str(features)
+
+
+def _lanes_override(dtype) -> int | None:
+    """The lane count ``EINSUM_WORKBENCH_LANES`` sets for ``dtype``, or None."""
+    import os
+
+    text = os.environ.get(LANES_ENV, "").strip()
+    if not text:
+        return None
+    dtype = np.dtype(dtype)
+    try:
+        if "=" not in text:
+            lanes = int(text) * (2 if dtype == np.dtype(np.float32) else 1)
+        else:
+            entries = dict(item.split("=", 1) for item in text.replace(" ", "").split(",") if item)
+            unknown = set(entries) - {"float64", "float32"}
+            if unknown:
+                raise ValueError(f"unknown dtype {sorted(unknown)}")
+            if dtype.name not in entries:
+                return None
+            lanes = int(entries[dtype.name])
+    except ValueError as err:
+        raise ValueError(f"{LANES_ENV}={text!r}: expected e.g. '8' or 'float64=8,float32=16' ({err})") from None
+    if lanes < 2 or lanes & (lanes - 1):
+        raise ValueError(f"{LANES_ENV}={text!r}: lane counts must be powers of two >= 2, got {lanes}")
+    return lanes
+
+
+def lane_choice(dtype, kind: str = "pairs") -> dict:
+    """The lane count of ``kind``'s kernel (``"pairs"`` or ``"density"``) for ``dtype`` here, and why.
+
+    Returns ``{"lanes", "source", "cpu", "vector_bits"}``; ``source`` is
+    ``EINSUM_WORKBENCH_LANES`` when that variable sets it, else the rule
+    applied to the CPU's features:
+
+    - density kernel: one vector register of the widest kind the target has
+      (512 bits with AVX-512F: 8 float64 / 16 float32 lanes; else 4 / 8);
+    - pair kernel: 512-bit only on the CPUs of ``WIDE_PAIR_KERNEL_CPUS``
+      (where it measured faster), else 256-bit (4 / 8 lanes), AVX-512 or not.
+
+    The lane count is part of every kernel's cache key (``kernel_key``);
+    benches record this dict with their results.
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in BASE_LANES:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    if kind not in ("pairs", "density"):
+        raise ValueError(f"kind must be 'pairs' or 'density', got {kind!r}")
+    name, features = host_cpu()
+    bits = host_vector_bits()
+    override = _lanes_override(dtype)
+    if override is not None:
+        return {"lanes": override, "source": LANES_ENV, "cpu": name, "vector_bits": bits}
+    if kind == "density":
+        rule = f"density kernel: one {bits}-bit register"
+        lanes = bits // (8 * dtype.itemsize)
+    elif bits == 512 and name in WIDE_PAIR_KERNEL_CPUS:
+        rule, lanes = f"pair kernel: 512-bit on {name}", 512 // (8 * dtype.itemsize)
+    else:
+        rule = f"pair kernel: 256-bit ({'AVX-512 measured slower here' if bits == 512 else 'no AVX-512'})"
+        lanes = BASE_LANES[dtype]
+    return {"lanes": lanes, "source": rule, "cpu": name, "vector_bits": bits}
+
+
+def default_lanes(dtype, kind: str = "pairs") -> int:
+    """``lane_choice(dtype, kind)["lanes"]``."""
+    return lane_choice(dtype, kind)["lanes"]
+
+
+# ---------------------------------------------------------------------------
+# The input screen's thresholds (one place).
+
+class ScreenLimits(NamedTuple):
+    """Thresholds of the compiled input screens (``_emit_screen``, ``numba_generic._lane``).
+
+    A pair passes when its values are finite, ``semiaxis_min < l_k < semiaxis_max``
+    (and ``l_k > 0``), ``|r| < r_max``, ``max |R R^T - I| <= orthonormal_tol``
+    and ``det R >= 0``; otherwise the caller hands the batch to
+    ``check_pair_arrays``, which raises the canonical error (or finds the
+    pair valid: the screen may flag more than it rejects, never less).
+    """
+
+    orthonormal_tol: float
+    semiaxis_min: float = 0.0
+    semiaxis_max: float = float("inf")
+    r_max: float = float("inf")
+
+
+def _validation_ranges(dtype, hypers: ExpansionHypers | None) -> tuple[float, float, float]:
+    """(semi-axis min, semi-axis max, |r| max) that ``check_pair_arrays`` admits in ``dtype``.
+
+    Read from ``reference.validation.PAIR_LIMITS[dtype]`` (inclusive bounds;
+    with ``hypers`` of the GTO basis the semi-axis maximum is also
+    ``semiaxis_per_sigma_max * sigma``); (0, inf, inf), the screen of before,
+    where it is absent. The one place to rewire if those names change.
+    """
+    from einsum_workbench.reference import validation
+
+    limits = getattr(validation, "PAIR_LIMITS", {}).get(np.dtype(dtype))
+    if limits is None:
+        return 0.0, float("inf"), float("inf")
+    high = float(limits.semiaxis_max)
+    if hypers is not None and hypers.radial_basis == "gto":
+        high = min(high, float(limits.semiaxis_per_sigma_max) * float(hypers.sigma))
+    return float(limits.semiaxis_min), high, float(limits.distance_max)
+
+
+def screen_limits(dtype, hypers: ExpansionHypers | None = None) -> ScreenLimits:
+    """The compiled screens' thresholds for ``dtype`` (and ``hypers``), from ``reference.validation``.
+
+    The one place they are read: ``ORTHONORMAL_TOL`` and the ranges of
+    ``PAIR_LIMITS`` (``_validation_ranges``). They shape the generated code
+    and are part of ``kernel_key``. The screen flags every pair outside the
+    open ranges shrunk by 8 units of rounding, so a pair at an edge goes to
+    ``check_pair_arrays``, which decides (a superset of what it rejects).
+    Hyper-parameter limits (lmax, degree, sigma, cutoff) are checked once
+    per call by ``check_hypers``, not per pair.
+    """
+    dtype = np.dtype(dtype)
+    low, high, distance = _validation_ranges(dtype, hypers)
+    return ScreenLimits(orthonormal_tol=float(ORTHONORMAL_TOL[dtype]), semiaxis_min=low, semiaxis_max=high,
+                        r_max=distance)
+
+
+@functools.lru_cache(maxsize=128)
+def screen_limit_array(dtype, hypers: ExpansionHypers | None = None) -> np.ndarray:
+    """``screen_limits(dtype, hypers)`` for the generic kernels, which screen in float64:
+    (orthonormal tolerance, semi-axis min, semi-axis max, |r|^2 max), each
+    tightened by 8 units of ``dtype``'s rounding so that a pair that
+    ``check_pair_arrays`` (computing in ``dtype``) could reject is always flagged.
+    Read-only, cached."""
+    dtype = np.dtype(dtype)
+    limits = screen_limits(dtype, hypers)
+    eps = 8 * float(np.finfo(dtype).eps)
+    array = np.array([
+        limits.orthonormal_tol - eps,
+        limits.semiaxis_min * (1 + eps),
+        limits.semiaxis_max * (1 - eps),
+        (limits.r_max * (1 - eps)) ** 2,
+    ], dtype=np.float64)
+    array.setflags(write=False)
+    return array
 
 
 def _recurrence_step(t, index):
@@ -275,14 +455,19 @@ def _gather_inputs(v: _VectorBuilder, r, rot, ax, rows):
     return rv, R, s
 
 
-def _emit_screen(v: _VectorBuilder, rv, R, s, tol: float):
+def _emit_screen(v: _VectorBuilder, rv, R, s, limits: ScreenLimits):
     """i1: true when some lane's pair could fail ``check_pair_arrays``'s value tests.
 
-    The same tests, branch-free: all 15 inputs finite (their sum minus itself
-    is 0 only when the sum is finite; an overflow merely sends the batch to
-    the canonical check), semi-axes > 0, |R R^T - I| <= tol entry-wise, det R >= 0.
+    The same tests, branch-free, with the thresholds of ``screen_limits``:
+    all 15 inputs finite (their sum minus itself is 0 only when the sum is
+    finite; an overflow merely sends the batch to the canonical check),
+    semi-axes > 0, |R R^T - I| <= tol entry-wise, det R >= 0; where
+    ``limits`` sets them, semi-axes inside (min, max) and |r|^2 < r_max^2
+    (bounds tightened by 8 units of rounding, as ``screen_limit_array``).
     """
     b, ir = v.b, v.ir
+    tol = limits.orthonormal_tol
+    eps = 8 * (2.0 ** -52 if v.itemsize == 8 else 2.0 ** -23)
     total = rv[0]
     for value in rv[1:] + s + [x for row in R for x in row]:
         total = v.add(total, value)
@@ -290,6 +475,13 @@ def _emit_screen(v: _VectorBuilder, rv, R, s, tol: float):
     fine = b.fcmp_ordered("==", v.sub(total, total), zero)
     for k in range(3):
         fine = b.and_(fine, b.fcmp_ordered(">", s[k], zero))
+        if limits.semiaxis_min > 0:
+            fine = b.and_(fine, b.fcmp_ordered(">", s[k], v.splat(limits.semiaxis_min * (1 + eps))))
+        if limits.semiaxis_max < float("inf"):
+            fine = b.and_(fine, b.fcmp_ordered("<", s[k], v.splat(limits.semiaxis_max * (1 - eps))))
+    if limits.r_max < float("inf"):
+        norm2 = v.dot3([(rv[k], rv[k]) for k in range(3)])
+        fine = b.and_(fine, b.fcmp_ordered("<", norm2, v.splat((limits.r_max * (1 - eps)) ** 2)))
     for i, j in _COVARIANCE:
         gram = v.dot3([(R[i][k], R[j][k]) for k in range(3)])
         deviation = v.sub(gram, v.splat(1.0 if i == j else 0.0))
@@ -418,7 +610,7 @@ def block_intrinsic(hypers: ExpansionHypers, dtype, lanes: int, split: bool | No
 
     moment_plan = _moment_plan(hypers.max_degree)
     contraction_plan = _contraction_plan(hypers)
-    tol = ORTHONORMAL_TOL[np.dtype(dtype)]
+    limits = screen_limits(dtype, hypers)
     split = split_contraction(hypers, lanes) if split is None else bool(split)
     prefix = f"numba_fused_{kernel_key(hypers, dtype, lanes)}"
 
@@ -466,7 +658,7 @@ def block_intrinsic(hypers: ExpansionHypers, dtype, lanes: int, split: bool | No
             rows.append(builder.select(builder.icmp_signed("<", row, n_pairs), row, last))
         v = _VectorBuilder(builder, np.dtype(dtype), lanes)
         rv, R, s = _gather_inputs(v, r, rot, ax, rows)
-        suspect = builder.zext(_emit_screen(v, rv, R, s, tol), ir.IntType(64))
+        suspect = builder.zext(_emit_screen(v, rv, R, s, limits), ir.IntType(64))
         centre, cov, scale = _emit_geometry(v, hypers, rv, R, s)
         moments = _emit_moments(v, moment_plan, centre, cov, scale)
         if not split:
@@ -526,7 +718,7 @@ def generate_source(hypers: ExpansionHypers, dtype, lanes: int | None = None, sp
     ----------
     hypers : ExpansionHypers
     dtype : float32 or float64, the compute dtype
-    lanes : pairs per block (default ``DEFAULT_LANES[dtype]``)
+    lanes : pairs per block (default ``default_lanes(dtype, "pairs")``: per machine)
     split : contraction in one function per l (default: ``split_contraction``)
 
     Returns
@@ -566,41 +758,33 @@ def host_vector_bits() -> int:
     Reads ``NUMBA_CPU_FEATURES`` when set (as Numba's code generator does),
     else the host's features from llvmlite.
     """
-    from numba.core import config
-
-    features = config.CPU_FEATURES
-    if features is None:
-        import llvmlite.binding as llvm
-
-        features = llvm.get_host_cpu_features().flatten()
-    return 512 if "+avx512f" in features.split(",") else 256
+    return 512 if "+avx512f" in host_cpu()[1].split(",") else 256
 
 
 def default_density_lanes(dtype) -> int:
     """Pairs per block (and segments per group) of the density kernel on this machine.
 
-    One vector register of the widest kind the target has: 8 float64 / 16
-    float32 lanes with AVX-512F, else 4 / 8 (the pair kernel's
-    ``DEFAULT_LANES``). A machine fact, measured on one CPU only (not "the
-    best" elsewhere): on the Intel Xeon (Emerald Rapids, AVX-512, 2 shared
-    cores) where this kernel was written, one thread, default workload, the
-    kernel alone took 0.022 us per pair in float64 with 8 lanes against
-    0.039 with 4 and 0.027 with 16; the whole float32 call 0.016 with 16
-    lanes against 0.025 with 8. Compiled for an AVX2-only target (Haswell
-    features) on the same CPU, 4 and 8 float64 lanes tied (0.033). Not
-    measured on Zen 4, whose AVX-512 is double-pumped (the pair kernel
-    measured 256-bit best there): pass ``lanes`` to
+    ``lane_choice(dtype, "density")``: one vector register of the widest kind
+    the target has, 8 float64 / 16 float32 lanes with AVX-512F, else 4 / 8
+    (or ``EINSUM_WORKBENCH_LANES``). A machine fact, measured on one CPU only
+    (not "the best" elsewhere): on the Intel Xeon (Emerald Rapids, AVX-512, 2
+    shared cores) where this kernel was written, one thread, default
+    workload, the kernel alone took 0.022 us per pair in float64 with 8
+    lanes against 0.039 with 4 and 0.027 with 16; the whole float32 call
+    0.016 with 16 lanes against 0.025 with 8. Compiled for an AVX2-only
+    target (Haswell features) on the same CPU, 4 and 8 float64 lanes tied
+    (0.033). Not measured on Zen 4, whose AVX-512 is double-pumped (the pair
+    kernel measured 256-bit best there): pass ``lanes`` to
     ``numba_density.centre_density`` to measure a machine.
     """
-    dtype = np.dtype(dtype)
-    if dtype not in DEFAULT_LANES:
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    return host_vector_bits() // (8 * dtype.itemsize)
+    return default_lanes(dtype, "density")
 
 
 def _checked_density_lanes(dtype, lanes) -> int:
     """The density kernel's lane count: ``default_density_lanes`` or a given power of two >= 2."""
     if lanes is None:
+        if np.dtype(dtype) not in BASE_LANES:
+            raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
         return default_density_lanes(dtype)
     return _checked_lanes(dtype, lanes)
 
@@ -756,7 +940,7 @@ def density_intrinsic(hypers: ExpansionHypers, dtype, lanes: int):
     dtype = np.dtype(dtype)
     moment_plan = _moment_plan(hypers.max_degree)
     contraction_plan = _contraction_plan(hypers)
-    tol = ORTHONORMAL_TOL[dtype]
+    limits = screen_limits(dtype, hypers)
     used = sorted({k for columns in contraction_plan for terms in columns for k, _ in terms})
     groups = -(-len(used) // lanes)  # scratch row: this many vectors of lane sums
     w_offsets = [int(c) for c in np.cumsum([0] + [n * n for n in hypers.num_radial])]
@@ -792,7 +976,7 @@ def density_intrinsic(hypers: ExpansionHypers, dtype, lanes: int):
             flat = _load_rows(v, rot, first, 9)
             R = [[v.select(mask, flat[3 * i + k], one if i == k else zero) for k in range(3)] for i in range(3)]
             s = [v.select(mask, x, one) for x in _load_rows(v, ax, first, 3)]
-            screen = b.zext(_emit_screen(v, rv, R, s, tol), i64)
+            screen = b.zext(_emit_screen(v, rv, R, s, limits), i64)
             b.store(b.or_(b.load(suspect), screen), suspect)
             centre, cov, scale = _emit_density_geometry(v, hypers, rv, R, s)
             scale = v.select(mask, scale, zero)  # lanes outside the share add exactly 0
@@ -960,34 +1144,6 @@ def _density_driver(hypers: ExpansionHypers, lanes: int) -> list[str]:
         "    return suspects",
         "",
         "",
-        "@njit(cache=True, nogil=True)",
-        "def segment_starts(segment, starts):",
-        '    """Fill starts (S + 1 entries) with each segment\'s first pair and return 0, if segment',
-        "    is non-decreasing with values in [0, S); else return 1 (starts then meaningless).",
-        '    """',
-        "    n_pairs = segment.shape[0]",
-        "    n_segments = starts.shape[0] - 1",
-        "    if n_pairs == 0:",
-        "        starts[:] = 0",
-        "        return 0",
-        "    first = segment[0]",
-        "    last = segment[n_pairs - 1]",
-        "    if first < 0 or last >= n_segments:",
-        "        return 1",
-        "    for s in range(first + 1):",
-        "        starts[s] = 0",
-        "    for p in range(1, n_pairs):  # one pass; the branch is rarely taken",
-        "        before = segment[p - 1]",
-        "        now = segment[p]",
-        "        if now != before:",
-        "            if now < before:",
-        "                return 1",
-        "            for s in range(before + 1, now + 1):",
-        "                starts[s] = p",
-        "    for s in range(last + 1, n_segments + 1):",
-        "        starts[s] = n_pairs",
-        "    return 0",
-        "",
     ]
 
 
@@ -1006,8 +1162,8 @@ def generate_density_source(hypers: ExpansionHypers, dtype, lanes: int | None = 
     ax (P,3), starts (S+1,) int64, w (float64, the row-major W_l
     concatenated), out0, ..., out_lmax)`` with ``out_l`` the flat C-order
     ``(S_pad, 2l+1, n_l)`` output of ``dtype`` (S_pad = S rounded up to a
-    multiple of ``LANES``; P >= ``LANES``), and ``segment_starts(segment,
-    starts)`` (the boundaries of a sorted int64 ``segment``).
+    multiple of ``LANES``; P >= ``LANES``). Segment boundaries come from
+    ``numba_generic.segment_starts`` (not specialised).
     """
     dtype = np.dtype(dtype)
     lanes = _checked_density_lanes(dtype, lanes)
@@ -1037,8 +1193,9 @@ def kernel_key(hypers: ExpansionHypers, dtype, lanes: int | None = None, split: 
     (rcond/tol do not: the density kernel reads the orthonormalisation
     matrices at run time), dtype, lanes, split, the kind of kernel
     (``"pairs"`` or ``"density"``), ``CODE_VERSION``, this file's source (the
-    IR emitter) and the bytes of the solid-harmonic tables (the constants
-    inlined). Numba keys its cache on the generated file only.
+    IR emitter), the bytes of the solid-harmonic tables (the constants
+    inlined) and the screen's thresholds (``screen_limits``). Numba keys its
+    cache on the generated file (and the CPU) only.
     """
     dtype = np.dtype(dtype)
     if kind not in ("pairs", "density"):
@@ -1051,6 +1208,7 @@ def kernel_key(hypers: ExpansionHypers, dtype, lanes: int | None = None, split: 
         "lmax": hypers.lmax, "basis": hypers.radial_basis, "sigma": hypers.sigma,
         "num_radial": list(hypers.num_radial), "dtype": dtype.name, "lanes": lanes, "split": split,
         "version": CODE_VERSION, "emitter": _emitter_digest(), "tables": tables.hexdigest(),
+        "screen": list(screen_limits(dtype, hypers)),
     }
     if kind != "pairs":  # the pair kernel's fields as they were
         fields["kind"] = kind

@@ -4,6 +4,13 @@ Determinism across thread counts and batch positions, the disk cache shared
 between processes, float32, the empty batch, lmax 10 against the reference,
 the ``threads`` option and the compiled input screen's errors.
 Compile time is measured and reported, not asserted here (machine-dependent).
+
+These tests are about the specialised kernels: they run with
+``EINSUM_WORKBENCH_NUMBA_KERNEL=specialised`` (compile in this process on a
+cold cache instead of serving the first calls with the generic kernel);
+the generic kernel and the modes: ``tests/test_numba_reliability.py``.
+Bit-identity is asserted only between calls of one compiled kernel (our own
+arithmetic), never against BLAS-backed results.
 """
 
 from __future__ import annotations
@@ -19,13 +26,25 @@ import pytest
 
 numba = pytest.importorskip("numba", reason="numba_fused needs numba; not installed, nothing here ran")
 
-from einsum_workbench.kernels import numba_fused  # noqa: E402
+from einsum_workbench.kernels import numba_dispatch, numba_fused  # noqa: E402
 from einsum_workbench.reference.expansion import pairwise_ellip_expansion  # noqa: E402
 from einsum_workbench.reference.hypers import ExpansionHypers  # noqa: E402
 from einsum_workbench.reference.compare import assert_coefficients_close  # noqa: E402
 from einsum_workbench.reference.random_pairs import random_pair_batch  # noqa: E402
 
 GTO4 = ExpansionHypers(4, "gto", cutoff=7.0, sigma=1.5)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _specialised_kernels():
+    """Wait for (compile) the specialised kernels: the subject of these tests."""
+    previous = os.environ.get(numba_dispatch.KERNEL_ENV)
+    os.environ[numba_dispatch.KERNEL_ENV] = "specialised"
+    yield
+    if previous is None:
+        os.environ.pop(numba_dispatch.KERNEL_ENV, None)
+    else:
+        os.environ[numba_dispatch.KERNEL_ENV] = previous
 
 
 def test_bit_identical_across_thread_counts():
@@ -135,7 +154,7 @@ _CACHE_PROBE = textwrap.dedent("""
 
 
 def test_second_process_loads_the_kernel_from_the_disk_cache(tmp_path):
-    env = dict(os.environ, **{numba_fused.CACHE_ENV: str(tmp_path)})
+    env = dict(os.environ, **{numba_fused.CACHE_ENV: str(tmp_path), numba_dispatch.KERNEL_ENV: "specialised"})
 
     def probe():
         done = subprocess.run([sys.executable, "-c", _CACHE_PROBE], env=env, capture_output=True,

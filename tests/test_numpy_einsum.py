@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from einsum_workbench.kernels import numpy_einsum
+from einsum_workbench.reference.compare import assert_coefficients_close
 from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.random_pairs import random_pair_batch
 
@@ -40,12 +41,15 @@ def test_default_chunk_respects_the_default_bound():
 
 
 def test_chunking_does_not_change_the_result():
+    """Same values within the suite's tolerance, not bit for bit: the contraction is a BLAS
+    product whose rounding depends on the matrix shape and the CPU's kernels (on an AMD Zen 5
+    with AVX-512, 6 of 4,500 elements came out 1 ulp apart between the two chunkings)."""
     arrays = random_pair_batch(500, 2)
     whole = numpy_einsum.expand(*arrays, HYPERS)
     tiny_chunks = numpy_einsum.expand(*arrays, HYPERS, max_memory=50 * numpy_einsum._bytes_per_pair(HYPERS, 8))
     assert numpy_einsum.chunk_size(HYPERS, np.float64, 50 * numpy_einsum._bytes_per_pair(HYPERS, 8)) == 50
-    for a, b in zip(whole, tiny_chunks):
-        np.testing.assert_array_equal(a, b)
+    assert [b.shape for b in tiny_chunks] == [b.shape for b in whole]
+    assert_coefficients_close(tiny_chunks, whole, HYPERS, np.float64, "chunks of 50 pairs against one chunk")
 
 
 def test_bad_memory_bound_is_named():
