@@ -1132,7 +1132,7 @@ def _density_driver(hypers: ExpansionHypers, lanes: int) -> list[str]:
         f"def density_segments(r, rot, ax, starts, w, {outs}):",
         '    """Segment s = pairs starts[s] .. starts[s + 1] - 1 summed into row s of every out{l}, times W_l.',
         "",
-        f"    out{{l}}: flat C-order (S_pad, 2l+1, n_l), S = len(starts) - 1, S_pad = S rounded up to",
+        "    out{l}: flat C-order (S_pad, 2l+1, n_l), S = len(starts) - 1, S_pad = S rounded up to",
         f"    a multiple of {lanes}, every row written (rows >= S zero); r, rot, ax hold >= {lanes} pairs.",
         "    Returns the number of groups of segments holding a pair that check_pair_arrays could reject.",
         '    """',

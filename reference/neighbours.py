@@ -191,21 +191,6 @@ def image_ranges(positions, n_atoms, cells, pbc, cutoff: float) -> np.ndarray:
     spread[filled] = np.maximum.reduceat(fractional, starts) - np.minimum.reduceat(fractional, starts)
     ranges[:] = np.where(pbc & filled[:, None], np.ceil(cutoff / heights + spread), 0)
     return ranges
-    cell = cells[periodic].copy()
-    # a non-periodic axis never shifts; a unit vector keeps the cell invertible
-    flat = ~pbc[periodic]
-    cell[flat] = np.eye(3)[np.nonzero(flat)[1]]
-    volume = np.abs(np.linalg.det(cell))
-    heights = np.stack([volume / np.linalg.norm(np.cross(cell[:, (k + 1) % 3], cell[:, (k + 2) % 3]), axis=1)
-                        for k in range(3)], axis=1)
-    first_atom = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])[periodic]
-    owner = np.repeat(np.arange(len(periodic)), n_atoms[periodic])
-    atoms = np.concatenate([np.arange(a, a + n) for a, n in zip(first_atom, n_atoms[periodic])])
-    fractional = np.einsum("pk,pkj->pj", positions[atoms], np.linalg.inv(cell)[owner])
-    starts = np.concatenate([[0], np.cumsum(n_atoms[periodic])[:-1]])
-    spread = np.maximum.reduceat(fractional, starts) - np.minimum.reduceat(fractional, starts)
-    ranges[periodic] = np.where(pbc[periodic], np.ceil(cutoff / heights + spread), 0).astype(np.int64)
-    return ranges
 
 
 @numba.njit(cache=True)

@@ -5,7 +5,6 @@ never a traceback; outputs under the current directory). Workloads are tiny
 (one frame, low lmax)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -18,7 +18,6 @@ import pytest
 
 from einsum_workbench.kernels.registry import VARIANTS
 from einsum_workbench.reference.expansion import pairwise_ellip_expansion
-from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.compare import assert_coefficients_close, equivalence_hypers, make_hypers
 from einsum_workbench.reference.random_pairs import random_pair_batch
 

@@ -41,7 +41,7 @@ from scipy.spatial.transform import Rotation
 from einsum_workbench.kernels.numpy_einsum import body_frame_gaussians, normal_moments
 from einsum_workbench.kernels.registry import DENSITY_VARIANTS, VARIANTS
 from einsum_workbench.kernels.tables import compact_solid_harmonics
-from einsum_workbench.reference.compare import TOLERANCES, assert_coefficients_close
+from einsum_workbench.reference.compare import assert_coefficients_close
 from einsum_workbench.reference.density import centre_density as reference_density
 from einsum_workbench.reference.expansion import pairwise_ellip_expansion
 from einsum_workbench.reference.hypers import ExpansionHypers

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The README's test command: set everything up, then run the whole test suite,
-# the CUDA compile check and one pass of the bench on real frames (timing off).
+# The README's test command: set everything up, then lint (ruff, configured in
+# pyproject.toml), the CUDA compile check, the whole test suite and one pass of
+# the bench on real frames (timing off).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
+.venv/bin/ruff check .
 if [ -x tools/check_cuda_compile.sh ]; then bash tools/check_cuda_compile.sh; fi
 .venv/bin/python -m pytest
 XYZ=../shared/data/ellipsoids.xyz

@@ -531,7 +531,6 @@ def time_density_kernel(hypers, dtype, n_pairs, kind, repeats, block_size=128, m
     if max_registers is not None:
         note += f" (--maxrregcount={max_registers})"
     peak = pool.total_bytes()
-    del d_in, d_idx, d_runs, d_rows
     return seconds, peak, note, n_segments
 
 
