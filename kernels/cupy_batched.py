@@ -439,6 +439,14 @@ def nvrtc_module(source: str, options: tuple, what: str):
     return module
 
 
+def check_block_size(block_size) -> int:
+    """``block_size`` as an int, or ValueError naming it unless it is 1..1024 threads."""
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
+            or not 1 <= block_size <= 1024:
+        raise ValueError(f"block_size must be an int in 1..1024 threads, got {block_size!r}")
+    return int(block_size)
+
+
 class CupyBackend(_Backend):
     """CuPy device buffers and the NVRTC-compiled fused kernel."""
 
@@ -446,9 +454,7 @@ class CupyBackend(_Backend):
                  max_registers: int | None = None):
         import cupy
 
-        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
-                or not 1 <= block_size <= 1024:
-            raise ValueError(f"block_size must be an int in 1..1024 threads, got {block_size!r}")
+        check_block_size(block_size)
         nvrtc_options(max_registers)  # validates before compiling
         self.cupy = cupy
         self.module = compiled_module(hypers, max_registers)

@@ -495,9 +495,7 @@ class CupyDensityBackend(_DensityBackend):
                  max_registers: int | None = None):
         import cupy
 
-        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
-                or not 1 <= block_size <= 1024:
-            raise ValueError(f"block_size must be an int in 1..1024 threads, got {block_size!r}")
+        cb.check_block_size(block_size)
         nvrtc_options(max_registers)  # validates before compiling
         self.cupy = cupy
         self.module = compiled_module(hypers, max_registers)
