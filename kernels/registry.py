@@ -19,6 +19,18 @@ Two problems, one entry per (name, problem):
   ``orthonormal``, the radial orthonormalisation along n
   (:mod:`einsum_workbench.reference.density` states it in full).
 
+- ``"gradients"``, the pair expansion with its derivatives, in
+  ``GRADIENT_VARIANTS``::
+
+    expand_with_gradients(r_ij, rotations, semiaxes, hypers, *, dtype=None,
+                          semiaxes_gradients=False, **options) -> PairGradients
+
+  values as ``"pairs"`` and, per l, ``(P, 3, 2l+1, num_radial[l])``
+  derivatives along r_ij and along infinitesimal rotations of the
+  neighbour about each lab axis (and, when asked, along its semi-axes);
+  :mod:`einsum_workbench.reference.gradients` states the contract and the
+  formulas.
+
 Each entry says what it needs (importable modules, a GPU) and, when
 unavailable, why, and carries every fact the tools need about it: the device
 it runs on (``device``: timings synchronise it, the GPU validation runs the
@@ -43,8 +55,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 _PACKAGE = "einsum_workbench"
-#: The problems a variant solves: the pair expansion and the centre density.
-PROBLEMS = ("pairs", "density")
+#: The problems a variant solves: the pair expansion, the centre density and
+#: the pair expansion's gradients.
+PROBLEMS = ("pairs", "density", "gradients")
 #: Where a variant computes.
 DEVICES = ("cpu", "cuda")
 
@@ -69,7 +82,7 @@ class Variant:
     description : str
     options : dict
         Keyword options passed on every call (e.g. ``{"compile": True}``).
-    problem : {"pairs", "density"}
+    problem : {"pairs", "density", "gradients"}
         The contract the function implements (module docstring).
     device : str
         Where it computes: ``"cpu"`` or ``"cuda"``. Timings synchronise a
@@ -221,11 +234,36 @@ DENSITY_VARIANTS: tuple[Variant, ...] = (
 )
 
 
+GRADIENT_VARIANTS: tuple[Variant, ...] = (
+    Variant(
+        "reference", "reference.gradients", "finite_difference_gradients", problem="gradients",
+        description="central finite differences of the reference expansion (steps in reference.gradients)",
+    ),
+    Variant(
+        "torch_einsum", "kernels.torch_gradients", "expand_with_gradients", requires=("torch",),
+        problem="gradients", native=True,
+        description="Torch autograd through torch_einsum (forward mode, one tangent per direction), CPU",
+    ),
+    Variant(
+        "numba_fused", "kernels.numba_gradients", "expand_with_gradients", requires=("numba",),
+        problem="gradients", native=True,
+        description="Numba, fused: values and derivatives in one pass from one moment table",
+    ),
+    Variant(
+        "cupy_batched", "kernels.cupy_gradients", "expand_with_gradients", requires=("cupy",),
+        gpu_probe="gpu_unavailable_reason", device="cuda", problem="gradients",
+        description="CuPy/CUDA: values and derivatives, one thread per pair",
+    ),
+)
+
+
 def _table(problem: str) -> tuple[Variant, ...]:
     if problem == "pairs":
         return VARIANTS
     if problem == "density":
         return DENSITY_VARIANTS
+    if problem == "gradients":
+        return GRADIENT_VARIANTS
     raise ValueError(f"problem must be one of {PROBLEMS}, got {problem!r}")
 
 
@@ -245,7 +283,7 @@ def get_variant(name: str, problem: str = "pairs") -> Variant:
     for v in _table(problem):
         if v.name == name:
             return v
-    kind = "variant" if problem == "pairs" else "centre-density variant"
+    kind = {"pairs": "variant", "density": "centre-density variant", "gradients": "gradient variant"}[problem]
     raise KeyError(f"unknown {kind} {name!r}; registered variants: {', '.join(variant_names(problem))}")
 
 
