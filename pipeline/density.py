@@ -299,13 +299,16 @@ def density_blocks(layout: DensityLayout, density, *, property_layout: str = "up
     return blocks
 
 
-def density_tensormap(layout: DensityLayout, blocks):
+def density_tensormap(layout: DensityLayout, blocks, gradients=None):
     """Wrap density block values in AniSOAP's TensorMap (module docstring).
 
     Parameters
     ----------
     layout : DensityLayout
     blocks : ``density_blocks(layout, density, ...)``
+    gradients : None or dict parameter -> list over centre species of
+        (samples (G, 3) int32, list over l of (G, 3, 2l+1, Q) values), added
+        as gradient blocks (:mod:`einsum_workbench.pipeline.gradients`).
 
     Returns
     -------
@@ -324,19 +327,39 @@ def density_tensormap(layout: DensityLayout, blocks):
             n_types = len(layout.neighbour_types[c])
             for l, values in enumerate(blocks[c]):
                 keys.append((int(centre_type), l))
-                tensor_blocks.append(TensorBlock(
+                block = TensorBlock(
                     values=values,
                     samples=samples,
                     components=[components[l]],
                     properties=Labels(["n", "neighbor_types"], layout.property_rows(c, values.shape[2] // n_types)),
-                ))
+                )
+                for parameter, per_species in (gradients or {}).items():
+                    gradient_samples, gradient_values = per_species[c]
+                    block.add_gradient(parameter, gradient_block(block, gradient_samples, gradient_values[l]))
+                tensor_blocks.append(block)
         key_values = np.asarray(keys, dtype=np.int32).reshape(-1, 2)
         return TensorMap(Labels(["types_center", "angular_channel"], key_values), tensor_blocks)
 
 
+def gradient_block(block, samples, values):
+    """The TensorBlock of one gradient of ``block`` (featomic's convention).
+
+    ``samples`` (G, 3) int32 ``(sample, system, atom)``, ``values`` (G, 3,
+    *block components, properties): components ``xyz`` then the block's.
+    """
+    from metatensor import Labels, TensorBlock
+
+    return TensorBlock(
+        values=values,
+        samples=Labels(["sample", "system", "atom"], samples),
+        components=[Labels(["xyz"], np.arange(3, dtype=np.int32).reshape(-1, 1))] + list(block.components),
+        properties=block.properties,
+    )
+
+
 def centre_density(frames, hypers: ExpansionHypers, *, backend: str = "numba_fused", orthonormal: bool = True,
                    self_pairs: bool = True, semiaxes=None, rotation_key: str | None = "c_q",
-                   rotation_type: str = "quaternion", property_layout: str = "labelled"):
+                   rotation_type: str = "quaternion", property_layout: str = "labelled", gradients=None):
     """AniSOAP's centre density of frames, as a metatensor TensorMap.
 
     Parameters
@@ -357,10 +380,16 @@ def centre_density(frames, hypers: ExpansionHypers, *, backend: str = "numba_fus
         See :func:`einsum_workbench.reference.pairs.frames_to_pairs`.
     property_layout : {"labelled", "upstream"}
         Values matching their labels (default here), or AniSOAP's n-major layout.
+    gradients : None or list of {"positions", "orientations"}
+        Add gradient blocks: derivatives along each atom's displacement and
+        along infinitesimal rotations of its body frame about each lab axis
+        (:mod:`einsum_workbench.pipeline.gradients`); ``backend`` must then be
+        a gradient variant (``kernels.registry.variant_names("gradients")``).
 
     Returns
     -------
-    metatensor.TensorMap (module docstring), values float64.
+    metatensor.TensorMap (module docstring), values float64, with gradient
+    blocks when asked.
 
     Raises
     ------
@@ -370,6 +399,14 @@ def centre_density(frames, hypers: ExpansionHypers, *, backend: str = "numba_fus
         unknown backend, or one that cannot run here.
     """
     check_property_layout(property_layout)
+    if gradients:
+        from .gradients import density_gradients_of_frames, tensormap_gradients
+
+        result = density_gradients_of_frames(frames, hypers, backend=backend, orthonormal=orthonormal,
+                                             self_pairs=self_pairs, semiaxes=semiaxes, rotation_key=rotation_key,
+                                             rotation_type=rotation_type, gradients=gradients)
+        blocks = density_blocks(result.layout, result.density, property_layout=property_layout)
+        return density_tensormap(result.layout, blocks, tensormap_gradients(result, property_layout))
     layout, density = density_of_frames(frames, hypers, backend=backend, orthonormal=orthonormal,
                                         self_pairs=self_pairs, semiaxes=semiaxes, rotation_key=rotation_key,
                                         rotation_type=rotation_type)

@@ -22,7 +22,7 @@ species), with labels that describe the values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -71,13 +71,17 @@ def species_power_spectrum(layout: DensityLayout, blocks, c: int):
     return np.hstack(values), np.vstack(properties).astype(np.int32)
 
 
-def power_spectrum_tensormap(layout: DensityLayout, blocks):
+def power_spectrum_tensormap(layout: DensityLayout, blocks, gradients=None):
     """Upstream's ``mvg_nu2`` (``power_spectrum(..., mean_over_samples=False)``).
 
     Parameters
     ----------
     layout : DensityLayout
     blocks : ``density_blocks(layout, density, ...)``
+    gradients : None or the density's gradient rows in the same column order
+        (``pipeline.gradients.tensormap_gradients``): adds gradient blocks by
+        the chain rule (samples ``sample, system, atom``, components ``xyz``
+        then ``spherical_harmonics_m``).
 
     Returns
     -------
@@ -87,17 +91,25 @@ def power_spectrum_tensormap(layout: DensityLayout, blocks):
     """
     from metatensor import Labels, TensorBlock, TensorMap
 
+    from .density import gradient_block
+    from .gradients import species_power_spectrum_gradients
+
     tensor_blocks = []
     for c in range(len(layout.centre_types)):
         with stage("power_spectrum"):
             values, properties = species_power_spectrum(layout, blocks, c)
+            derivatives = species_power_spectrum_gradients(
+                blocks[c], {p: rows[c] for p, rows in (gradients or {}).items()})
         with stage("tensormap"):
-            tensor_blocks.append(TensorBlock(
+            block = TensorBlock(
                 values=values.reshape(len(values), 1, -1),
                 samples=Labels(["type", "center"], layout.samples[c]),
                 components=[Labels(["spherical_harmonics_m"], np.zeros((1, 1), dtype=np.int32))],
                 properties=Labels(list(PROPERTY_NAMES), properties),
-            ))
+            )
+            for parameter, (samples, grad) in derivatives.items():
+                block.add_gradient(parameter, gradient_block(block, samples, grad.reshape(len(grad), 3, 1, -1)))
+            tensor_blocks.append(block)
     keys = np.stack([np.full(len(layout.centre_types), 2), np.zeros(len(layout.centre_types)),
                      layout.centre_types], axis=1).astype(np.int32)
     with stage("tensormap"):
@@ -141,23 +153,31 @@ class PowerSpectrum:
         ``names`` of each column; values match them for any number of species.
     names : tuple of str
         ``("types_center",) + PROPERTY_NAMES``.
+    gradients : dict parameter -> :class:`einsum_workbench.pipeline.gradients.StructureGradients`
+        Present when asked (``gradients=["positions", "orientations"]``): the
+        derivatives of each structure's ``values`` row with respect to each
+        atom's position and orientation.
     """
 
     values: np.ndarray
     properties: np.ndarray
     names: tuple = ("types_center",) + PROPERTY_NAMES
+    gradients: dict = field(default_factory=dict)
 
 
 def power_spectrum(frames, hypers: ExpansionHypers, *, backend: str = "numba_fused", orthonormal: bool = True,
                    self_pairs: bool = True, semiaxes=None, rotation_key: str | None = "c_q",
-                   rotation_type: str = "quaternion") -> PowerSpectrum:
+                   rotation_type: str = "quaternion", gradients=None) -> PowerSpectrum:
     """AniSOAP's power spectrum averaged per structure, for any number of species.
 
-    Parameters are those of :func:`einsum_workbench.pipeline.density.centre_density`.
+    Parameters are those of :func:`einsum_workbench.pipeline.density.centre_density`
+    (``gradients`` included: a gradient variant then runs, and the mean's
+    derivatives follow by the chain rule).
 
     Returns
     -------
-    PowerSpectrum: values (n_frames, n_features) float64 with their labels.
+    PowerSpectrum: values (n_frames, n_features) float64 with their labels,
+    and the gradients asked for.
     For one centre species the values equal upstream's
     ``power_spectrum(frames)`` (its columns relabelled to match, since
     upstream lays values out n-major under species-major labels).
@@ -166,10 +186,19 @@ def power_spectrum(frames, hypers: ExpansionHypers, *, backend: str = "numba_fus
     ------
     As :func:`einsum_workbench.pipeline.density.centre_density`.
     """
-    layout, density = density_of_frames(frames, hypers, backend=backend, orthonormal=orthonormal,
-                                        self_pairs=self_pairs, semiaxes=semiaxes, rotation_key=rotation_key,
-                                        rotation_type=rotation_type)
-    columns, labels = [], []
+    from . import gradients as grad_module
+
+    wanted = grad_module.check_gradients(gradients)
+    options = dict(backend=backend, orthonormal=orthonormal, self_pairs=self_pairs, semiaxes=semiaxes,
+                   rotation_key=rotation_key, rotation_type=rotation_type)
+    density_gradients = None
+    if wanted:
+        result = grad_module.density_gradients_of_frames(frames, hypers, gradients=wanted, **options)
+        layout, density = result.layout, result.density
+        density_gradients = grad_module.tensormap_gradients(result, "labelled")
+    else:
+        layout, density = density_of_frames(frames, hypers, **options)
+    columns, labels, per_centre = [], [], {p: [] for p in wanted}
     with stage("power_spectrum"):
         blocks = density_blocks(layout, density, property_layout="labelled")
         for c, centre_type in enumerate(layout.centre_types):
@@ -177,7 +206,18 @@ def power_spectrum(frames, hypers: ExpansionHypers, *, backend: str = "numba_fus
             means, _ = mean_over_centres(values, layout.samples[c][:, 0], layout.n_frames)
             columns.append(means)
             labels.append(np.hstack([np.full((len(properties), 1), centre_type, dtype=np.int32), properties]))
+            if wanted:
+                derivatives = grad_module.species_power_spectrum_gradients(
+                    blocks[c], {p: rows[c] for p, rows in density_gradients.items()})
+                for parameter, derivative in derivatives.items():
+                    per_centre[parameter].append(derivative)
     n_frames = layout.n_frames if layout.n_frames else (len(frames) if hasattr(frames, "__len__") else 0)
     values = np.hstack(columns) if columns else np.zeros((n_frames, 0))
     properties = np.vstack(labels) if labels else np.zeros((0, 7), dtype=np.int32)
-    return PowerSpectrum(values=values, properties=properties)
+    structure = {}
+    if wanted:
+        counts = [np.bincount(s[:, 0], minlength=n_frames) for s in layout.samples]
+        offsets = np.concatenate([[0], np.cumsum([c.shape[1] for c in columns])]).astype(int)
+        for parameter, per_species in per_centre.items():
+            structure[parameter] = grad_module.structure_gradients(per_species, counts, offsets, values.shape[1])
+    return PowerSpectrum(values=values, properties=properties, gradients=structure)

@@ -1,0 +1,346 @@
+"""Gradients of the centre density and the power spectrum, from the pairs' gradients.
+
+The pair coefficients' derivatives (contract and formulas:
+:mod:`einsum_workbench.reference.gradients`; one gradient variant call for
+all frames) are summed into the centre density's derivatives with respect to
+every atom's position and orientation:
+
+- pair (i, j) adds ``d c / d r_ij`` to the row of centre i under atom j and
+  subtracts it under atom i (``r_ij = pos_j + shift - pos_i``; a self pair or
+  a periodic image of the centre itself cancels exactly);
+- pair (i, j) adds ``d c / d theta`` (infinitesimal rotation of j's body
+  frame about each lab axis, ``R_j -> (I + [dtheta]_x) R_j``) under atom j.
+
+The orthonormalisation along n is linear, so it is applied to the gradients
+as to the values. The power spectrum's gradients follow by the chain rule,
+``dp_l[(q_a, q_b)] = const_l sum_m (drho[m, q_a] rho[m, q_b] + rho[m, q_a] drho[m, q_b])``.
+
+Convention (featomic's for position gradients): a gradient block's samples
+are ``("sample", "system", "atom")`` (the row of the values block, its
+system, the atom moved), its first component ``"xyz"`` (the lab axis of the
+displacement or of the rotation), then the values' components; properties
+are the values'. Rows exist for every (centre row, atom) with a pair
+contributing: the centre itself and each neighbour inside the cutoff.
+
+The expansion has no smooth cutoff (as upstream's): the gradients are those
+of the smooth function between pair-list changes; a pair crossing the
+cutoff is a jump no derivative sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from einsum_workbench.reference.density import segment_sum
+from einsum_workbench.reference.hypers import ExpansionHypers
+from einsum_workbench.reference.pairs import AtomsTable
+from einsum_workbench.reference.radial import orthonormalization_matrix
+
+from .density import DensityLayout, check_property_layout, segments
+from .stages import stage
+
+#: What the pipeline differentiates with respect to (metatensor's gradient parameter names).
+GRADIENT_PARAMETERS = ("positions", "orientations")
+GRADIENT_SAMPLE_NAMES = ("sample", "system", "atom")
+
+
+def check_gradients(gradients) -> tuple[str, ...]:
+    """The requested gradient parameters as a tuple (empty for None).
+
+    Raises
+    ------
+    ValueError naming an unknown parameter (the valid ones listed), or TypeError for a bare string.
+    """
+    if gradients is None:
+        return ()
+    if isinstance(gradients, str):
+        raise TypeError(f"gradients must be a list of parameter names such as ['positions'], got the string {gradients!r}")
+    gradients = tuple(gradients)
+    for parameter in gradients:
+        if parameter not in GRADIENT_PARAMETERS:
+            raise ValueError(f"unknown gradient parameter {parameter!r}; valid: {', '.join(GRADIENT_PARAMETERS)}")
+    if len(set(gradients)) != len(gradients):
+        raise ValueError(f"gradient parameters repeated in {list(gradients)}")
+    return gradients
+
+
+@dataclass
+class GradientRows:
+    """One gradient parameter of one centre species' density blocks.
+
+    Attributes
+    ----------
+    samples : (G, 3) int32
+        ``(sample, system, atom)``: the row of the values block, its system,
+        and the atom (index within its frame) whose position or orientation moves.
+    values : list over l of (G, 3, 2l+1, E_c, num_radial[l]) float64
+        The derivative of the row's density, per neighbour species e of the
+        centre species, along each lab axis.
+    """
+
+    samples: np.ndarray
+    values: list
+
+
+@dataclass
+class DensityGradients:
+    """Density values and gradients of all frames (what :func:`density_gradients_of_table` returns).
+
+    Attributes
+    ----------
+    layout : DensityLayout
+    density : list over l of (n_segments, 2l+1, num_radial[l]) float64
+    gradients : dict parameter -> list over centre species of :class:`GradientRows`
+    """
+
+    layout: DensityLayout
+    density: list
+    gradients: dict = field(default_factory=dict)
+
+
+def _gradient_rows(layout: DensityLayout, c: int, segment, terms, first_atom, ends):
+    """Where each pair's derivative goes among centre species ``c``'s gradient rows.
+
+    ``terms``: (atom (P,) global index, sign) pairs: every pair of the species
+    adds ``sign`` times its derivative under that atom; ``segment`` (P,) the
+    pairs' global segments. Returns (samples (G, 3) int32, index (K,) = gradient
+    row * E_c + neighbour species, pair (K,), sign (K,)), rows sorted by
+    (values row, global atom).
+    """
+    lo, hi = layout.offsets[c], layout.offsets[c + 1]
+    n_types = len(layout.neighbour_types[c])
+    mine = np.flatnonzero((segment >= lo) & (segment < hi))
+    local = segment[mine] - lo
+    row, species = local // n_types, local % n_types
+    n_total = int(ends[-1]) if len(ends) else 0
+    keys, pairs, signs, types = [], [], [], []
+    for atom, sign in terms:
+        keys.append(row * n_total + atom[mine])
+        pairs.append(mine)
+        signs.append(np.full(len(mine), sign))
+        types.append(species)
+    keys, pairs, signs, types = (np.concatenate(x) for x in (keys, pairs, signs, types))
+    unique, inverse = np.unique(keys, return_inverse=True)
+    rows, atoms = unique // max(n_total, 1), unique % max(n_total, 1)
+    system = np.searchsorted(ends, atoms, side="right")
+    samples = np.stack([rows, system, atoms - first_atom[system]], axis=1).astype(np.int32)
+    return samples, inverse.reshape(-1) * n_types + types, pairs, signs
+
+
+def _accumulate(samples, index, pairs, signs, pair_gradient, n_types, orthonormal_w):
+    """(G, 3, 2l+1, E_c, n) sums of ``sign * pair_gradient[pair]`` per gradient row and species."""
+    g = len(samples)
+    _, _, n_m, n_radial = pair_gradient.shape
+    out = np.zeros((g * n_types, 3 * n_m * n_radial))
+    np.add.at(out, index, signs[:, None] * pair_gradient[pairs].reshape(len(pairs), -1))
+    out = out.reshape(g, n_types, 3, n_m, n_radial).transpose(0, 2, 3, 1, 4)
+    if orthonormal_w is not None:
+        out = out @ orthonormal_w
+    return np.ascontiguousarray(out)
+
+
+def density_gradients_of_table(table: AtomsTable, hypers: ExpansionHypers, *, backend: str = "numba_fused",
+                               orthonormal: bool = True, self_pairs: bool = True,
+                               gradients=GRADIENT_PARAMETERS) -> DensityGradients:
+    """Centre density of every frame with its gradients, one gradient variant call.
+
+    Parameters
+    ----------
+    table : AtomsTable
+    hypers : ExpansionHypers
+    backend : str
+        A variant registered for the ``"gradients"`` problem
+        (``kernels.registry.variant_names("gradients")``).
+    orthonormal, self_pairs : as :func:`einsum_workbench.pipeline.density.density_of_table`
+    gradients : sequence of {"positions", "orientations"}
+
+    Returns
+    -------
+    DensityGradients (float64).
+
+    Raises
+    ------
+    KeyError, RuntimeError
+        unknown gradient backend, or one that cannot run here.
+    ValueError
+        a malformed pair (the variant's message), an unknown gradient parameter.
+    """
+    from einsum_workbench.kernels.registry import load_variant
+    from einsum_workbench.reference.neighbours import neighbour_pairs
+
+    gradients = check_gradients(gradients)
+    expand_with_gradients = load_variant(backend, "gradients")
+    with stage("neighbour_list"):
+        frame, i, j, _, r_ij = neighbour_pairs(table.positions, table.n_atoms, table.cells, table.pbc,
+                                               hypers.cutoff, self_pairs=self_pairs)
+        first = table.first_atom
+        gi, gj = first[frame] + i, first[frame] + j
+        layout, segment = segments(frame, i, table.numbers[gi], table.numbers[gj], table.n_atoms)
+    with stage("kernel"):
+        pair = expand_with_gradients(r_ij, table.rotations[gj], table.semiaxes[gj], hypers, dtype=np.float64)
+    with stage("gradients"):
+        density = [segment_sum(v, segment, layout.n_segments) for v in pair.values]
+        weights = [orthonormalization_matrix(l, hypers) if orthonormal else None for l in range(hypers.lmax + 1)]
+        if orthonormal:
+            density = [rho @ w for rho, w in zip(density, weights)]
+        ends = np.cumsum(table.n_atoms)
+        terms = {"positions": ((gj, 1.0), (gi, -1.0)), "orientations": ((gj, 1.0),)}
+        result = {}
+        for parameter in gradients:
+            per_pair = pair.positions if parameter == "positions" else pair.orientations
+            per_species = []
+            for c in range(len(layout.centre_types)):
+                samples, index, pairs, signs = _gradient_rows(layout, c, segment, terms[parameter], first, ends)
+                n_types = len(layout.neighbour_types[c])
+                values = [_accumulate(samples, index, pairs, signs, g, n_types, weights[l])
+                          for l, g in enumerate(per_pair)]
+                per_species.append(GradientRows(samples=samples, values=values))
+            result[parameter] = per_species
+    return DensityGradients(layout=layout, density=density, gradients=result)
+
+
+def gradient_block_values(values: np.ndarray, property_layout: str) -> np.ndarray:
+    """(G, 3, 2l+1, E_c, n) -> (G, 3, 2l+1, n * E_c): the values block's column order.
+
+    ``"labelled"``: species-major (``e * n_l + n``), ``"upstream"``: n-major
+    (``n * E_c + e``), as :meth:`DensityLayout.block_values`.
+    """
+    check_property_layout(property_layout)
+    if property_layout == "upstream":
+        values = values.transpose(0, 1, 2, 4, 3)
+    g, _, n_m = values.shape[:3]
+    return np.ascontiguousarray(values).reshape(g, 3, n_m, -1)
+
+
+def power_spectrum_gradient(block: np.ndarray, gradient: np.ndarray, sample_rows: np.ndarray, l: int):
+    """Chain rule of one l's power spectrum.
+
+    Parameters
+    ----------
+    block : (S, 2l+1, Q) the density block (labelled or upstream columns)
+    gradient : (G, 3, 2l+1, Q) its gradient rows, in the same column order
+    sample_rows : (G,) int, the values row of each gradient row
+    l : int
+
+    Returns
+    -------
+    (G, 3, Q * Q) float64: ``const_l sum_m (drho[m, a] rho[m, b] + rho[m, a] drho[m, b])``,
+    columns (a, b) a-major as :func:`einsum_workbench.pipeline.power_spectrum.species_power_spectrum`.
+    """
+    from .power_spectrum import coupling_constant
+
+    rho = block[sample_rows]                                       # (G, 2l+1, Q)
+    half = np.einsum("gxma,gmb->gxab", gradient, rho)
+    both = half + half.transpose(0, 1, 3, 2)
+    return coupling_constant(l) * both.reshape(len(gradient), 3, -1)
+
+
+def density_gradients_of_frames(frames, hypers: ExpansionHypers, *, backend: str = "numba_fused",
+                                orthonormal: bool = True, self_pairs: bool = True, semiaxes=None,
+                                rotation_key: str | None = "c_q", rotation_type: str = "quaternion",
+                                gradients=GRADIENT_PARAMETERS) -> DensityGradients:
+    """:func:`density_gradients_of_table` of frames (parameters as
+    :func:`einsum_workbench.pipeline.density.centre_density`)."""
+    from einsum_workbench.reference.pairs import atoms_table
+
+    from .density import check_hypers
+
+    check_hypers(hypers)
+    gradients = check_gradients(gradients)
+    with stage("frames"):
+        table = atoms_table(frames, semiaxes=semiaxes, rotation_key=rotation_key, rotation_type=rotation_type)
+    return density_gradients_of_table(table, hypers, backend=backend, orthonormal=orthonormal,
+                                      self_pairs=self_pairs, gradients=gradients)
+
+
+def tensormap_gradients(result: DensityGradients, property_layout: str) -> dict:
+    """Gradient rows in the values blocks' column order: what
+    :func:`einsum_workbench.pipeline.density.density_tensormap` takes.
+
+    Returns dict parameter -> list over centre species of (samples (G, 3)
+    int32, list over l of (G, 3, 2l+1, num_radial[l] * E_c) float64).
+    """
+    return {
+        parameter: [(rows.samples, [gradient_block_values(v, property_layout) for v in rows.values])
+                    for rows in per_species]
+        for parameter, per_species in result.gradients.items()
+    }
+
+
+def species_power_spectrum_gradients(blocks_c, gradients_c) -> dict:
+    """Power-spectrum gradients of one centre species.
+
+    Parameters
+    ----------
+    blocks_c : list over l of (S, 2l+1, Q_l) density blocks of the species
+    gradients_c : dict parameter -> (samples (G, 3), list over l of (G, 3, 2l+1, Q_l))
+
+    Returns
+    -------
+    dict parameter -> (samples (G, 3) int32, values (G, 3, F)) with F the
+    columns of :func:`einsum_workbench.pipeline.power_spectrum.species_power_spectrum`.
+    """
+    out = {}
+    for parameter, (samples, per_l) in gradients_c.items():
+        rows = samples[:, 0]
+        values = [power_spectrum_gradient(block, g, rows, l) for l, (block, g) in enumerate(zip(blocks_c, per_l))]
+        out[parameter] = (samples, np.concatenate(values, axis=2))
+    return out
+
+
+@dataclass
+class StructureGradients:
+    """Gradients of per-structure features with respect to one parameter.
+
+    Attributes
+    ----------
+    samples : (G, 2) int32
+        ``(system, atom)``: the structure and the atom (index within it) that moves.
+    values : (G, 3, n_features) float64
+        Derivative of the structure's features along each lab axis
+        (positions: angstrom^-1; orientations: per radian of rotation of the
+        atom's body frame about that axis).
+    """
+
+    samples: np.ndarray
+    values: np.ndarray
+
+
+def structure_gradients(per_species, n_centres_per_system, column_offsets, n_features: int) -> StructureGradients:
+    """Per-structure (mean over centres) gradients from per-centre ones.
+
+    Parameters
+    ----------
+    per_species : list over centre species c of (samples (G_c, 3) ``(sample, system, atom)``, values (G_c, 3, F_c))
+    n_centres_per_system : list over c of (n_frames,) int, the centres of species c per frame
+    column_offsets : list over c of the first column of species c's features
+    n_features : int
+
+    Returns
+    -------
+    StructureGradients, rows sorted by (system, atom).
+    """
+    keys, columns, values = [], [], []
+    n_atoms_key = 1 + max((int(s[:, 2].max()) for s, _ in per_species if len(s)), default=0)
+    for c, (samples, grad) in enumerate(per_species):
+        system, atom = samples[:, 1].astype(np.int64), samples[:, 2].astype(np.int64)
+        keys.append(system * n_atoms_key + atom)
+        values.append(grad / n_centres_per_system[c][system][:, None, None])
+        columns.append(np.full(len(samples), c))
+    if not keys:
+        return StructureGradients(np.zeros((0, 2), np.int32), np.zeros((0, 3, n_features)))
+    keys = np.concatenate(keys)
+    unique, inverse = np.unique(keys, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    out = np.zeros((len(unique), 3, n_features))
+    start = 0
+    for c, grad in enumerate(values):
+        rows = inverse[start:start + len(grad)]
+        start += len(grad)
+        block = np.zeros((len(unique), 3, grad.shape[2]))
+        np.add.at(block, rows, grad)
+        out[:, :, column_offsets[c]:column_offsets[c] + grad.shape[2]] += block
+    samples = np.stack([unique // n_atoms_key, unique % n_atoms_key], axis=1).astype(np.int32)
+    return StructureGradients(samples=samples, values=out)
