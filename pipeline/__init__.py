@@ -8,6 +8,10 @@ one density kernel call, TensorMaps built from arrays.
   of species, with labels that match the values;
 - :func:`record_stages`: where the time of the calls inside a block goes.
 
+Both take ``gradients=["positions", "orientations"]`` (:mod:`.gradients`);
+:mod:`.torch_features` (imports Torch) gives the power spectrum as a Torch
+function with forces by ``backward()``.
+
 Usable without upstream AniSOAP installed (metatensor is needed for TensorMaps
 only). Importing this package imports NumPy only.
 """
@@ -21,11 +25,15 @@ from .density import (
     density_of_table,
     density_tensormap,
 )
+from .gradients import DensityGradients, StructureGradients, density_gradients_of_frames
 from .power_spectrum import PowerSpectrum, power_spectrum, power_spectrum_tensormap
 from .stages import record_stages
 
 __all__ = [
+    "DensityGradients",
     "PowerSpectrum",
+    "StructureGradients",
+    "density_gradients_of_frames",
     "centre_density",
     "density_blocks",
     "density_layout",
