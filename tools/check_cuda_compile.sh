@@ -9,7 +9,10 @@
 #                      pair_expansion_kernel.cu: wb_expand_f64, wb_expand_f32);
 #   density_<name>.cu  the centre-density kernels (+ generated wb::DensitySpec +
 #                      centre_density.cuh + centre_density_kernel.cu:
-#                      wb_density_f64/f32, wb_combine_f64/f32; kernels.cupy_density).
+#                      wb_density_f64/f32, wb_combine_f64/f32; kernels.cupy_density);
+#   gradients_<name>.cu values and gradients (pair_gradients.cuh + generated
+#                      wb::GradSpec + pair_gradients_kernel.cu: wb_gradients_f64/f32;
+#                      kernels.cupy_gradients).
 # (both written by `python -m einsum_workbench.kernels.cuda.host_build
 # write-sources DIR`). ptxas' register and spill report is printed per kernel.
 # The host harnesses (the same device code as plain C++) are syntax-checked
@@ -30,14 +33,14 @@ ARCH="${CUDA_ARCH:-sm_90}"
 NVCC="${NVCC:-$(command -v nvcc || true)}"
 if [ -z "$NVCC" ] && [ -x /usr/local/cuda/bin/nvcc ]; then NVCC=/usr/local/cuda/bin/nvcc; fi
 if [ -z "$NVCC" ]; then
-    echo "check_cuda_compile: SKIPPED: nvcc not found (PATH or /usr/local/cuda/bin); the sm_90 compile of the cupy_batched pair and centre-density kernels did not run"
+    echo "check_cuda_compile: SKIPPED: nvcc not found (PATH or /usr/local/cuda/bin); the sm_90 compile of the cupy_batched pair, centre-density and gradient kernels did not run"
     exit 0
 fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 "$PYTHON" -m einsum_workbench.kernels.cuda.host_build write-sources "$work" > /dev/null || {
-    echo "check_cuda_compile: FAILED to generate the pair and centre-density kernel sources" >&2; exit 2; }
+    echo "check_cuda_compile: FAILED to generate the pair, centre-density and gradient kernel sources" >&2; exit 2; }
 
 echo "check_cuda_compile: $("$NVCC" --version | tail -1), arch $ARCH"
 status=0

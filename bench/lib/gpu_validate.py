@@ -195,6 +195,72 @@ def check_cupy_extras(checks: Checks):
     checks.run("cupy_batched GPU == host-compiled body", versus_host)
 
 
+def check_gradients(checks: Checks, n_pairs: int = 2**20, repeats: int = 10):
+    """``cupy_batched`` gradients (kernels.cupy_gradients): GPU vs finite differences of the
+    reference and vs the host-compiled body, chunked == unchunked; then kernel-only timings."""
+    import cupy
+
+    from einsum_workbench.kernels import cupy_batched as cb
+    from einsum_workbench.kernels import cupy_gradients as cg
+    from einsum_workbench.reference.gradients import finite_difference_gradients
+
+    print("[cupy_batched gradients] GPU vs finite differences, vs host-compiled body, chunking")
+    quantities = ("values", "positions", "orientations", "semiaxes")
+    for lmax, basis in ((0, "gto"), (3, "monomial"), (6, "gto"), (8, "monomial")):
+        for dtype, rtol in ((np.float64, 1e-6), (np.float32, 1e-3)):
+            def one(lmax=lmax, basis=basis, dtype=dtype, rtol=rtol):
+                hypers = make_hypers(lmax, basis)
+                arrays = [np.concatenate(p) for p in zip(*(_inputs(3, 70 + i, s, dtype)
+                                                           for i, s in enumerate(("prolate", "oblate", "spherical"))))]
+                got = cg.expand_with_gradients(*arrays, hypers, semiaxes_gradients=True)
+                fd = finite_difference_gradients(*(a.astype(np.float64) for a in arrays), hypers, semiaxes_gradients=True)
+                for q in quantities:
+                    for l, (a, e) in enumerate(zip(getattr(got, q), getattr(fd, q))):
+                        scale = max(float(np.max(np.abs(e))), float(np.max(np.abs(fd.values[l]))))
+                        np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * scale, err_msg=f"{q} l={l}")
+                if cb.host_compiler() is not None and dtype == np.float64:
+                    host = cg.expand_with_gradients_host_compiled(*arrays, hypers, semiaxes_gradients=True)
+                    for q in quantities:
+                        for l, (a, h) in enumerate(zip(getattr(got, q), getattr(host, q))):
+                            np.testing.assert_allclose(a, h, rtol=1e-10, atol=1e-13 * float(np.max(np.abs(h))),
+                                                       err_msg=f"GPU vs host-compiled {q} l={l}")
+            checks.run(f"cupy_batched gradients l{lmax}-{basis} {np.dtype(dtype).name}", one)
+
+    def chunked():
+        hypers, arrays = make_hypers(6, "gto"), _inputs(5000, 17, "mixed", np.float64)
+        whole = cg.expand_with_gradients(*arrays, hypers)
+        parts = cg.expand_with_gradients(*arrays, hypers, max_gpu_memory=977 * cg.device_bytes_per_pair(hypers, np.float64))
+        for q in ("values", "positions", "orientations"):
+            for a, b in zip(getattr(whole, q), getattr(parts, q)):
+                np.testing.assert_array_equal(a, b, err_msg=f"chunked != unchunked ({q})")
+
+    checks.run("cupy_batched gradients chunked == unchunked", chunked)
+
+    def timing():
+        hypers = make_hypers(6, "gto")
+        for dtype in (np.float64, np.float32):
+            for semi in (False, True):
+                n_dir = cg._n_directions(semi)
+                backend = cg.CupyGradientBackend(hypers)
+                d_in = [cupy.asarray(a.reshape(-1)) for a in _inputs(n_pairs, 1, "mixed", dtype)]
+                d_out = cupy.empty((1 + n_dir) * cb.output_offsets(hypers)[-1] * n_pairs, dtype=dtype)
+                for _ in range(2):
+                    backend.launch(*d_in, d_out, n_pairs, n_pairs, n_dir, dtype)
+                start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+                start.record()
+                for _ in range(repeats):
+                    backend.launch(*d_in, d_out, n_pairs, n_pairs, n_dir, dtype)
+                stop.record()
+                stop.synchronize()
+                seconds = cupy.cuda.get_elapsed_time(start, stop) / 1e3 / repeats
+                attributes = backend.module.get_function(cg.KERNEL_NAMES[np.dtype(dtype)]).attributes
+                print(f"  gradients kernel lmax 6 {np.dtype(dtype).name} {n_dir} directions: {n_pairs / seconds:.3e} pairs/s "
+                      f"({attributes['num_regs']} regs, {attributes['local_size_bytes']} B local)")
+                del d_in, d_out
+
+    checks.run("cupy_batched gradients kernel timing (lmax 6)", timing)
+
+
 # ---------------------------------------------------------------- timing
 
 def card_properties() -> dict:
@@ -645,6 +711,8 @@ def main(argv=None) -> int:
             check_density_equivalence(name, get_variant(name, "density").load(), checks)
         if "cupy_batched" in density_available:
             check_density_extras(checks)
+        if "cupy_batched" in available and get_variant("cupy_batched", "gradients").unavailable_reason() is None:
+            check_gradients(checks)
         print(f"\nequivalence: {len(checks.passed)} passed, {len(checks.failed)} failed")
 
     card = card_properties()

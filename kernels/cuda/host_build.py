@@ -170,18 +170,21 @@ def write_sources(directory) -> list[Path]:
 
     For each of :func:`einsum_workbench.kernels.cupy_batched.representative_hypers`:
     ``<name>.cu`` and ``<name>_host.cpp`` (pair kernel and its host harness),
-    ``density_<name>.cu`` and ``density_<name>_host.cpp`` (centre density).
+    ``density_<name>.cu`` and ``density_<name>_host.cpp`` (centre density),
+    ``gradients_<name>.cu`` and ``gradients_<name>_host.cpp`` (values and gradients).
 
     Returns the written paths.
     """
     from einsum_workbench.kernels import cupy_batched as cb
     from einsum_workbench.kernels import cupy_density as cd
+    from einsum_workbench.kernels import cupy_gradients as cg
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     sources = {
         "": (lambda hypers: cb.kernel_source(hypers), lambda hypers: cb.assemble_source(cb.HOST_HARNESS, hypers)),
         "density_": (cd.kernel_source, cd.host_source),
+        "gradients_": (cg.kernel_source, cg.host_source),
     }
     written = []
     start = time.perf_counter()
