@@ -1,5 +1,5 @@
-"""Command line: ``einsum-workbench {run,list,report,profile}``, also
-``python -m einsum_workbench.bench {run,list,report,profile}``.
+"""Command line: ``einsum-workbench {run,list,report,profile,featurize,featurize-bench}``, also
+``python -m einsum_workbench.bench ...``.
 
 - ``run``: measure variants on a workload, pinned (threads are pinned before
   NumPy is imported), print the ranking and save it as JSON in
@@ -11,9 +11,15 @@
   runs, pytest-benchmark's and this runner's (``.benchmarks`` under the
   current directory, or ``--storage``), into ``<storage>/report`` (or ``--out``);
 - ``profile {flame,lines,breakdown}``: the profiling recipes
-  (:mod:`einsum_workbench.profiles`).
+  (:mod:`einsum_workbench.profiles`);
+- ``featurize TRAJ --out DIR``: a trajectory's power spectrum or centre
+  density into a resumable Zarr store, in one process, on a local Dask
+  cluster (``--workers N``) or an existing one (``--scheduler ADDRESS``)
+  (:mod:`einsum_workbench.featurize`);
+- ``featurize-bench``: frames per second of ``featurize`` against workers and
+  its peak memory against trajectory length (:mod:`.featurize_bench`).
 
-Exit status: 0 done, 1 a profiler failed, 2 usage error (one line naming the
+Exit status: 0 done, 1 a profiler failed or chunks failed to featurize, 2 usage error (one line naming the
 option and the value), 3 the thread pinning does not hold. Only the standard
 library is imported before the threads are pinned.
 """
@@ -79,9 +85,72 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     rep.add_argument("--all", action="store_true", help="every saved run in --storage (latest record per variant wins)")
     rep.add_argument("--out", default=None, metavar="DIR", help="output folder (default <storage>/report)")
 
+    add_featurize_command(sub)
+    from .featurize_bench import add_command as add_featurize_bench
+
+    add_featurize_bench(sub)
+
     prof = sub.add_parser("profile", help="profiling recipes: py-spy flamegraphs, line_profiler, breakdowns")
     add_profile_commands(prof.add_subparsers(dest="command", required=True, metavar="{flame,lines,breakdown}"))
     return parser
+
+
+def add_featurize_command(sub) -> None:
+    """The ``featurize`` subcommand's options (defaults: those of ``featurize()``, lmax 6, GTO sigma 1.5, cutoff 7)."""
+    fz = sub.add_parser("featurize", help="featurize a trajectory into a resumable Zarr store (Dask optional)")
+    fz.add_argument("trajectory", metavar="TRAJ", help="any trajectory ASE reads (e.g. extxyz with c_q quaternions)")
+    fz.add_argument("--out", required=True, metavar="DIR", help="the store's folder (resumed if it exists)")
+    fz.add_argument("--descriptor", choices=("power_spectrum", "density"), default="power_spectrum")
+    fz.add_argument("--lmax", type=options.non_negative_int, default=6)
+    fz.add_argument("--radial-basis", choices=("gto", "monomial"), default="gto")
+    fz.add_argument("--sigma", type=float, default=None, help="GTO width, angstrom (default 1.5 for gto)")
+    fz.add_argument("--cutoff", type=float, default=7.0, help="neighbour cutoff, angstrom (default 7)")
+    fz.add_argument("--max-radial", type=options.non_negative_int, default=None)
+    fz.add_argument("--semiaxes", type=options.semiaxes_text, default=None, metavar="A,B,C",
+                    help="semi-axes of every ellipsoid (default: c_diameter / 2 from the frames)")
+    fz.add_argument("--rotation-key", default="c_q", help="per-atom array holding the orientations (default c_q)")
+    fz.add_argument("--backend", default="numba_fused", help="registered variant (default numba_fused)")
+    fz.add_argument("--chunk-frames", type=options.positive_int, default=500, metavar="N")
+    where = fz.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=options.positive_int, default=None, metavar="N",
+                       help="a local Dask cluster of N worker processes (default: one process, no cluster)")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS", help="an existing Dask scheduler, tcp://host:port")
+    fz.add_argument("--threads", type=options.positive_int, default=1, help="Numba/BLAS threads per worker (default 1)")
+    fz.add_argument("--retries", type=options.non_negative_int, default=1, help="extra attempts of a failed chunk")
+    fz.add_argument("--format", default=None, help="ASE format name (default: guessed)")
+    fz.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress bar (default: when stderr is a terminal)")
+    fz.add_argument("--summary", default=None, metavar="FILE", help="write the run's report as JSON")
+
+
+def _cmd_featurize(args) -> int:
+    import json
+
+    from einsum_workbench.featurize import FeaturizeError, featurize
+    from einsum_workbench.reference.hypers import ExpansionHypers
+
+    sigma = args.sigma if args.sigma is not None or args.radial_basis != "gto" else 1.5
+    hypers = ExpansionHypers(lmax=args.lmax, radial_basis=args.radial_basis, cutoff=args.cutoff, sigma=sigma,
+                             max_radial=args.max_radial)
+    semiaxes = options.parse_semiaxes(args.semiaxes) if args.semiaxes else None
+    try:
+        report = featurize(args.trajectory, hypers, descriptor=args.descriptor, backend=args.backend,
+                           chunk_frames=args.chunk_frames, out=args.out, workers=args.workers,
+                           scheduler=args.scheduler, threads=args.threads, semiaxes=semiaxes,
+                           rotation_key=args.rotation_key or None, format=args.format, retries=args.retries,
+                           progress=args.progress)
+        status = 0
+    except FeaturizeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        report, status = err.report, 1
+    if args.summary:
+        Path(args.summary).write_text(json.dumps(report.as_dict(), indent=2))
+    where = f"{report.workers} worker(s)" if args.workers or args.scheduler else "one process"
+    print(f"featurize: {report.n_frames} frames, {report.chunks_planned} chunks ({report.chunks_skipped} already "
+          f"stored, {report.chunks_computed} computed, {report.chunks_failed} failed) in {report.seconds:.2f} s: "
+          f"{report.frames_per_second:.0f} frames/s on {where} (kernel warm-up {report.warmup_seconds:.2f} s, "
+          f"cluster start {report.startup_seconds:.2f} s); store: {report.out}")
+    return status
 
 
 def _cmd_list(args) -> int:
@@ -223,7 +292,7 @@ def main(argv=None, prog: str = MODULE_PROG) -> int:
     Returns
     -------
     int
-        0 done, 1 a profiler failed, 2 usage error (one line on stderr), 3 the
+        0 done, 1 a profiler failed or chunks failed to featurize, 2 usage error (one line on stderr), 3 the
         thread pinning does not hold.
     """
     args = build_parser(prog).parse_args(argv)
@@ -232,12 +301,18 @@ def main(argv=None, prog: str = MODULE_PROG) -> int:
             return _cmd_list(args)
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "featurize":
+            return _cmd_featurize(args)
+        if args.command == "featurize-bench":
+            from .featurize_bench import run_bench
+
+            return run_bench(args)
         if args.command in PROFILE_COMMANDS:
             from einsum_workbench.profiles.__main__ import run_command
 
             return run_command(args)
         return _cmd_report(args)
-    except (KeyError, ValueError, OSError) as err:
+    except (KeyError, ValueError, OSError, ImportError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         return 2
