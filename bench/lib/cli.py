@@ -75,8 +75,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                      help="progress bars (default: when stderr is a terminal)")
 
     lst = sub.add_parser("list", help="registered variants, their availability and facts")
-    lst.add_argument("--problem", choices=("pairs", "density"), default="pairs",
-                     help="the pair expansion (default) or the centre density")
+    lst.add_argument("--problem", choices=("pairs", "density", "gradients"), default="pairs",
+                     help="the pair expansion (default), the centre density or the pair gradients")
 
     rep = sub.add_parser("report", help="markdown ranking and PNG plots from saved runs")
     rep.add_argument("runs", nargs="*", help="saved-run JSON files (default: the latest ranking and scaling runs)")
