@@ -197,6 +197,53 @@ def goal_lines(records) -> list[str]:
         verdict = "met" if s >= target else "NOT met"
         lines.append(f"goal: {name} >= {target:g}x faster than the reference on {group!r}, "
                      f"{row.get('threads')} thread(s): {s:.1f}x, {verdict}")
+    lines.extend(gradient_goal_lines(records))
+    return lines
+
+
+#: gradients (issue 14): numba_fused values + gradients at most this many times its values alone, per pair
+GRADIENT_COST_GOAL = ("numba_fused", 4.0)
+#: gradients (issue 14): Torch autograd at least this many times slower per pair than numba_fused's gradients
+GRADIENT_TORCH_GOAL = ("torch_einsum", "numba_fused", 100.0)
+
+
+def gradient_goal_lines(records) -> list[str]:
+    """Issue 14's two ratios, per gradient group, from records of one run.
+
+    A gradient group holds ranking records of problem ``"gradients"``; the
+    values-only baseline is the ``numba_fused`` record of problem ``"pairs"``
+    whose ``gradient_group`` label names that group (``bench/test_gradient_ranking.py``).
+    Ratios are of times per pair (fastest calls), so a variant measured on a
+    subset of the pairs compares per pair. Where several records share a key,
+    the last one read wins.
+    """
+    cost_name, cost_target = GRADIENT_COST_GOAL
+    torch_name, fast_name, torch_target = GRADIENT_TORCH_GOAL
+    gradients, baselines = defaultdict(dict), {}
+    for r in records:
+        if r.get("suite", "ranking") != "ranking" or not r.get("time_per_pair_s"):
+            continue
+        if r.get("problem") == "gradients":
+            gradients[r.get("group") or "?"][r["variant"]] = r
+        elif r.get("problem", "pairs") == "pairs" and r.get("gradient_group") and r["variant"] == cost_name:
+            baselines[r["gradient_group"]] = r
+    lines = []
+    for group, rows in gradients.items():
+        fast, values = rows.get(cost_name), baselines.get(group)
+        if fast is not None and values is not None:
+            ratio = fast["time_per_pair_s"] / values["time_per_pair_s"]
+            verdict = "met" if ratio <= cost_target else "NOT met"
+            lines.append(f"goal: {cost_name} values + gradients <= {cost_target:g}x its values alone, per pair, on "
+                         f"{group!r}, {fast.get('threads')} thread(s): {ratio:.2f}x "
+                         f"({fast['time_per_pair_s'] * 1e6:.3g} vs {values['time_per_pair_s'] * 1e6:.3g} us), {verdict}")
+        slow, fast = rows.get(torch_name), rows.get(fast_name)
+        if slow is not None and fast is not None:
+            ratio = slow["time_per_pair_s"] / fast["time_per_pair_s"]
+            verdict = "met" if ratio >= torch_target else "NOT met"
+            lines.append(f"goal: {torch_name} autograd >= {torch_target:g}x the time per pair of {fast_name} "
+                         f"gradients on {group!r}, {slow.get('threads')} thread(s): {ratio:.0f}x "
+                         f"({slow['time_per_pair_s'] * 1e6:.3g} us on {slow.get('pairs')} pairs vs "
+                         f"{fast['time_per_pair_s'] * 1e6:.3g} us on {fast.get('pairs')}), {verdict}")
     return lines
 
 

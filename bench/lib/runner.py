@@ -100,6 +100,44 @@ def spot_check(name: str, out, inp: BenchInput, dtype) -> None:
                               f"{name} on the benchmarked pairs")
 
 
+#: the gradient spot check compares with finite differences of the reference on this many pairs
+GRADIENT_CHECK_PAIRS = 8
+
+
+def gradient_spot_check(name: str, out, inp: BenchInput, dtype) -> None:
+    """Shapes of a gradient variant's ``out`` (``reference.gradients.PairGradients``)
+    and, for variants other than the reference, its first ``GRADIENT_CHECK_PAIRS``
+    pairs against the reference: values as :func:`spot_check`, derivatives
+    against central finite differences with ``rtol = 1e-6`` and ``atol = 1e-6 x``
+    the block's largest |value| (at least 1e-2 x the channel's largest
+    coefficient: a derivative that vanishes is compared with the differences'
+    rounding noise), as ``tests/test_gradient_equivalence.py``. Raises AssertionError."""
+    from einsum_workbench.reference.compare import assert_coefficients_close
+    from einsum_workbench.reference.gradients import finite_difference_gradients
+
+    quantities = ("positions", "orientations")
+    measure.check_output_shapes(out.values, inp.n_pairs, inp.hypers, name)
+    for quantity in quantities:
+        got = [tuple(np.shape(b)) for b in getattr(out, quantity)]
+        want = [(inp.n_pairs, 3, 2 * l + 1, n) for l, n in enumerate(inp.hypers.num_radial)]
+        assert got == want, f"{name} {quantity}: shapes {got}, expected {want}"
+    if name == "reference" or inp.n_pairs == 0:
+        return
+    small = inp.subset(GRADIENT_CHECK_PAIRS)
+    expected = finite_difference_gradients(*small.arrays(np.float64), small.hypers)
+    got_values = [np.asarray(b)[: small.n_pairs] for b in out.values]
+    assert_coefficients_close(got_values, expected.values, small.hypers, np.dtype(got_values[0].dtype),
+                              f"{name} gradients' values on the benchmarked pairs")
+    float32 = np.dtype(got_values[0].dtype) == np.float32
+    rtol, atol_scale = (1e-3, 1e-4) if float32 else (1e-6, 1e-6)
+    for quantity in quantities:
+        for l, (a, e) in enumerate(zip(getattr(out, quantity), getattr(expected, quantity))):
+            scale = max(float(np.max(np.abs(e))), 1e-2 * float(np.max(np.abs(expected.values[l]))))
+            np.testing.assert_allclose(np.asarray(a)[: small.n_pairs].astype(np.float64), e, rtol=rtol,
+                                       atol=atol_scale * scale,
+                                       err_msg=f"{name} {quantity} l={l} on the benchmarked pairs (finite differences)")
+
+
 class PlainRounds:
     """Steady-state rounds timed in a plain loop (the command-line runner).
 
@@ -177,9 +215,10 @@ def measure_variant(
     inp : BenchInput
     threads : int
         Must equal the count the process was pinned to.
-    problem : {"pairs", "density"}
-        The pair expansion, or the centre density of the batch's segments
-        (time per pair is still per neighbour pair).
+    problem : {"pairs", "density", "gradients"}
+        The pair expansion, the centre density of the batch's segments
+        (time per pair is still per neighbour pair), or the pair expansion
+        with its derivatives along positions and orientations.
     dtype : numpy.float64 or numpy.float32
     repeat : int or None
         Steady-state calls; None sizes them to ``budget_s`` seconds within
@@ -215,6 +254,8 @@ def measure_variant(
     args = call_arguments(inp, dtype, problem)
     sync = measure.synchronizer(variant.device)
     spot = density_spot_check if problem == "density" else spot_check
+    if problem == "gradients":
+        spot = gradient_spot_check
 
     def call():
         out = function(*args)
