@@ -21,14 +21,18 @@ against about 3 s for the values-only kernel.
 Cost, default workload (lmax 6, GTO), one thread, same machine: the kernel
 alone takes about 5.5 to 7x the values-only kernel per pair while its
 outputs stay in cache (0.42 against 0.075 us per pair on 1,024 pairs); a
-whole call on the 27,484 pairs is bound by writing 4.7 kB of fresh output
-per pair (130 MB; 7x the values' 672 B) and measured 14 to 23x
-``numba_fused.expand`` there, whose 18 MB output stays in cache.
+whole call on the 27,484 pairs is bound by writing 4.7 kB of output per pair
+(130 MB; 7x the values' 672 B). Fresh pages for that output cost as much
+again (1.3 to 1.5 us per pair in all); the output memory of the last call is
+therefore recycled once nothing refers to it (``_output_memory``), which
+brings a call to about 0.8 us per pair, 7 to 8x ``numba_fused.expand``
+(whose 18 MB output malloc recycles by itself).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import numpy as np
@@ -81,14 +85,44 @@ def gradient_module(hypers: ExpansionHypers, dtype, *, lanes: int | None = None,
         return module
 
 
+#: The last output allocation per dtype, handed out again once nothing refers to it (``_output_memory``).
+_spare: dict = {}
+_spare_lock = threading.Lock()
+
+
+def _output_memory(size: int, dtype) -> np.ndarray:
+    """``size`` elements of fresh or recycled output memory.
+
+    Gradient outputs are large (4.7 kB per pair at lmax 6, 130 MB for the
+    default workload): above glibc's largest mmap threshold (32 MiB) every
+    allocation is a new mapping whose pages the kernel faults in and zeroes
+    on first write, which measured about as long as the kernel itself.
+    Smaller arrays (the values-only outputs) get recycled heap memory from
+    malloc; this does the same for the gradients: the last allocation is kept
+    and reused when no array from it is alive any more (its reference count
+    is back to the cache's own), so a loop that drops each result before the
+    next call (molecular dynamics, the bench) writes into mapped pages.
+    Results still alive are never overwritten.
+    """
+    dtype = np.dtype(dtype)
+    with _spare_lock:
+        spare = _spare.get(dtype)
+        # references: the cache's, getrefcount's argument, the local name
+        if spare is not None and spare.size >= size and sys.getrefcount(spare) <= 3:
+            return spare[:size]
+        memory = np.empty(size, dtype=dtype)
+        _spare[dtype] = memory
+        return memory
+
+
 def _output_arrays(hypers: ExpansionHypers, padded: int, kinds: int, dtype) -> list:
     """Flat per-(kind, l) output arrays carved from one allocation (see ``numba_fused._output_blocks``:
-    one large allocation maps its pages faster than many medium ones). Kind 0 holds (P_pad, 2l+1, n_l)
-    rows, the others (P_pad, 3, 2l+1, n_l)."""
+    one large allocation maps its pages faster than many medium ones; :func:`_output_memory`
+    recycles it). Kind 0 holds (P_pad, 2l+1, n_l) rows, the others (P_pad, 3, 2l+1, n_l)."""
     sizes = [padded * (1 if kind == 0 else 3) * (2 * l + 1) * n
              for kind in range(kinds) for l, n in enumerate(hypers.num_radial)]
     starts = np.cumsum([0] + [-(-size // 8) * 8 for size in sizes])
-    memory = np.empty(int(starts[-1]), dtype=dtype)
+    memory = _output_memory(int(starts[-1]), dtype)
     return [memory[start:start + size] for start, size in zip(starts, sizes)]
 
 
