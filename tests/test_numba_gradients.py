@@ -175,3 +175,31 @@ def test_rotation_generators_are_angular_momentum():
         np.testing.assert_allclose(y @ z - z @ y, x, atol=1e-10, err_msg=f"l={l}")
         np.testing.assert_allclose(-(x @ x + y @ y + z @ z), l * (l + 1) * np.eye(2 * l + 1), atol=1e-9,
                                    err_msg=f"l={l}")
+
+
+def test_output_memory_is_recycled_only_when_no_result_is_alive():
+    import gc
+
+    from einsum_workbench.kernels import numba_gradients as ng
+    from einsum_workbench.reference.compare import make_hypers
+    from einsum_workbench.reference.random_pairs import random_pair_batch
+
+    hypers = make_hypers(3, "gto")
+    arrays = random_pair_batch(40, 5, shape="mixed")
+    first = ng.expand_with_gradients(*arrays, hypers)
+    kept = [a.copy() for a in first.positions]
+    second = ng.expand_with_gradients(*arrays, hypers)          # first is alive: fresh memory
+    assert not np.shares_memory(first.positions[0], second.positions[0])
+    for a, b in zip(first.positions, kept):
+        np.testing.assert_array_equal(a, b)
+    only_view = second.orientations[2]
+    del first, second
+    gc.collect()
+    third = ng.expand_with_gradients(*arrays, hypers)           # one view of second still alive
+    assert not np.shares_memory(third.values[0], only_view)
+    del only_view, third
+    gc.collect()
+    fourth = ng.expand_with_gradients(*arrays, hypers)          # nothing alive: recycled
+    assert fourth.values[0].base is ng._spare[np.dtype(np.float64)]
+    for a, b in zip(fourth.positions, kept):
+        np.testing.assert_array_equal(a, b)
