@@ -19,7 +19,10 @@ reference, derivatives against its finite differences on the first pairs:
 14, taken from this run, are printed with whether they are met
 (``report.gradient_goal_lines``): ``numba_fused`` values + gradients at most
 4x its values alone, and Torch autograd at least 100x ``numba_fused``
-gradients, per pair. Nothing here asserts a time.
+gradients, per pair. Beside them, the floor of the first ratio: the time to
+write an output of the gradients' size (values, positions, orientations)
+into mapped memory with NumPy's ``fill``, alone, per pair (``suite="floor"``
+record; ``test_output_write_floor``). Nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -74,3 +77,29 @@ def test_gradient_ranking(measure_variant, gradient_variant, bench_input, bench_
         labels["subset"] = f"first {inp.n_pairs} of {bench_input.n_pairs} pairs"
     measure_variant(gradient_variant, inp, problem="gradients", dtype=bench_dtype, group=gradient_group(bench_input),
                     labels=labels)
+
+
+def test_output_write_floor(benchmark, bench_state, bench_input, bench_dtype):
+    """Writing the gradient outputs alone: ``ndarray.fill`` over a buffer of their size.
+
+    The buffer is allocated and written once before timing (mapped pages, as
+    ``numba_gradients`` recycles its output memory), so this is the memory
+    traffic the kernel cannot avoid: a floor for its time per pair.
+    """
+    import numpy as np
+
+    hypers, n_pairs = bench_input.hypers, bench_input.n_pairs
+    per_pair = sum(7 * (2 * l + 1) * n for l, n in enumerate(hypers.num_radial))  # values + 3 + 3 directions
+    buffer = np.empty(n_pairs * per_pair, dtype=np.dtype(bench_dtype or np.float64))
+    buffer.fill(0.0)
+    benchmark.group = f"{bench_input.label}, output write floor"
+    benchmark.pedantic(buffer.fill, args=(1.0,), rounds=30, iterations=1, warmup_rounds=2)
+    stats = getattr(benchmark, "stats", None)
+    if stats is None:  # --benchmark-disable
+        return
+    best = stats.stats.min
+    bench_state["results"].append({
+        "suite": "floor", "variant": "numpy fill", "problem": "floor", "group": benchmark.group,
+        "gradient_group": gradient_group(bench_input), "time_per_pair_s": best / n_pairs,
+        "bytes_per_pair": per_pair * buffer.itemsize, "pairs": n_pairs,
+    })

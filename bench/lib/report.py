@@ -219,8 +219,11 @@ def gradient_goal_lines(records) -> list[str]:
     """
     cost_name, cost_target = GRADIENT_COST_GOAL
     torch_name, fast_name, torch_target = GRADIENT_TORCH_GOAL
-    gradients, baselines = defaultdict(dict), {}
+    gradients, baselines, floors = defaultdict(dict), {}, {}
     for r in records:
+        if r.get("suite") == "floor" and r.get("gradient_group") and r.get("time_per_pair_s"):
+            floors[r["gradient_group"]] = r
+            continue
         if r.get("suite", "ranking") != "ranking" or not r.get("time_per_pair_s"):
             continue
         if r.get("problem") == "gradients":
@@ -236,6 +239,11 @@ def gradient_goal_lines(records) -> list[str]:
             lines.append(f"goal: {cost_name} values + gradients <= {cost_target:g}x its values alone, per pair, on "
                          f"{group!r}, {fast.get('threads')} thread(s): {ratio:.2f}x "
                          f"({fast['time_per_pair_s'] * 1e6:.3g} vs {values['time_per_pair_s'] * 1e6:.3g} us), {verdict}")
+            floor = floors.get(group)
+            if floor is not None:
+                lines.append(f"floor: writing the {floor['bytes_per_pair']:,} bytes per pair of values + gradients alone "
+                             f"(numpy fill, mapped memory) takes {floor['time_per_pair_s'] * 1e6:.3g} us per pair, "
+                             f"{floor['time_per_pair_s'] / values['time_per_pair_s']:.2f}x the values alone")
         slow, fast = rows.get(torch_name), rows.get(fast_name)
         if slow is not None and fast is not None:
             ratio = slow["time_per_pair_s"] / fast["time_per_pair_s"]
