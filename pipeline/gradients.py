@@ -129,13 +129,19 @@ def _gradient_rows(layout: DensityLayout, c: int, segment, terms, first_atom, en
     return samples, inverse.reshape(-1) * n_types + types, pairs, signs
 
 
-def _accumulate(samples, index, pairs, signs, pair_gradient, n_types, orthonormal_w):
-    """(G, 3, 2l+1, E_c, n) sums of ``sign * pair_gradient[pair]`` per gradient row and species."""
-    g = len(samples)
-    _, _, n_m, n_radial = pair_gradient.shape
-    out = np.zeros((g * n_types, 3 * n_m * n_radial))
-    np.add.at(out, index, signs[:, None] * pair_gradient[pairs].reshape(len(pairs), -1))
-    out = out.reshape(g, n_types, 3, n_m, n_radial).transpose(0, 2, 3, 1, 4)
+def _summation_matrix(index, pairs, signs, n_rows: int, n_pairs: int):
+    """Sparse (n_rows, n_pairs) matrix with ``signs[k]`` at ``(index[k], pairs[k])``: the sum of
+    pair terms into gradient rows as one product, built once and used for every l."""
+    from scipy.sparse import csr_matrix
+
+    return csr_matrix((signs, (index, pairs)), shape=(n_rows, n_pairs))
+
+
+def _accumulate(summation, n_rows: int, pair_gradient, n_types: int, orthonormal_w):
+    """(G, 3, 2l+1, E_c, n) sums of the signed pair derivatives per gradient row and species."""
+    n_pairs, _, n_m, n_radial = pair_gradient.shape
+    out = summation @ pair_gradient.reshape(n_pairs, -1)                 # (G * E_c, 3 (2l+1) n)
+    out = out.reshape(n_rows, n_types, 3, n_m, n_radial).transpose(0, 2, 3, 1, 4)
     if orthonormal_w is not None:
         out = out @ orthonormal_w
     return np.ascontiguousarray(out)
@@ -194,8 +200,8 @@ def density_gradients_of_table(table: AtomsTable, hypers: ExpansionHypers, *, ba
             for c in range(len(layout.centre_types)):
                 samples, index, pairs, signs = _gradient_rows(layout, c, segment, terms[parameter], first, ends)
                 n_types = len(layout.neighbour_types[c])
-                values = [_accumulate(samples, index, pairs, signs, g, n_types, weights[l])
-                          for l, g in enumerate(per_pair)]
+                summation = _summation_matrix(index, pairs, signs, len(samples) * n_types, len(segment))
+                values = [_accumulate(summation, len(samples), g, n_types, weights[l]) for l, g in enumerate(per_pair)]
                 per_species.append(GradientRows(samples=samples, values=values))
             result[parameter] = per_species
     return DensityGradients(layout=layout, density=density, gradients=result)
