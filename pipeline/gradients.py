@@ -141,9 +141,9 @@ def _accumulate(summation, n_rows: int, pair_gradient, n_types: int, orthonormal
     """(G, 3, 2l+1, E_c, n) sums of the signed pair derivatives per gradient row and species."""
     n_pairs, _, n_m, n_radial = pair_gradient.shape
     out = summation @ pair_gradient.reshape(n_pairs, -1)                 # (G * E_c, 3 (2l+1) n)
-    out = out.reshape(n_rows, n_types, 3, n_m, n_radial).transpose(0, 2, 3, 1, 4)
     if orthonormal_w is not None:
-        out = out @ orthonormal_w
+        out = out.reshape(-1, n_radial) @ orthonormal_w                 # one tall product, not a batch of tiny ones
+    out = out.reshape(n_rows, n_types, 3, n_m, n_radial).transpose(0, 2, 3, 1, 4)
     return np.ascontiguousarray(out)
 
 
@@ -238,7 +238,7 @@ def power_spectrum_gradient(block: np.ndarray, gradient: np.ndarray, sample_rows
     from .power_spectrum import coupling_constant
 
     rho = block[sample_rows]                                       # (G, 2l+1, Q)
-    half = np.einsum("gxma,gmb->gxab", gradient, rho)
+    half = np.swapaxes(gradient, 2, 3) @ rho[:, None]               # (G, 3, Q, Q): sum over m
     both = half + half.transpose(0, 1, 3, 2)
     return coupling_constant(l) * both.reshape(len(gradient), 3, -1)
 
