@@ -79,8 +79,9 @@ def test_gradient_ranking(measure_variant, gradient_variant, bench_input, bench_
                     labels=labels)
 
 
-def test_output_write_floor(benchmark, bench_state, bench_input, bench_dtype):
-    """Writing the gradient outputs alone: ``ndarray.fill`` over a buffer of their size.
+def test_output_write_floor(benchmark, bench_state, values_variant, bench_input, bench_dtype):
+    """Writing the gradient outputs alone: ``ndarray.fill`` over a buffer of their size
+    (measured with the values-only baseline: when ``numba_fused`` gradients are selected).
 
     The buffer is allocated and written once before timing (mapped pages, as
     ``numba_gradients`` recycles its output memory), so this is the memory
