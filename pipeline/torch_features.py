@@ -1,10 +1,10 @@
 """Torch models on AniSOAP features: forces and torques by ``backward()``.
 
 :class:`PairExpansionFunction` is a ``torch.autograd.Function`` around a
-gradient variant (the fused Numba kernel by default): its forward computes
-every pair's coefficients and their derivatives in one pass
-(:mod:`einsum_workbench.reference.gradients`), its backward contracts the
-incoming gradient with them. Nothing of Torch's autograd runs through the
+gradient variant (the fused Numba kernels by default): its forward computes every pair's
+coefficients, its backward their derivatives in one pass
+(:mod:`einsum_workbench.reference.gradients`) and contracts the incoming
+gradient with them. Nothing of Torch's autograd runs through the
 expansion itself, which is what makes it fast (``bench/test_gradient_ranking.py``).
 
 :class:`TorchPowerSpectrum` builds on it the per-structure power spectrum of
@@ -54,6 +54,12 @@ class PairExpansionFunction(torch.autograd.Function):
     ``(2l+1, num_radial[l])`` flattened row-major. Differentiable with
     respect to ``r_ij`` (P, 3) and ``rotations`` (P, 3, 3) (tangent gradient,
     module docstring); ``semiaxes`` are constants here.
+
+    The forward pass runs the pair variant ``backend`` (values only: an
+    energy without forces costs no derivatives); the backward pass runs its
+    gradient variant on the saved inputs and contracts the incoming gradient
+    with the derivatives, so the 7x larger Jacobian is never held between
+    the two passes.
     """
 
     @staticmethod
@@ -61,16 +67,20 @@ class PairExpansionFunction(torch.autograd.Function):
         from einsum_workbench.kernels.registry import load_variant
 
         arrays = [t.detach().cpu().numpy().astype(np.float64) for t in (r_ij, rotations, semiaxes)]
-        result = load_variant(backend, "gradients")(*arrays, hypers, dtype=np.float64)
-        n_pairs = len(arrays[0])
-        values = torch.from_numpy(_flat(result.values, n_pairs))
-        ctx.save_for_backward(torch.from_numpy(_flat(result.positions, n_pairs, (3,))),
-                              torch.from_numpy(_flat(result.orientations, n_pairs, (3,))), rotations.detach())
-        return values.to(r_ij.device)
+        values = load_variant(backend, "pairs")(*arrays, hypers, dtype=np.float64)
+        ctx.arrays, ctx.hypers, ctx.backend = arrays, hypers, backend
+        ctx.save_for_backward(rotations.detach())
+        return torch.from_numpy(_flat(values, len(arrays[0]))).to(r_ij.device)
 
     @staticmethod
     def backward(ctx, grad_values):
-        d_r, d_theta, rotations = ctx.saved_tensors
+        from einsum_workbench.kernels.registry import load_variant
+
+        (rotations,) = ctx.saved_tensors
+        result = load_variant(ctx.backend, "gradients")(*ctx.arrays, ctx.hypers, dtype=np.float64)
+        n_pairs = len(ctx.arrays[0])
+        d_r = torch.from_numpy(_flat(result.positions, n_pairs, (3,)))
+        d_theta = torch.from_numpy(_flat(result.orientations, n_pairs, (3,)))
         grad_values = grad_values.to(d_r.dtype).cpu()
         grad_r = torch.einsum("pk,pxk->px", grad_values, d_r)
         grad_theta = torch.einsum("pk,pxk->px", grad_values, d_theta)
