@@ -36,6 +36,8 @@ from .stages import stage
 #: "upstream": values n-major under species-major labels (AniSOAP's layout);
 #: "labelled": values species-major, matching the labels.
 PROPERTY_LAYOUTS = ("upstream", "labelled")
+#: Samples of a gradient block (featomic's convention): the values row, its system, the atom that moves.
+GRADIENT_SAMPLE_NAMES = ("sample", "system", "atom")
 
 
 def check_property_layout(property_layout) -> str:
@@ -143,6 +145,47 @@ def segments(frame, centre, centre_species, neighbour_species, n_atoms):
     return layout, segment
 
 
+@dataclass
+class TablePairs:
+    """Every frame's neighbour pairs as global atom indices, with their segments.
+
+    Attributes
+    ----------
+    frame : (P,) int64, the pair's frame
+    centre, neighbour : (P,) int64, global atom indices of i and j (into the table's atoms)
+    shift : (P, 3) int64, cell shift of j's image
+    r_ij : (P, 3) float64, angstrom
+    layout : DensityLayout
+    segment : (P,) int64, each pair's output row
+    """
+
+    frame: np.ndarray
+    centre: np.ndarray
+    neighbour: np.ndarray
+    shift: np.ndarray
+    r_ij: np.ndarray
+    layout: DensityLayout
+    segment: np.ndarray
+
+
+def table_pairs(table: AtomsTable, cutoff: float, *, self_pairs: bool = True) -> TablePairs:
+    """One neighbour-list pass over every frame of ``table`` and each pair's segment (pair order
+    as :func:`einsum_workbench.reference.neighbours.neighbour_pairs` gives it).
+
+    Raises
+    ------
+    ValueError for a bad cutoff or cell (``neighbour_pairs``).
+    """
+    from einsum_workbench.reference.neighbours import neighbour_pairs
+
+    frame, i, j, shift, r_ij = neighbour_pairs(table.positions, table.n_atoms, table.cells, table.pbc, cutoff,
+                                               self_pairs=self_pairs)
+    first = table.first_atom
+    gi, gj = first[frame] + i, first[frame] + j
+    layout, segment = segments(frame, i, table.numbers[gi], table.numbers[gj], table.n_atoms)
+    return TablePairs(frame=frame, centre=gi, neighbour=gj, shift=shift, r_ij=r_ij, layout=layout, segment=segment)
+
+
 def is_rotation(matrices) -> np.ndarray:
     """(N,) bool: each 3x3 matrix is orthonormal within the kernels' float64 tolerance."""
     from einsum_workbench.reference.validation import ORTHONORMAL_TOL
@@ -243,15 +286,11 @@ def density_of_table(table: AtomsTable, hypers: ExpansionHypers, *, backend: str
     As :func:`density_of_pairs`, and ValueError for a bad cutoff or cell.
     """
     from einsum_workbench.kernels.registry import density_function
-    from einsum_workbench.reference.neighbours import neighbour_pairs
 
     centre_density = density_function(backend)
     with stage("neighbour_list"):
-        frame, i, j, _, r_ij = neighbour_pairs(table.positions, table.n_atoms, table.cells, table.pbc,
-                                               hypers.cutoff, self_pairs=self_pairs)
-        first = table.first_atom
-        gi, gj = first[frame] + i, first[frame] + j
-        layout, segment = segments(frame, i, table.numbers[gi], table.numbers[gj], table.n_atoms)
+        pairs = table_pairs(table, hypers.cutoff, self_pairs=self_pairs)
+        layout, segment, r_ij, gj = pairs.layout, pairs.segment, pairs.r_ij, pairs.neighbour
         order = sorted_by_segment(segment)
         if order is not None:
             segment, r_ij, gj = segment[order], r_ij[order], gj[order]
@@ -351,7 +390,7 @@ def gradient_block(block, samples, values):
 
     return TensorBlock(
         values=values,
-        samples=Labels(["sample", "system", "atom"], samples),
+        samples=Labels(list(GRADIENT_SAMPLE_NAMES), samples),
         components=[Labels(["xyz"], np.arange(3, dtype=np.int32).reshape(-1, 1))] + list(block.components),
         properties=block.properties,
     )

@@ -38,12 +38,11 @@ from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.pairs import AtomsTable
 from einsum_workbench.reference.radial import orthonormalization_matrix
 
-from .density import DensityLayout, check_property_layout, segments
+from .density import DensityLayout, check_property_layout, table_pairs
 from .stages import stage
 
 #: What the pipeline differentiates with respect to (metatensor's gradient parameter names).
 GRADIENT_PARAMETERS = ("positions", "orientations")
-GRADIENT_SAMPLE_NAMES = ("sample", "system", "atom")
 
 
 def check_gradients(gradients) -> tuple[str, ...]:
@@ -174,18 +173,14 @@ def density_gradients_of_table(table: AtomsTable, hypers: ExpansionHypers, *, ba
         a malformed pair (the variant's message), an unknown gradient parameter.
     """
     from einsum_workbench.kernels.registry import load_variant
-    from einsum_workbench.reference.neighbours import neighbour_pairs
 
     gradients = check_gradients(gradients)
     expand_with_gradients = load_variant(backend, "gradients")
     with stage("neighbour_list"):
-        frame, i, j, _, r_ij = neighbour_pairs(table.positions, table.n_atoms, table.cells, table.pbc,
-                                               hypers.cutoff, self_pairs=self_pairs)
-        first = table.first_atom
-        gi, gj = first[frame] + i, first[frame] + j
-        layout, segment = segments(frame, i, table.numbers[gi], table.numbers[gj], table.n_atoms)
+        pairs = table_pairs(table, hypers.cutoff, self_pairs=self_pairs)
+        layout, segment, gi, gj = pairs.layout, pairs.segment, pairs.centre, pairs.neighbour
     with stage("kernel"):
-        pair = expand_with_gradients(r_ij, table.rotations[gj], table.semiaxes[gj], hypers, dtype=np.float64)
+        pair = expand_with_gradients(pairs.r_ij, table.rotations[gj], table.semiaxes[gj], hypers, dtype=np.float64)
     with stage("gradients"):
         density = [segment_sum(v, segment, layout.n_segments) for v in pair.values]
         weights = [orthonormalization_matrix(l, hypers) if orthonormal else None for l in range(hypers.lmax + 1)]
@@ -198,9 +193,10 @@ def density_gradients_of_table(table: AtomsTable, hypers: ExpansionHypers, *, ba
             per_pair = pair.positions if parameter == "positions" else pair.orientations
             per_species = []
             for c in range(len(layout.centre_types)):
-                samples, index, pairs, signs = _gradient_rows(layout, c, segment, terms[parameter], first, ends)
+                samples, index, rows_pairs, signs = _gradient_rows(layout, c, segment, terms[parameter],
+                                                                   table.first_atom, ends)
                 n_types = len(layout.neighbour_types[c])
-                summation = _summation_matrix(index, pairs, signs, len(samples) * n_types, len(segment))
+                summation = _summation_matrix(index, rows_pairs, signs, len(samples) * n_types, len(segment))
                 values = [_accumulate(summation, len(samples), g, n_types, weights[l]) for l, g in enumerate(per_pair)]
                 per_species.append(GradientRows(samples=samples, values=values))
             result[parameter] = per_species

@@ -31,7 +31,7 @@ from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.pairs import AtomsTable
 from einsum_workbench.reference.radial import orthonormalization_matrix
 
-from .density import segments
+from .density import table_pairs
 from .power_spectrum import coupling_constant
 
 #: ``[e_alpha]_x``: the generators of rotations about the lab axes.
@@ -129,18 +129,12 @@ class TorchPowerSpectrum:
 
     def __init__(self, table: AtomsTable, hypers: ExpansionHypers, *, backend: str = "numba_fused",
                  orthonormal: bool = True, self_pairs: bool = True):
-        from einsum_workbench.reference.neighbours import neighbour_pairs
-
         self.hypers, self.backend = hypers, backend
-        frame, i, j, shift, _ = neighbour_pairs(table.positions, table.n_atoms, table.cells, table.pbc,
-                                                hypers.cutoff, self_pairs=self_pairs)
-        first = table.first_atom
-        self.gi, self.gj = torch.from_numpy(first[frame] + i), torch.from_numpy(first[frame] + j)
-        self.offset = torch.from_numpy(np.einsum("pk,pkx->px", shift.astype(np.float64), table.cells[frame]))
-        self.layout, segment = segments(frame, i, table.numbers[first[frame] + i], table.numbers[first[frame] + j],
-                                        table.n_atoms)
-        self.segment = torch.from_numpy(segment)
-        self.semiaxes = torch.from_numpy(table.semiaxes[first[frame] + j])
+        pairs = table_pairs(table, hypers.cutoff, self_pairs=self_pairs)
+        self.gi, self.gj = torch.from_numpy(pairs.centre), torch.from_numpy(pairs.neighbour)
+        self.offset = torch.from_numpy(np.einsum("pk,pkx->px", pairs.shift.astype(np.float64), table.cells[pairs.frame]))
+        self.layout, self.segment = pairs.layout, torch.from_numpy(pairs.segment)
+        self.semiaxes = torch.from_numpy(table.semiaxes[pairs.neighbour])
         self.weights = [torch.from_numpy(np.array(orthonormalization_matrix(l, hypers))) if orthonormal else None
                         for l in range(hypers.lmax + 1)]
         self.n_frames = len(table.n_atoms)
