@@ -76,6 +76,14 @@ def move_atom(frames, system, atom, axis, step):
     return frames
 
 
+def perturbation(parameter, key, system, atom, axis):
+    """``perturb(frames, h)``: move ``atom`` by h along ``axis`` ("positions") or rotate its body frame
+    by h radian about that lab axis ("orientations")."""
+    if parameter == "positions":
+        return lambda fr, h: move_atom(fr, system, atom, axis, h)
+    return lambda fr, h: rotate_atom(fr, key, system, atom, axis, h)
+
+
 def central_difference(function, frames, perturb):
     return (function(perturb(frames, STEP)) - function(perturb(frames, -STEP))) / (2 * STEP)
 
@@ -113,12 +121,7 @@ def test_power_spectrum_gradients_equal_finite_differences(backend, case):
         assert atoms == {(s, a) for s, f in enumerate(frames) for a in range(len(f))}
         for row, (system, atom) in enumerate(grad.samples):
             for axis in range(3):
-                if parameter == "positions":
-                    def perturb(fr, h):
-                        return move_atom(fr, system, atom, axis, h)
-                else:
-                    def perturb(fr, h):
-                        return rotate_atom(fr, key, system, atom, axis, h)
+                perturb = perturbation(parameter, key, system, atom, axis)
                 expected = central_difference(values, frames, perturb)
                 others = np.delete(expected, system, axis=0)  # other structures do not move
                 assert np.abs(others).max(initial=0.0) < RTOL * scale
@@ -149,12 +152,7 @@ def test_density_gradient_blocks_follow_featomic_convention(backend, property_la
         scale = np.abs(gradient.values).max()
         for row, (sample, system, atom) in enumerate(gradient.samples.values[:6]):
             for axis in range(3):
-                if parameter == "positions":
-                    def perturb(fr, h):
-                        return move_atom(fr, system, atom, axis, h)
-                else:
-                    def perturb(fr, h):
-                        return rotate_atom(fr, key, system, atom, axis, h)
+                perturb = perturbation(parameter, key, system, atom, axis)
 
                 def values(fr):
                     return centre_density(fr, hypers, rotation_key=key,
@@ -256,18 +254,12 @@ def test_gay_berne_model_forces_and_torques_equal_finite_differences(backend):
     for system in range(len(check)):  # two bodies: equal and opposite forces
         rows = result.gradients["positions"].samples[:, 0] == system
         np.testing.assert_allclose(forces[rows].sum(axis=0), 0.0, atol=1e-9 * np.abs(forces).max())
-    for name, values, grad in (("force", forces, result.gradients["positions"]),
-                               ("torque", torques, result.gradients["orientations"])):
+    for name, parameter, values in (("force", "positions", forces), ("torque", "orientations", torques)):
         scale = np.abs(values).max()
         assert scale > 0
-        for row, (system, atom) in enumerate(grad.samples):
+        for row, (system, atom) in enumerate(result.gradients[parameter].samples):
             for axis in range(3):
-                if name == "force":
-                    def perturb(fr, h):
-                        return move_atom(fr, system, atom, axis, h)
-                else:
-                    def perturb(fr, h):
-                        return rotate_atom(fr, "quaternions", system, atom, axis, h)
+                perturb = perturbation(parameter, "quaternions", system, atom, axis)
                 expected = -central_difference(energy, check, perturb)[system]
                 np.testing.assert_allclose(values[row, axis], expected, rtol=RTOL, atol=RTOL * scale,
                                            err_msg=f"{name} on atom {atom} of frame {system}, axis {axis}")
