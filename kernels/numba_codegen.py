@@ -455,6 +455,26 @@ def _gather_inputs(v: _VectorBuilder, r, rot, ax, rows):
     return rv, R, s
 
 
+def _gather_block(v: _VectorBuilder, context, signature, args):
+    """The lane vectors (r, R, s) of one block of a pair intrinsic ``(r, rot, ax, p0, n_pairs, ...)``:
+    pairs p0 .. p0 + lanes - 1, lanes past ``n_pairs`` repeating the last pair."""
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    builder = v.b
+    r, rot, ax = (
+        cgutils.create_struct_proxy(t)(context, builder, value=a).data
+        for t, a in zip(signature.args[:3], args[:3])
+    )
+    p0, n_pairs = args[3], args[4]
+    last = builder.sub(n_pairs, ir.Constant(n_pairs.type, 1))
+    rows = []
+    for j in range(v.lanes):
+        row = builder.add(p0, ir.Constant(p0.type, j))
+        rows.append(builder.select(builder.icmp_signed("<", row, n_pairs), row, last))
+    return _gather_inputs(v, r, rot, ax, rows)
+
+
 def _emit_screen(v: _VectorBuilder, rv, R, s, limits: ScreenLimits):
     """i1: true when some lane's pair could fail ``check_pair_arrays``'s value tests.
 
@@ -645,19 +665,10 @@ def block_intrinsic(hypers: ExpansionHypers, dtype, lanes: int, split: bool | No
         return function
 
     def codegen(context, builder, signature, args):
-        r_t, rot_t, ax_t, _, _, outs_t = signature.args
-        r, rot, ax = (
-            cgutils.create_struct_proxy(t)(context, builder, value=a).data
-            for t, a in zip((r_t, rot_t, ax_t), args[:3])
-        )
-        p0, n_pairs = args[3], args[4]
-        last = builder.sub(n_pairs, ir.Constant(n_pairs.type, 1))
-        rows = []
-        for j in range(lanes):
-            row = builder.add(p0, ir.Constant(p0.type, j))
-            rows.append(builder.select(builder.icmp_signed("<", row, n_pairs), row, last))
+        outs_t = signature.args[5]
+        p0 = args[3]
         v = _VectorBuilder(builder, np.dtype(dtype), lanes)
-        rv, R, s = _gather_inputs(v, r, rot, ax, rows)
+        rv, R, s = _gather_block(v, context, signature, args)
         suspect = builder.zext(_emit_screen(v, rv, R, s, limits), ir.IntType(64))
         centre, cov, scale = _emit_geometry(v, hypers, rv, R, s)
         moments = _emit_moments(v, moment_plan, centre, cov, scale)

@@ -69,7 +69,7 @@ from .numba_codegen import (
     _emit_geometry,
     _emit_moments,
     _emit_screen,
-    _gather_inputs,
+    _gather_block,
     _moment_plan,
     kernel_key,
     lane_choice,
@@ -460,19 +460,10 @@ def gradient_block_intrinsic(hypers: ExpansionHypers, dtype, lanes: int, semiaxe
         return function
 
     def codegen(context, builder, signature, args):
-        r_t, rot_t, ax_t, _, _, outs_t = signature.args
-        r, rot, ax = (
-            cgutils.create_struct_proxy(t)(context, builder, value=a).data
-            for t, a in zip((r_t, rot_t, ax_t), args[:3])
-        )
-        p0, n_pairs = args[3], args[4]
-        last = builder.sub(n_pairs, ir.Constant(n_pairs.type, 1))
-        rows = []
-        for j in range(lanes):
-            row = builder.add(p0, ir.Constant(p0.type, j))
-            rows.append(builder.select(builder.icmp_signed("<", row, n_pairs), row, last))
+        outs_t = signature.args[5]
+        p0 = args[3]
         v = _VectorBuilder(builder, dtype, lanes)
-        rv, R, s = _gather_inputs(v, r, rot, ax, rows)
+        rv, R, s = _gather_block(v, context, signature, args)
         suspect = builder.zext(_emit_screen(v, rv, R, s, limits), i64)
         centre, cov, scale = _emit_geometry(v, hypers, rv, R, s)
         moments = _emit_moments(v, moment_plan, centre, cov, scale)
