@@ -307,9 +307,7 @@ def plan_chunks(n_pairs: int, hypers: ExpansionHypers, dtype, max_gpu_memory: in
         (or, with ``keep_on_device``, for the outputs); the message gives the
         bytes needed.
     """
-    if isinstance(max_gpu_memory, bool) or not isinstance(max_gpu_memory, (int, np.integer)) \
-            or max_gpu_memory <= 0:
-        raise ValueError(f"max_gpu_memory must be a positive number of bytes (int), got {max_gpu_memory!r}")
+    check_max_gpu_memory(max_gpu_memory)
     itemsize = np.dtype(dtype).itemsize
     input_bytes = itemsize * INPUT_VALUES_PER_PAIR
     if keep_on_device:
@@ -322,15 +320,30 @@ def plan_chunks(n_pairs: int, hypers: ExpansionHypers, dtype, max_gpu_memory: in
                 f"more than max_gpu_memory={max_gpu_memory}; raise max_gpu_memory or copy back "
                 f"(keep_on_device=False)"
             )
-        chunk = room // input_bytes
-    else:
-        per_pair = device_bytes_per_pair(hypers, dtype)
-        if int(max_gpu_memory) < per_pair:
-            raise ValueError(
-                f"max_gpu_memory={max_gpu_memory} bytes is less than one pair needs ({per_pair} bytes)"
-            )
-        chunk = int(max_gpu_memory) // per_pair
-    return int(max(1, min(chunk, max(n_pairs, 1))))
+        return int(max(1, min(room // input_bytes, max(n_pairs, 1))))
+    return pairs_per_chunk(n_pairs, device_bytes_per_pair(hypers, dtype), max_gpu_memory)
+
+
+def check_max_gpu_memory(max_gpu_memory) -> None:
+    """Raise ValueError unless ``max_gpu_memory`` is a positive int (bytes), naming it."""
+    if isinstance(max_gpu_memory, bool) or not isinstance(max_gpu_memory, (int, np.integer)) \
+            or max_gpu_memory <= 0:
+        raise ValueError(f"max_gpu_memory must be a positive number of bytes (int), got {max_gpu_memory!r}")
+
+
+def pairs_per_chunk(n_pairs: int, bytes_per_pair: int, max_gpu_memory: int) -> int:
+    """The most pairs whose ``bytes_per_pair`` each fit ``max_gpu_memory`` (at least 1, at most
+    ``max(n_pairs, 1)``).
+
+    Raises
+    ------
+    ValueError
+        a bad ``max_gpu_memory`` or one smaller than one pair needs (the bytes are named).
+    """
+    check_max_gpu_memory(max_gpu_memory)
+    if int(max_gpu_memory) < bytes_per_pair:
+        raise ValueError(f"max_gpu_memory={max_gpu_memory} bytes is less than one pair needs ({bytes_per_pair} bytes)")
+    return int(max(1, min(int(max_gpu_memory) // bytes_per_pair, max(n_pairs, 1))))
 
 
 class _Backend:
@@ -530,7 +543,24 @@ def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None,
 
 # ------------------------------------------------------------ host-compiled path (tests)
 
-class HostBackend(_Backend):
+class HostBuffers:
+    """NumPy buffers standing for device memory in the host-compiled backends (tests only):
+    ``peak_bytes`` records the largest total of live "device" buffers."""
+
+    allocated_bytes = 0
+    peak_bytes = 0
+
+    def empty(self, size, dtype):
+        buffer = np.empty(int(size), dtype=dtype)
+        self.allocated_bytes += buffer.nbytes
+        self.peak_bytes = max(self.peak_bytes, self.allocated_bytes)
+        return buffer
+
+    def copy_in(self, host, device_flat):
+        device_flat[: host.size] = np.ascontiguousarray(host).reshape(-1)
+
+
+class HostBackend(HostBuffers, _Backend):
     """The chunk loop on the host: NumPy buffers stand for device memory and
     the g++-compiled per-pair body
     (:func:`einsum_workbench.kernels.cuda.host_build.build_pair_library`) for the kernel.
@@ -542,18 +572,7 @@ class HostBackend(_Backend):
 
     def __init__(self, hypers: ExpansionHypers):
         self.library = build_host_library(hypers)
-        self.allocated_bytes = 0
-        self.peak_bytes = 0
         self.launches: list[int] = []
-
-    def empty(self, size, dtype):
-        buffer = np.empty(int(size), dtype=dtype)
-        self.allocated_bytes += buffer.nbytes
-        self.peak_bytes = max(self.peak_bytes, self.allocated_bytes)
-        return buffer
-
-    def copy_in(self, host, device_flat):
-        device_flat[: host.size] = np.ascontiguousarray(host).reshape(-1)
 
     def launch(self, r_ij, rotations, semiaxes, out, n_pairs, out_stride, dtype):
         self.launches.append(int(n_pairs))

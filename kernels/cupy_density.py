@@ -584,7 +584,7 @@ def centre_density(r_ij, rotations, semiaxes, hypers: ExpansionHypers, segment, 
 
 # ------------------------------------------------------------ host-compiled path (tests)
 
-class HostDensityBackend(_DensityBackend):
+class HostDensityBackend(cb.HostBuffers, _DensityBackend):
     """The chunk loop on the host: NumPy buffers stand for device memory and
     the g++-compiled device code
     (:func:`einsum_workbench.kernels.cuda.host_build.build_density_library`) for the kernels.
@@ -597,21 +597,13 @@ class HostDensityBackend(_DensityBackend):
     def __init__(self, hypers: ExpansionHypers):
         self.library = build_host_library(hypers)
         self.n_outputs = cb.output_offsets(hypers)[-1]
-        self.allocated_bytes = 0
-        self.peak_bytes = 0
         self.launches: list[int] = []
         self.combines: list[int] = []
-
-    def empty(self, size, dtype):
-        buffer = np.empty(int(size), dtype=dtype)
-        self.allocated_bytes += buffer.nbytes
-        self.peak_bytes = max(self.peak_bytes, self.allocated_bytes)
-        return buffer
 
     def copy_in(self, host, device_flat):
         if host.size > device_flat.size:
             raise ValueError(f"copy of {host.size} values into a buffer of {device_flat.size}")
-        device_flat[: host.size] = np.ascontiguousarray(host).reshape(-1)
+        super().copy_in(host, device_flat)
 
     @staticmethod
     def _check(buffers, dtypes):

@@ -242,13 +242,7 @@ def plan_chunks(n_pairs: int, hypers: ExpansionHypers, dtype, max_gpu_memory: in
         ``max_gpu_memory`` is not a positive int or is less than one pair
         needs (the message gives the bytes).
     """
-    if isinstance(max_gpu_memory, bool) or not isinstance(max_gpu_memory, (int, np.integer)) \
-            or max_gpu_memory <= 0:
-        raise ValueError(f"max_gpu_memory must be a positive number of bytes (int), got {max_gpu_memory!r}")
-    per_pair = device_bytes_per_pair(hypers, dtype, semiaxes_gradients)
-    if int(max_gpu_memory) < per_pair:
-        raise ValueError(f"max_gpu_memory={max_gpu_memory} bytes is less than one pair needs ({per_pair} bytes)")
-    return int(max(1, min(int(max_gpu_memory) // per_pair, max(n_pairs, 1))))
+    return cb.pairs_per_chunk(n_pairs, device_bytes_per_pair(hypers, dtype, semiaxes_gradients), max_gpu_memory)
 
 
 # ------------------------------------------------------------ backends and the chunk loop
@@ -436,7 +430,7 @@ def build_host_library(hypers: ExpansionHypers) -> ctypes.CDLL:
     return library
 
 
-class HostGradientBackend(_Backend):
+class HostGradientBackend(cb.HostBuffers, _Backend):
     """The chunk loop on the host: NumPy buffers stand for device memory and the
     g++-compiled per-pair body for the kernel (tests only). ``peak_bytes``
     records the largest total of live "device" buffers, ``launches`` the pair
@@ -445,18 +439,7 @@ class HostGradientBackend(_Backend):
     def __init__(self, hypers: ExpansionHypers):
         self.library = build_host_library(hypers)
         self.num_outputs = cb.output_offsets(hypers)[-1]
-        self.allocated_bytes = 0
-        self.peak_bytes = 0
         self.launches: list[int] = []
-
-    def empty(self, size, dtype):
-        buffer = np.empty(int(size), dtype=dtype)
-        self.allocated_bytes += buffer.nbytes
-        self.peak_bytes = max(self.peak_bytes, self.allocated_bytes)
-        return buffer
-
-    def copy_in(self, host, device_flat):
-        device_flat[: host.size] = np.ascontiguousarray(host).reshape(-1)
 
     def launch(self, r_ij, rotations, semiaxes, out, n_pairs, out_stride, n_directions, dtype):
         self.launches.append(int(n_pairs))
