@@ -30,16 +30,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from einsum_workbench.bench.pinning import THREAD_ENV_VARS
+from einsum_workbench.kernels.numba_dispatch import KERNEL_ENV
+
 from . import store
 from .trajectory import FrameError, globalise_frames, index_frames, read_frames
 
 DESCRIPTORS = ("power_spectrum", "density")
 #: Frames read and featurized by the client to compile or load the kernels before the chunks run.
 WARM_FRAMES = 4
-#: Environment of every local worker process (set before it imports NumPy or Numba).
-THREAD_ENV_NAMES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-                    "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS")
-KERNEL_ENV = "EINSUM_WORKBENCH_NUMBA_KERNEL"
 log = logging.getLogger(__name__)
 
 
@@ -160,7 +159,7 @@ def file_identity(path) -> dict:
 def thread_env(threads: int) -> dict:
     """Environment that pins a worker process to ``threads`` Numba/BLAS/OpenMP threads, and the
     deterministic (specialised) Numba kernels unless ``EINSUM_WORKBENCH_NUMBA_KERNEL`` says otherwise."""
-    env = {name: str(threads) for name in THREAD_ENV_NAMES}
+    env = {name: str(threads) for name in THREAD_ENV_VARS}
     env[KERNEL_ENV] = os.environ.get(KERNEL_ENV) or "specialised"
     return env
 
