@@ -91,7 +91,7 @@ def _timed(call):
 @pytest.mark.parametrize("call_name", ["transform", "power_spectrum"])
 @pytest.mark.parametrize("workload", ["benzenes", "ellipsoids"])
 def test_anisoap_end_to_end(benchmark, bench_state, pytestconfig, workload, call_name):
-    from einsum_workbench.kernels import anisoap_switch as switch
+    from einsum_workbench.anisoap_switch import switch
     from einsum_workbench.kernels.registry import get_variant
     from einsum_workbench.pipeline import record_stages
     from einsum_workbench.reference.upstream import UpstreamUnavailable, import_upstream_anisoap

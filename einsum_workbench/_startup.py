@@ -1,5 +1,5 @@
 """Interpreter-startup hook for ``ANISOAP_BACKEND`` (see
-:mod:`einsum_workbench.kernels.anisoap_switch`).
+:mod:`einsum_workbench.anisoap_switch.switch`).
 
 The ``einsum_workbench_anisoap_backend.pth`` file installed in site-packages
 with the package imports this module only when ``ANISOAP_BACKEND`` is set to a
@@ -17,7 +17,7 @@ ENV_VAR = "ANISOAP_BACKEND"
 
 def _install_from_environment() -> None:
     if os.environ.get(ENV_VAR, "").strip():
-        from einsum_workbench.kernels.anisoap_switch import activate_on_import
+        from einsum_workbench.anisoap_switch.switch import activate_on_import
 
         activate_on_import()
 

@@ -10,9 +10,9 @@ Needs the ``distributed`` extra (dask[distributed], zarr). Importing this
 package imports NumPy only.
 """
 
-from .run import ChunkError, FeaturizeError, FeaturizeReport, featurize
-from .store import StoredFeatures, StoreMismatchError, iter_chunks, open_store
-from .trajectory import FrameError
+from einsum_workbench.featurize.run import ChunkError, FeaturizeError, FeaturizeReport, featurize
+from einsum_workbench.featurize.store import StoredFeatures, StoreMismatchError, iter_chunks, open_store
+from einsum_workbench.featurize.trajectory import FrameError
 
 __all__ = [
     "ChunkError",

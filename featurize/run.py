@@ -31,10 +31,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from einsum_workbench.bench.pinning import THREAD_ENV_VARS
-from einsum_workbench.kernels.numba_dispatch import KERNEL_ENV
+from einsum_workbench.kernels.numba.dispatch import KERNEL_ENV
 
-from . import store
-from .trajectory import FrameError, globalise_frames, index_frames, read_frames
+from einsum_workbench.featurize import store
+from einsum_workbench.featurize.trajectory import FrameError, globalise_frames, index_frames, read_frames
 
 DESCRIPTORS = ("power_spectrum", "density")
 #: Frames read and featurized by the client to compile or load the kernels before the chunks run.

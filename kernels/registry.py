@@ -168,39 +168,39 @@ VARIANTS: tuple[Variant, ...] = (
         description="per-pair loop, one numpy.einsum per pair and l (AniSOAP's structure)",
     ),
     Variant(
-        "numpy_einsum", "kernels.numpy_einsum", line_target="kernels.numpy_einsum",
+        "numpy_einsum", "kernels.numpy.pairs", line_target="kernels.numpy.pairs",
         description="NumPy, batched over pairs: vectorised moments, one contraction per l, chunked",
     ),
     Variant(
-        "opt_einsum_planned", "kernels.opt_einsum_planned", requires=("opt_einsum",),
+        "opt_einsum_planned", "kernels.opt_einsum.pairs", requires=("opt_einsum",),
         options={"backend": "numpy"},
         description="contraction planned once by opt_einsum (cached per hyper-parameters), NumPy backend",
     ),
     Variant(
-        "opt_einsum_torch", "kernels.opt_einsum_planned", requires=("opt_einsum", "torch"),
+        "opt_einsum_torch", "kernels.opt_einsum.pairs", requires=("opt_einsum", "torch"),
         options={"backend": "torch"}, native=True,
         description="contraction planned once by opt_einsum, executed by Torch",
     ),
     Variant(
-        "torch_einsum", "kernels.torch_einsum", requires=("torch",), native=True,
+        "torch_einsum", "kernels.torch.pairs", requires=("torch",), native=True,
         description="Torch, batched over pairs from geometry to coefficients, eager, CPU",
     ),
     Variant(
-        "torch_compiled", "kernels.torch_einsum", requires=("torch",),
+        "torch_compiled", "kernels.torch.pairs", requires=("torch",),
         options={"compile": True}, native=True,
         description="torch_einsum under torch.compile (pair counts bucketed: no recompilation per call)",
     ),
     Variant(
-        "torch_cuda", "kernels.torch_einsum", requires=("torch",),
+        "torch_cuda", "kernels.torch.pairs", requires=("torch",),
         gpu_probe="cuda_unavailable_reason", options={"device": "cuda"}, device="cuda", native=True,
         description="torch_einsum on a CUDA device",
     ),
     Variant(
-        "numba_fused", "kernels.numba_fused", requires=("numba",), native=True,
+        "numba_fused", "kernels.numba.pairs", requires=("numba",), native=True,
         description="Numba, one fused per-pair kernel (geometry, moments, sparse contraction), prange",
     ),
     Variant(
-        "cupy_batched", "kernels.cupy_batched", requires=("cupy",),
+        "cupy_batched", "kernels.cupy.pairs", requires=("cupy",),
         gpu_probe="gpu_unavailable_reason", device="cuda",
         description="CuPy/CUDA: every frame's pairs in one GPU pass, one thread per pair",
     ),
@@ -213,21 +213,21 @@ DENSITY_VARIANTS: tuple[Variant, ...] = (
         description="reference expansion, then sums over each centre's neighbours in pair order (upstream's)",
     ),
     Variant(
-        "numpy_einsum", "kernels.segment_density", "numpy_einsum_density", problem="density",
+        "numpy_einsum", "kernels.numpy.density", "numpy_einsum_density", problem="density",
         description="numpy_einsum expansion plus a NumPy segment sum",
     ),
     Variant(
-        "torch_einsum", "kernels.torch_density", "centre_density", requires=("torch",), problem="density",
+        "torch_einsum", "kernels.torch.density", "centre_density", requires=("torch",), problem="density",
         native=True,
         description="torch_einsum expansion plus index_add_, CPU",
     ),
     Variant(
-        "numba_fused", "kernels.numba_density", "centre_density", requires=("numba",), problem="density",
+        "numba_fused", "kernels.numba.density", "centre_density", requires=("numba",), problem="density",
         native=True,
         description="Numba, fused per centre: each centre's sum accumulated in registers/stack, written once",
     ),
     Variant(
-        "cupy_batched", "kernels.cupy_density", "centre_density", requires=("cupy",), problem="density",
+        "cupy_batched", "kernels.cupy.density", "centre_density", requires=("cupy",), problem="density",
         gpu_probe="gpu_unavailable_reason", device="cuda",
         description="CuPy/CUDA: one thread per centre segment, the sum kept on chip, written once",
     ),
@@ -240,17 +240,17 @@ GRADIENT_VARIANTS: tuple[Variant, ...] = (
         description="central finite differences of the reference expansion (steps in reference.gradients)",
     ),
     Variant(
-        "torch_einsum", "kernels.torch_gradients", "expand_with_gradients", requires=("torch",),
+        "torch_einsum", "kernels.torch.gradients", "expand_with_gradients", requires=("torch",),
         problem="gradients", native=True,
         description="Torch autograd through torch_einsum (forward mode, one tangent per direction), CPU",
     ),
     Variant(
-        "numba_fused", "kernels.numba_gradients", "expand_with_gradients", requires=("numba",),
+        "numba_fused", "kernels.numba.gradients", "expand_with_gradients", requires=("numba",),
         problem="gradients", native=True,
         description="Numba, fused: values and derivatives in one pass from one moment table",
     ),
     Variant(
-        "cupy_batched", "kernels.cupy_gradients", "expand_with_gradients", requires=("cupy",),
+        "cupy_batched", "kernels.cupy.gradients", "expand_with_gradients", requires=("cupy",),
         gpu_probe="gpu_unavailable_reason", device="cuda", problem="gradients",
         description="CuPy/CUDA: values and derivatives, one thread per pair",
     ),
@@ -307,7 +307,7 @@ def density_function(name: str) -> Callable:
 
     Its own ``DENSITY_VARIANTS`` entry when it has one, else its pair
     expansion followed by a NumPy segment sum
-    (:func:`einsum_workbench.kernels.segment_density.density_from_expansion`).
+    (:func:`einsum_workbench.kernels.numpy.density.density_from_expansion`).
 
     Raises
     ------
@@ -316,6 +316,6 @@ def density_function(name: str) -> Callable:
     pair_variant = get_variant(name)
     if name in variant_names("density"):
         return get_variant(name, "density").load()
-    from .segment_density import density_from_expansion
+    from einsum_workbench.kernels.numpy.density import density_from_expansion
 
     return density_from_expansion(pair_variant.load(), name)

@@ -16,7 +16,7 @@ import numpy as np
 
 from einsum_workbench.reference.hypers import ExpansionHypers
 
-from .tables import factored_tables, monomial_exponents, num_monomials
+from einsum_workbench.kernels.tables import factored_tables, monomial_exponents, num_monomials
 
 
 @functools.lru_cache(maxsize=16)

@@ -16,7 +16,7 @@ Usable without upstream AniSOAP installed (metatensor is needed for TensorMaps
 only). Importing this package imports NumPy only.
 """
 
-from .density import (
+from einsum_workbench.pipeline.density import (
     centre_density,
     density_blocks,
     density_layout,
@@ -25,9 +25,9 @@ from .density import (
     density_of_table,
     density_tensormap,
 )
-from .gradients import DensityGradients, StructureGradients, density_gradients_of_frames
-from .power_spectrum import PowerSpectrum, power_spectrum, power_spectrum_tensormap
-from .stages import record_stages
+from einsum_workbench.pipeline.gradients import DensityGradients, StructureGradients, density_gradients_of_frames
+from einsum_workbench.pipeline.power_spectrum import PowerSpectrum, power_spectrum, power_spectrum_tensormap
+from einsum_workbench.pipeline.stages import record_stages
 
 __all__ = [
     "DensityGradients",

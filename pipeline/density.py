@@ -31,7 +31,7 @@ from einsum_workbench.reference.density import orthonormalize_density, segment_s
 from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.pairs import AtomsTable, PairBatch
 
-from .stages import stage
+from einsum_workbench.pipeline.stages import stage
 
 #: "upstream": values n-major under species-major labels (AniSOAP's layout);
 #: "labelled": values species-major, matching the labels.
@@ -439,7 +439,7 @@ def centre_density(frames, hypers: ExpansionHypers, *, backend: str = "numba_fus
     """
     check_property_layout(property_layout)
     if gradients:
-        from .gradients import density_gradients_of_frames, tensormap_gradients
+        from einsum_workbench.pipeline.gradients import density_gradients_of_frames, tensormap_gradients
 
         result = density_gradients_of_frames(frames, hypers, backend=backend, orthonormal=orthonormal,
                                              self_pairs=self_pairs, semiaxes=semiaxes, rotation_key=rotation_key,

@@ -38,8 +38,8 @@ from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.pairs import AtomsTable
 from einsum_workbench.reference.radial import orthonormalization_matrix
 
-from .density import DensityLayout, check_property_layout, table_pairs
-from .stages import stage
+from einsum_workbench.pipeline.density import DensityLayout, check_property_layout, table_pairs
+from einsum_workbench.pipeline.stages import stage
 
 #: What the pipeline differentiates with respect to (metatensor's gradient parameter names).
 GRADIENT_PARAMETERS = ("positions", "orientations")
@@ -231,7 +231,7 @@ def power_spectrum_gradient(block: np.ndarray, gradient: np.ndarray, sample_rows
     (G, 3, Q * Q) float64: ``const_l sum_m (drho[m, a] rho[m, b] + rho[m, a] drho[m, b])``,
     columns (a, b) a-major as :func:`einsum_workbench.pipeline.power_spectrum.species_power_spectrum`.
     """
-    from .power_spectrum import coupling_constant
+    from einsum_workbench.pipeline.power_spectrum import coupling_constant
 
     rho = block[sample_rows]                                       # (G, 2l+1, Q)
     half = np.swapaxes(gradient, 2, 3) @ rho[:, None]               # (G, 3, Q, Q): sum over m
@@ -247,7 +247,7 @@ def density_gradients_of_frames(frames, hypers: ExpansionHypers, *, backend: str
     :func:`einsum_workbench.pipeline.density.centre_density`)."""
     from einsum_workbench.reference.pairs import atoms_table
 
-    from .density import check_hypers
+    from einsum_workbench.pipeline.density import check_hypers
 
     check_hypers(hypers)
     gradients = check_gradients(gradients)

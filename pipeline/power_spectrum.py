@@ -28,8 +28,8 @@ import numpy as np
 
 from einsum_workbench.reference.hypers import ExpansionHypers
 
-from .density import DensityLayout, density_blocks, density_of_frames
-from .stages import stage
+from einsum_workbench.pipeline.density import DensityLayout, density_blocks, density_of_frames
+from einsum_workbench.pipeline.stages import stage
 
 #: Property names of upstream's power-spectrum blocks (after ``standardize_keys``).
 PROPERTY_NAMES = ("n_1_a", "neighbor_types_1_a", "k_2", "n_1_b", "neighbor_types_1_b", "l_2")
@@ -91,8 +91,8 @@ def power_spectrum_tensormap(layout: DensityLayout, blocks, gradients=None):
     """
     from metatensor import Labels, TensorBlock, TensorMap
 
-    from .density import gradient_block
-    from .gradients import species_power_spectrum_gradients
+    from einsum_workbench.pipeline.density import gradient_block
+    from einsum_workbench.pipeline.gradients import species_power_spectrum_gradients
 
     tensor_blocks = []
     for c in range(len(layout.centre_types)):
@@ -186,7 +186,7 @@ def power_spectrum(frames, hypers: ExpansionHypers, *, backend: str = "numba_fus
     ------
     As :func:`einsum_workbench.pipeline.density.centre_density`.
     """
-    from . import gradients as grad_module
+    from einsum_workbench.pipeline import gradients as grad_module
 
     wanted = grad_module.check_gradients(gradients)
     options = dict(backend=backend, orthonormal=orthonormal, self_pairs=self_pairs, semiaxes=semiaxes,

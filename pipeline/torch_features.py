@@ -31,8 +31,8 @@ from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.pairs import AtomsTable
 from einsum_workbench.reference.radial import orthonormalization_matrix
 
-from .density import table_pairs
-from .power_spectrum import coupling_constant
+from einsum_workbench.pipeline.density import table_pairs
+from einsum_workbench.pipeline.power_spectrum import coupling_constant
 
 #: ``[e_alpha]_x``: the generators of rotations about the lab axes.
 GENERATORS = np.array([

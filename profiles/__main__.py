@@ -20,8 +20,8 @@ from pathlib import Path
 
 from einsum_workbench.bench import options
 
-from . import recipes
-from .run import add_driver_options
+from einsum_workbench.profiles import recipes
+from einsum_workbench.profiles.run import add_driver_options
 
 
 def add_commands(sub) -> None:

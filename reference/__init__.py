@@ -6,7 +6,7 @@ Data flows one way: frames -> neighbour pairs (:mod:`.pairs`) -> a pair batch
 optionally orthonormalised (:mod:`.radial`).
 """
 
-from .hypers import ExpansionHypers
-from .expansion import pairwise_ellip_expansion
+from einsum_workbench.reference.hypers import ExpansionHypers
+from einsum_workbench.reference.expansion import pairwise_ellip_expansion
 
 __all__ = ["ExpansionHypers", "pairwise_ellip_expansion"]

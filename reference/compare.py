@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .hypers import ExpansionHypers
-from .radial import orthonormalize
+from einsum_workbench.reference.hypers import ExpansionHypers
+from einsum_workbench.reference.radial import orthonormalize
 
 TOLERANCES = {
     np.dtype(np.float64): {"rtol": 1e-6, "atol_scale": 1e-8},

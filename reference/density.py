@@ -30,9 +30,9 @@ import numbers
 
 import numpy as np
 
-from .expansion import pairwise_ellip_expansion
-from .hypers import ExpansionHypers
-from .radial import orthonormalization_matrix
+from einsum_workbench.reference.expansion import pairwise_ellip_expansion
+from einsum_workbench.reference.hypers import ExpansionHypers
+from einsum_workbench.reference.radial import orthonormalization_matrix
 
 
 def check_segments(segment, n_segments, n_pairs: int):

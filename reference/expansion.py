@@ -16,11 +16,11 @@ import numpy as np
 
 from tqdm.auto import tqdm
 
-from .hypers import ExpansionHypers
-from .moments import compute_moments
-from .radial import gaussian_parameters
-from .solid_harmonics import solid_harmonic_tensors
-from .validation import check_pair_arrays
+from einsum_workbench.reference.hypers import ExpansionHypers
+from einsum_workbench.reference.moments import compute_moments
+from einsum_workbench.reference.radial import gaussian_parameters
+from einsum_workbench.reference.solid_harmonics import solid_harmonic_tensors
+from einsum_workbench.reference.validation import check_pair_arrays
 
 
 #: Batches of at least this many pairs show a progress bar when stderr is a terminal.

@@ -54,9 +54,9 @@ from typing import NamedTuple
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from .expansion import pairwise_ellip_expansion
-from .hypers import ExpansionHypers
-from .validation import check_pair_arrays
+from einsum_workbench.reference.expansion import pairwise_ellip_expansion
+from einsum_workbench.reference.hypers import ExpansionHypers
+from einsum_workbench.reference.validation import check_pair_arrays
 
 #: Central-difference steps. Truncation error is O(h^2 f'''), rounding
 #: O(eps f / h): with f varying on the scale of an angstrom (sigma, the

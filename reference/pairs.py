@@ -465,7 +465,7 @@ def pairs_from_table(table: AtomsTable, cutoff: float, *, self_pairs: bool = Tru
         vector, more pairs expected than ``max_pairs`` (the estimate and the
         frame named).
     """
-    from .neighbours import neighbour_pairs
+    from einsum_workbench.reference.neighbours import neighbour_pairs
 
     _check_cutoff(cutoff)
     frame, i, j, shift, r_ij = neighbour_pairs(table.positions, table.n_atoms, table.cells, table.pbc,

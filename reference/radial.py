@@ -21,7 +21,7 @@ import functools
 import numpy as np
 from scipy.special import gamma
 
-from .hypers import ExpansionHypers
+from einsum_workbench.reference.hypers import ExpansionHypers
 
 
 def precision_matrix(rotation, semiaxes):

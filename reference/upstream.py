@@ -231,7 +231,7 @@ def _moments_function(moments: str):
     elif moments == "numba":
 
         def compute_moments(precision, center, maxdeg):
-            from .moments import compute_moments as workbench_moments
+            from einsum_workbench.reference.moments import compute_moments as workbench_moments
 
             return workbench_moments(precision, center, maxdeg)
 

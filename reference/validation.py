@@ -20,7 +20,7 @@ Limits
 ------
 All bounds inclusive; lengths in angstrom. Every input inside them gives
 finite coefficients equal to the reference's in every variant, in float64
-and float32 (checked at the corners by ``tests/test_reliability_inputs.py``).
+and float32 (checked at the corners by ``tests/kernels/test_limits.py``).
 
 ==============================  ===============  ===============  ==========================================
 quantity                        float64          float32          where
@@ -230,7 +230,7 @@ def check_hypers(hypers, dtype=None):
         float32 with a degree or cutoff above float32's limits (the value,
         the limit and the way out are named).
     """
-    from .hypers import ExpansionHypers
+    from einsum_workbench.reference.hypers import ExpansionHypers
 
     if not isinstance(hypers, ExpansionHypers):
         raise TypeError(

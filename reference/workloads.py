@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .hypers import ExpansionHypers
-from .pairs import PairBatch, frames_to_pairs
+from einsum_workbench.reference.hypers import ExpansionHypers
+from einsum_workbench.reference.pairs import PairBatch, frames_to_pairs
 
 #: Frames of the default workload (benzenes, ~1,800 pairs each).
 DEFAULT_FRAMES = 16
@@ -56,7 +56,7 @@ def _check_count(name, value, low, high=None):
 
 def random_rotations(rng: np.random.Generator, n: int) -> np.ndarray:
     """(n, 3, 3) rotations uniform over SO(3) (normalised Gaussian quaternions)."""
-    from .pairs import rotations_from_quaternions
+    from einsum_workbench.reference.pairs import rotations_from_quaternions
 
     q = rng.normal(size=(n, 4))
     return rotations_from_quaternions(q)

@@ -8,7 +8,7 @@ from pathlib import Path
 # The equivalence suites test the specialised Numba kernels: compile and wait on
 # first use, instead of serving first calls with the generic kernel while a
 # background process compiles (the default for users, tested on its own in
-# tests/test_numba_reliability.py).
+# tests/kernels/numba/test_dispatch.py).
 os.environ.setdefault("EINSUM_WORKBENCH_NUMBA_KERNEL", "specialised")
 
 import pytest

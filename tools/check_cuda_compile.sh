@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Compile the cupy_batched device code for sm_90 with nvcc (CI compile check).
 #
-# For each representative hyper-parameter set (kernels.cupy_batched.
+# For each representative hyper-parameter set (kernels.cupy.pairs.
 # representative_hypers: lmax 6 and 10 GTO default, lmax 8 monomial with a
 # radial-count list, lmax 0 with an int count) two generated translation units
 # are compiled to cubins for sm_90:
@@ -9,11 +9,11 @@
 #                      pair_expansion_kernel.cu: wb_expand_f64, wb_expand_f32);
 #   density_<name>.cu  the centre-density kernels (+ generated wb::DensitySpec +
 #                      centre_density.cuh + centre_density_kernel.cu:
-#                      wb_density_f64/f32, wb_combine_f64/f32; kernels.cupy_density);
+#                      wb_density_f64/f32, wb_combine_f64/f32; kernels.cupy.density);
 #   gradients_<name>.cu values and gradients (pair_gradients.cuh + generated
 #                      wb::GradSpec + pair_gradients_kernel.cu: wb_gradients_f64/f32;
-#                      kernels.cupy_gradients).
-# (both written by `python -m einsum_workbench.kernels.cuda.host_build
+#                      kernels.cupy.gradients).
+# (both written by `python -m einsum_workbench.kernels.cupy.host_build
 # write-sources DIR`). ptxas' register and spill report is printed per kernel.
 # The host harnesses (the same device code as plain C++) are syntax-checked
 # with g++ -Werror.
@@ -39,7 +39,7 @@ fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-"$PYTHON" -m einsum_workbench.kernels.cuda.host_build write-sources "$work" > /dev/null || {
+"$PYTHON" -m einsum_workbench.kernels.cupy.host_build write-sources "$work" > /dev/null || {
     echo "check_cuda_compile: FAILED to generate the pair, centre-density and gradient kernel sources" >&2; exit 2; }
 
 echo "check_cuda_compile: $("$NVCC" --version | tail -1), arch $ARCH"

@@ -10,4 +10,4 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip show torch >/dev/null 2>&1 || .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e ".[all]"
 # the generic Numba kernels (serve first calls for new hyper-parameter sets): compiled once per machine
-.venv/bin/python -m einsum_workbench.kernels.numba_generic
+.venv/bin/python -m einsum_workbench.kernels.numba.generic

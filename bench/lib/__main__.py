@@ -1,7 +1,7 @@
-"""``python -m einsum_workbench.bench``: see :mod:`einsum_workbench.bench.cli`."""
+"""``python -m einsum_workbench.bench``: see :mod:`einsum_workbench.cli`."""
 
 import sys
 
-from .cli import main
+from einsum_workbench.cli import main
 
 sys.exit(main())

@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import options
+from einsum_workbench.bench import options
 
 SPEEDUP_GOAL = 1.8
 MEMORY_GOAL = 1.10

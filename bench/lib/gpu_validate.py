@@ -11,7 +11,7 @@ It
    Torch has CUDA) against the reference: lmax 0..8 x radial-count forms x both
    bases in float64, a float32 subset, spherical / prolate / oblate
    ellipsoids and an empty batch, with the tolerances of
-   ``tests/test_equivalence.py`` (float64 rtol 1e-6, atol 1e-8 x block max, on
+   ``tests/kernels/test_pairs_equivalence.py`` (float64 rtol 1e-6, atol 1e-8 x block max, on
    raw and orthonormalised coefficients; float32 rtol 1e-3, atol 1e-4 x block
    max); for ``cupy_batched`` also chunked == unchunked (bit for bit),
    ``keep_on_device`` CuPy arrays, and the GPU against the same per-pair body
@@ -25,7 +25,7 @@ It
    card's theoretical DRAM bandwidth), and peak GPU memory (CuPy memory pool
    bytes held from an emptied pool / ``torch.cuda.max_memory_allocated``).
 
-4. for the ``cupy_batched`` centre density (``kernels.cupy_density``, the
+4. for the ``cupy_batched`` centre density (``kernels.cupy.density``, the
    neighbour sum fused into the kernel): equivalence against
    ``reference.density.centre_density`` (lmax 0, 3, 6; GTO and monomial; int,
    list and default radial counts; float64 and float32; raw and
@@ -85,7 +85,7 @@ def make_hypers(lmax, basis, max_radial=None):
 
 
 def equivalence_cases():
-    """(label, hypers, dtype, n_pairs, seed, shape) as in tests/test_equivalence.py."""
+    """(label, hypers, dtype, n_pairs, seed, shape) as in tests/kernels/test_pairs_equivalence.py."""
     cases = []
     for lmax in range(9):
         forms = {"default": None, "int": 2,
@@ -158,7 +158,7 @@ def check_equivalence(name, expand, checks: Checks):
 def check_cupy_extras(checks: Checks):
     import cupy
 
-    from einsum_workbench.kernels import cupy_batched as cb
+    from einsum_workbench.kernels.cupy import pairs as cb
 
     hypers = make_hypers(6, "gto")
     arrays = _inputs(5000, 17, "mixed", np.float64)
@@ -196,12 +196,12 @@ def check_cupy_extras(checks: Checks):
 
 
 def check_gradients(checks: Checks, n_pairs: int = 2**20, repeats: int = 10):
-    """``cupy_batched`` gradients (kernels.cupy_gradients): GPU vs finite differences of the
+    """``cupy_batched`` gradients (kernels.cupy.gradients): GPU vs finite differences of the
     reference and vs the host-compiled body, chunked == unchunked; then kernel-only timings."""
     import cupy
 
-    from einsum_workbench.kernels import cupy_batched as cb
-    from einsum_workbench.kernels import cupy_gradients as cg
+    from einsum_workbench.kernels.cupy import pairs as cb
+    from einsum_workbench.kernels.cupy import gradients as cg
     from einsum_workbench.reference.gradients import finite_difference_gradients
 
     print("[cupy_batched gradients] GPU vs finite differences, vs host-compiled body, chunking")
@@ -286,7 +286,7 @@ def card_properties() -> dict:
 
 def _bound(bandwidth, hypers, dtype):
     """Pairs per second if each pair's inputs were read and outputs written once at full bandwidth."""
-    from einsum_workbench.kernels import cupy_batched as cb
+    from einsum_workbench.kernels.cupy import pairs as cb
 
     return None if not bandwidth else bandwidth / cb.bytes_per_pair(hypers, dtype)
 
@@ -295,7 +295,7 @@ def time_cupy_kernel(hypers, dtype, n_pairs, repeats, block_size, max_registers=
     """Kernel-only: device-resident inputs and outputs, CUDA events around ``repeats`` launches."""
     import cupy
 
-    from einsum_workbench.kernels import cupy_batched as cb
+    from einsum_workbench.kernels.cupy import pairs as cb
 
     arrays = _inputs(n_pairs, 1, "mixed", dtype)
     backend = cb.CupyBackend(hypers, block_size, max_registers)
@@ -343,7 +343,7 @@ def time_call(call, sync, repeats):
 def time_cupy_calls(hypers, dtype, n_pairs, repeats, keep_on_device):
     import cupy
 
-    from einsum_workbench.kernels import cupy_batched as cb
+    from einsum_workbench.kernels.cupy import pairs as cb
 
     arrays = _inputs(n_pairs, 1, "mixed", dtype)
     pool = cupy.get_default_memory_pool()
@@ -472,7 +472,7 @@ def check_density_equivalence(name, density, checks: Checks):
 
 def check_density_extras(checks: Checks):
     """GPU only: chunking, thread order, cut runs, GPU vs the host-compiled code."""
-    from einsum_workbench.kernels import cupy_density as cd
+    from einsum_workbench.kernels.cupy import density as cd
 
     hypers = make_hypers(6, "gto")
     arrays = _inputs(6000, 23, "mixed", np.float64)
@@ -556,8 +556,8 @@ def time_density_kernel(hypers, dtype, n_pairs, kind, repeats, block_size=128, m
     """
     import cupy
 
-    from einsum_workbench.kernels import cupy_batched as cb
-    from einsum_workbench.kernels import cupy_density as cd
+    from einsum_workbench.kernels.cupy import pairs as cb
+    from einsum_workbench.kernels.cupy import density as cd
 
     arrays = tuple(a.astype(dtype, copy=False) for a in _timing_pairs(n_pairs))
     segment, n_segments = timing_segments(n_pairs, kind)
@@ -604,7 +604,7 @@ def time_density_call(hypers, dtype, n_pairs, kind, repeats):
     """End to end: NumPy in (segments shuffled: the host sorts), NumPy out, synchronised wall clock."""
     import cupy
 
-    from einsum_workbench.kernels import cupy_density as cd
+    from einsum_workbench.kernels.cupy import density as cd
 
     arrays = tuple(a.astype(dtype, copy=False) for a in _timing_pairs(n_pairs))
     segment, n_segments = timing_segments(n_pairs, kind)
@@ -639,7 +639,7 @@ def run_density_timings(sizes, repeats):
 
 def print_density_table(card, rows):
     print()
-    print(f"centre density (cupy_batched, kernels.cupy_density) on {card['name']}")
+    print(f"centre density (cupy_batched, kernels.cupy.density) on {card['name']}")
     print("workload: lmax 6, GTO sigma 1.5, default radial counts, random mixed ellipsoids")
     header = f"{'mode':<11} {'dtype':<8} {'pairs':>9} {'segments':>9} {'s/call':>10} {'pairs/s':>10} " \
              f"{'peak GPU MiB':>12}  note"

@@ -12,7 +12,7 @@ import numpy as np
 
 from einsum_workbench.reference.hypers import ExpansionHypers
 
-from .options import DEFAULT_XYZ_FRAMES, parse_semiaxes  # noqa: F401  (re-exported: checked once, in .options)
+from einsum_workbench.bench.options import DEFAULT_XYZ_FRAMES, parse_semiaxes  # noqa: F401  (re-exported: checked once, in .options)
 
 #: hyper-parameters of the default workload (issue 2): GTO, sigma 1.5, cutoff 7
 DEFAULT_LMAX = 6

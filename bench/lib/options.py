@@ -191,7 +191,7 @@ def workload_from(options):
         one line naming the option and why, when the workload cannot be built
         (a file that is not extxyz, frames without orientations, ...).
     """
-    from . import inputs
+    from einsum_workbench.bench import inputs
 
     xyz = getattr(options, "xyz", None)
     lmax = getattr(options, "lmax", 6)

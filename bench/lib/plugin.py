@@ -34,7 +34,9 @@ from pathlib import Path
 
 import pytest
 
-from . import options, pinning, report
+from einsum_workbench.bench import options
+from einsum_workbench.bench import pinning
+from einsum_workbench.bench import report
 
 session_key = pytest.StashKey[dict]()
 
@@ -99,7 +101,7 @@ def pytest_configure(config):
         import numpy  # noqa: F401  (loads the BLAS now, under the variables, so it is pinned and verified at start)
 
         state["pinning"] = pinning.pin(threads)
-        from . import measure
+        from einsum_workbench.bench import measure
 
         state["allocator"] = measure.keep_freed_memory()
     except (ValueError, pinning.PinningError) as err:
@@ -238,7 +240,7 @@ def bench_storage(pytestconfig) -> Path:
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     """Store versions, CPU model and the pinning with the saved run."""
-    from . import measure
+    from einsum_workbench.bench import measure
 
     state = config.stash.get(session_key, {})
     # only what stays the same between comparable runs (pytest-benchmark warns on any
@@ -279,7 +281,7 @@ def measure_variant(benchmark, bench_state, pytestconfig):
     listed under the ranking) and stops the session when the pinning breaks."""
     from einsum_workbench.kernels.registry import get_variant
 
-    from . import runner
+    from einsum_workbench.bench import runner
 
     def measure(name, inp, *, threads=None, problem="pairs", **kwargs):
         reason = get_variant(name, problem).unavailable_reason()

@@ -23,8 +23,9 @@ import numpy as np
 
 from einsum_workbench.kernels.registry import get_variant
 
-from . import measure, pinning
-from .inputs import BenchInput
+from einsum_workbench.bench import measure
+from einsum_workbench.bench import pinning
+from einsum_workbench.bench.inputs import BenchInput
 
 #: spot check against the reference on this many pairs of the benchmarked batch
 CHECK_PAIRS = 64
@@ -111,7 +112,7 @@ def gradient_spot_check(name: str, out, inp: BenchInput, dtype) -> None:
     against central finite differences with ``rtol = 1e-6`` and ``atol = 1e-6 x``
     the block's largest |value| (at least 1e-2 x the channel's largest
     coefficient: a derivative that vanishes is compared with the differences'
-    rounding noise), as ``tests/test_gradient_equivalence.py``. Raises AssertionError."""
+    rounding noise), as ``tests/kernels/test_gradients_equivalence.py``. Raises AssertionError."""
     from einsum_workbench.reference.compare import assert_coefficients_close
     from einsum_workbench.reference.gradients import finite_difference_gradients
 

@@ -63,7 +63,7 @@ def time_compile(hypers: ExpansionHypers, n_pairs: int | None = None, *, dtype=n
     ``compile_s`` (first minus steady), ``compiles`` (graphs compiled by the
     first call), ``backend_s`` (time spent inside Inductor) and ``n_pairs``.
     """
-    from einsum_workbench.kernels import torch_einsum
+    from einsum_workbench.kernels.torch import pairs as torch_einsum
     from einsum_workbench.reference.random_pairs import random_pair_batch
 
     n_pairs = torch_einsum.DEFAULT_CHUNK if n_pairs is None else n_pairs
@@ -161,7 +161,8 @@ def torch_study(pairs_or_workload, hypers: ExpansionHypers | None = None, *, rep
     import torch
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from einsum_workbench.kernels import numpy_einsum, torch_einsum
+    from einsum_workbench.kernels.numpy import pairs as numpy_einsum
+    from einsum_workbench.kernels.torch import pairs as torch_einsum
 
     arrays64, hypers = _pair_arrays(pairs_or_workload, hypers)
     n_pairs = arrays64[0].shape[0]
@@ -205,7 +206,7 @@ def torch_study(pairs_or_workload, hypers: ExpansionHypers | None = None, *, rep
                     notes[key] = ("steady state; compile s = first call minus the next"
                                  + (", on-disk caches off" if cold_compile else "") + " (0 if compiled earlier)")
                 if include_opt_einsum:
-                    from einsum_workbench.kernels import opt_einsum_planned
+                    from einsum_workbench.kernels.opt_einsum import pairs as opt_einsum_planned
 
                     for backend in ("numpy", "torch"):
                         calls[(f"opt_einsum_planned[{backend}]", name, "planned")] = functools.partial(
@@ -244,7 +245,7 @@ def _torch_core_only(tensors, hypers):
     """torch_einsum's chunk loop on tensors, no NumPy at either end."""
     import torch
 
-    from einsum_workbench.kernels import torch_einsum
+    from einsum_workbench.kernels.torch import pairs as torch_einsum
 
     n_pairs = tensors[0].shape[0]
     with torch.no_grad():

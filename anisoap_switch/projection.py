@@ -1,0 +1,229 @@
+"""``EllipsoidalDensityProjection.transform`` and ``power_spectrum``, replaced wholesale.
+
+Upstream's ``transform`` reads every atom of every frame in Python loops
+(rotations through scipy one atom at a time), builds featomic's neighbour
+list, expands pairs, sums them in Python loops and orthonormalises block by
+block. Here it runs the workbench's pipeline (:mod:`einsum_workbench.pipeline`):
+one pass over the frames, one neighbour-list pass for all of them, one call
+of the backend's density variant, TensorMaps built from arrays. ``power_spectrum``
+contracts the density arrays directly (one matrix product per l) instead of
+building the density TensorMap and running ``cg_combine``.
+
+What stays upstream's, for anisoap 0.1.1 and its development head:
+
+- arguments: ``show_progress`` (a tqdm bar over the frames), ``normalize``,
+  ``rust_moments`` (accepted, no effect: the backend computes the moments),
+  and the head's ``return_pef``, which returns the pair TensorMap too and
+  therefore runs upstream's own ``transform`` (with the patched pair
+  expansion and neighbour sum);
+- reading frames: rotations from ``self.rotation_key`` through scipy's
+  ``Rotation`` (vectorised), ``c_diameter[k] / 2`` (a ``KeyError`` when
+  missing, as upstream), and for a frame without the rotation array
+  upstream's warning, once per atom, and zero matrices (those pairs are
+  computed with upstream's lab-frame arithmetic, the reference's
+  ``any_matrix=True``);
+- outputs: keys, samples, components, properties and their order; values
+  within the equivalence tolerance. anisoap 0.1.1 orthonormalises after the
+  neighbour sum by label, which with two or more neighbour species applies
+  the radial matrix to columns holding other (n, species) values; the
+  development head orthonormalises each pair first. Each is reproduced.
+- ``power_spectrum``: upstream's checks and messages on frames; with
+  ``mean_over_samples=True``, anisoap 0.1.1 fails on frames with several
+  centre species (``.block()`` on a TensorMap of several blocks): the switch
+  raises :class:`SeveralCentreSpeciesError` (an ``IndexError``, as upstream's)
+  that says why and names the way out; the head stacks the species side by
+  side as it does.
+
+The attribute ``nl`` (featomic's neighbour list) is not set by the replaced
+``transform``; the others upstream sets (``frames``, ``num_atoms_per_frame``,
+``num_atoms_total``, ``frame_to_global_atom_idx``, ``feature_gradients``) are.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import numpy as np
+
+from einsum_workbench.anisoap_switch.expansion import hypers_from_radial_basis
+
+#: Frame arrays upstream's ``power_spectrum`` requires.
+REQUIRED_ATTRIBUTES = ("c_diameter[1]", "c_diameter[2]", "c_diameter[3]", "c_q", "positions", "numbers")
+DIAMETERS = ("c_diameter[1]", "c_diameter[2]", "c_diameter[3]")
+
+
+class SeveralCentreSpeciesError(IndexError):
+    """anisoap 0.1.1's ``power_spectrum(mean_over_samples=True)`` cannot average
+    frames with several centre species."""
+
+
+def upstream_flavour(module) -> str:
+    """"head" when the module's ``pairwise_ellip_expansion`` orthonormalises
+    pairs (it has ``normalize``), else "0.1.1"."""
+    originals = module.__dict__.get("_einsum_workbench_originals") or {}
+    function = originals.get("pairwise_ellip_expansion", getattr(module, "pairwise_ellip_expansion", None))
+    try:
+        return "head" if "normalize" in inspect.signature(function).parameters else "0.1.1"
+    except (TypeError, ValueError):
+        return "0.1.1"
+
+
+def _rotation_matrices(edp, frames, n_atoms, show_progress: bool):
+    """(N, 3, 3) rotations as upstream builds them, and upstream's warnings."""
+    from scipy.spatial.transform import Rotation
+    from tqdm.auto import tqdm
+
+    stored, have = [], np.ones(len(frames), dtype=bool)
+    key = edp.rotation_key
+    for k, frame in enumerate(tqdm(frames, disable=not show_progress, desc="Computing neighborlist")):
+        arrays = frame.arrays
+        if key in arrays:
+            stored.append(arrays[key])
+        elif n_atoms[k]:
+            have[k] = False
+            for _ in range(n_atoms[k]):  # upstream warns once per atom
+                warnings.warn(f"Frame {k} does not have rotations stored, this may cause errors down the line.")
+    rotations = np.zeros((int(n_atoms.sum()), 3, 3))
+    if not stored:
+        return rotations
+    values = np.concatenate(stored).astype(np.float64, copy=False)
+    matrix_mode = getattr(edp, "rotation_maker", None) == Rotation.from_matrix
+    try:  # all atoms in one scipy call
+        if not matrix_mode and values.ndim == 2 and values.shape[1] == 4:
+            matrices = Rotation.from_quat(values[:, [1, 2, 3, 0]]).as_matrix()  # stored (w, x, y, z)
+        elif matrix_mode and values.shape[1:] == (3, 3):
+            matrices = Rotation.from_matrix(values).as_matrix()
+        else:
+            raise ValueError(f"rotations stored with shape {values.shape}")
+    except ValueError:  # upstream's own per-atom call, for upstream's own error
+        matrices = np.stack([edp.rotation_maker(v).as_matrix() for v in values])
+    rotations[np.repeat(have, n_atoms)] = matrices.reshape(-1, 3, 3)
+    return rotations
+
+
+def _atoms_table(edp, frames, show_progress: bool):
+    """The :class:`AtomsTable` of ``frames`` read as upstream reads them."""
+    from einsum_workbench.reference.pairs import AtomsTable, frame_geometry
+
+    n_atoms, positions, numbers, cells, pbc = frame_geometry(frames)
+    rotations = _rotation_matrices(edp, frames, n_atoms, show_progress)
+    # one concatenation per diameter; a frame without them raises upstream's KeyError
+    semiaxes = np.stack([np.concatenate([f.arrays[key] for f in frames]) if len(frames) else np.zeros(0)
+                         for key in DIAMETERS], axis=1).astype(np.float64, copy=False) / 2
+    return AtomsTable(n_atoms=n_atoms, positions=positions, numbers=numbers, rotations=rotations,
+                      semiaxes=semiaxes, cells=cells, pbc=pbc)
+
+
+def _record_attributes(edp, frames, table) -> None:
+    """The attributes upstream's ``transform`` leaves on the object."""
+    edp.frames = frames
+    edp.num_atoms_per_frame = np.asarray(table.n_atoms, dtype=int)
+    edp.num_atoms_total = int(table.n_atoms.sum())
+    edp.frame_to_global_atom_idx = np.asarray(table.first_atom, dtype=int)
+    edp.feature_gradients = 0
+
+
+def density_blocks_of(edp, frames, *, backend: str, flavour: str, normalize: bool, show_progress: bool,
+                      property_layout: str):
+    """(layout, blocks): the centre density of ``frames`` as upstream's
+    ``transform`` computes it, as arrays (see ``pipeline.density.density_blocks``)."""
+    from einsum_workbench.pipeline.density import density_blocks, density_of_table
+    from einsum_workbench.pipeline.stages import stage
+
+    hypers = hypers_from_radial_basis(edp.radial_basis, edp.max_angular)
+    with stage("frames"):
+        table = _atoms_table(edp, list(frames), show_progress)
+        _record_attributes(edp, frames, table)
+    layout, density = density_of_table(table, hypers, backend=backend, orthonormal=normalize and flavour == "head",
+                                       self_pairs=not edp.subtract_center_contribution, any_matrix=True)
+    by_label = hypers if normalize and flavour == "0.1.1" else None
+    blocks = density_blocks(layout, density, property_layout=property_layout, orthonormalize_columns=by_label)
+    return layout, blocks
+
+
+def make_transform(original, backend: str, flavour: str, property_layout: str):
+    """A drop-in ``EllipsoidalDensityProjection.transform`` run by the pipeline.
+
+    Parameters
+    ----------
+    original : function
+        Upstream's ``transform`` (its extra keyword arguments are accepted;
+        ``return_pef=True`` runs it).
+    backend : str
+        Registered variant name.
+    flavour : {"0.1.1", "head"}
+        Where upstream orthonormalises (module docstring).
+    property_layout : {"upstream", "labelled"}
+    """
+    extra = [name for name in inspect.signature(original).parameters
+             if name not in ("self", "frames", "show_progress", "normalize", "rust_moments")]
+
+    def transform(self, frames, show_progress=False, normalize=True, rust_moments=True, **kwargs):
+        unknown = [name for name in kwargs if name not in extra]
+        if unknown:
+            raise TypeError(f"transform() got an unexpected keyword argument {unknown[0]!r}")
+        if kwargs.get("return_pef"):
+            return original(self, frames, show_progress=show_progress, normalize=normalize,
+                            rust_moments=rust_moments, **kwargs)
+        from einsum_workbench.pipeline.density import density_tensormap
+
+        layout, blocks = density_blocks_of(self, frames, backend=backend, flavour=flavour, normalize=normalize,
+                                           show_progress=show_progress, property_layout=property_layout)
+        return density_tensormap(layout, blocks)
+
+    transform.__doc__ = original.__doc__
+    transform.workbench_backend = backend
+    return transform
+
+
+def _check_power_spectrum_frames(frames) -> None:
+    """Upstream's checks on the frames, with its messages."""
+    if frames[0].arrays is None:
+        raise ValueError("frames cannot be none")
+    required = set(REQUIRED_ATTRIBUTES)
+    for index, frame in enumerate(frames):
+        array = frame.arrays
+        if required.issubset(array.keys()) and "quaternion" not in array:
+            continue  # the common case, without upstream's 12 look-ups per frame
+        for attr in REQUIRED_ATTRIBUTES:
+            if attr not in array:
+                raise ValueError(f"frame at index {index} is missing a required attribute '{attr}'")
+            if "quaternion" in array:
+                raise ValueError("frame should contain c_q rather than quaternion")
+
+
+def make_power_spectrum(backend: str, flavour: str, property_layout: str):
+    """A drop-in ``EllipsoidalDensityProjection.power_spectrum`` (module docstring)."""
+
+    def power_spectrum(self, frames, mean_over_samples=True, show_progress=False, rust_moments=True):
+        from einsum_workbench.pipeline.power_spectrum import (
+            mean_over_centres,
+            power_spectrum_tensormap,
+            species_power_spectrum,
+        )
+        from einsum_workbench.pipeline.stages import stage
+
+        _check_power_spectrum_frames(frames)
+        layout, blocks = density_blocks_of(self, frames, backend=backend, flavour=flavour, normalize=True,
+                                           show_progress=show_progress, property_layout=property_layout)
+        if not mean_over_samples:
+            return power_spectrum_tensormap(layout, blocks)
+        if flavour == "0.1.1" and len(layout.centre_types) > 1:
+            raise SeveralCentreSpeciesError(
+                f"anisoap 0.1.1's power_spectrum(mean_over_samples=True) averages one centre species only; "
+                f"these frames have centre species {layout.centre_types.tolist()} (upstream fails here with "
+                "an IndexError from TensorMap.block()). Use power_spectrum(frames, mean_over_samples=False) "
+                "for one block per centre species, or einsum_workbench.pipeline.power_spectrum(frames, hypers) "
+                "for per-structure features of every species with matching labels."
+            )
+        with stage("power_spectrum"):
+            means = []
+            for c in range(len(layout.centre_types)):
+                values, _ = species_power_spectrum(layout, blocks, c)
+                mean, present = mean_over_centres(values, layout.samples[c][:, 0], layout.n_frames)
+                means.append(mean[present][:, None, :].squeeze())  # what upstream's .values.squeeze() gives
+            return means[0] if flavour == "0.1.1" else np.hstack(means)
+
+    power_spectrum.workbench_backend = backend
+    return power_spectrum

@@ -1,0 +1,1 @@
+"""Source generation for the Numba kernels: Python source text, one function per kernel."""

@@ -1,0 +1,1 @@
+"""The opt_einsum family: the pair expansion planned once by opt_einsum (:mod:`.pairs`)."""
