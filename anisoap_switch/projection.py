@@ -104,7 +104,7 @@ def _rotation_matrices(edp, frames, n_atoms, show_progress: bool):
 
 def _atoms_table(edp, frames, show_progress: bool):
     """The :class:`AtomsTable` of ``frames`` read as upstream reads them."""
-    from einsum_workbench.reference.pairs import AtomsTable, frame_geometry
+    from einsum_workbench.reference.frames import AtomsTable, frame_geometry
 
     n_atoms, positions, numbers, cells, pbc = frame_geometry(frames)
     rotations = _rotation_matrices(edp, frames, n_atoms, show_progress)

@@ -49,7 +49,7 @@ DEFAULT_XYZ = Path(__file__).resolve().parent.parent.parent / "shared" / "data" 
 
 def _frames(workload, pytestconfig):
     from einsum_workbench.bench.options import parse_semiaxes
-    from einsum_workbench.reference.pairs import read_frames
+    from einsum_workbench.reference.frames import read_frames
     from einsum_workbench.reference.workloads import DEFAULT_FRAMES, benzenes
 
     if workload == "benzenes":

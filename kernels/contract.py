@@ -1,9 +1,11 @@
-"""The two contracts every variant implements, stated once.
+"""The contracts of the registry's three problems, stated once.
 
-DESIGN.md section 4 (the pair expansion) and section 3, "Centre density".
+DESIGN.md section 4 (the pair expansion), section 3, "Centre density", and
+section 3, "Derivatives" (the gradients).
 :mod:`einsum_workbench.kernels.registry` lists the implementations
 (``VARIANTS`` for :class:`PairExpansion`, ``DENSITY_VARIANTS`` for
-:class:`CentreDensity`); a variant module's docstring names the contract it
+:class:`CentreDensity`, ``GRADIENT_VARIANTS`` for :class:`PairExpansionGradients`);
+a variant module's docstring names the contract it
 implements and documents only its own keyword options. The protocols are
 structural (``typing.Protocol``): a plain function with this signature
 implements them, and static type checkers can check it.
@@ -15,6 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from einsum_workbench.reference.gradients import PairGradients
 from einsum_workbench.reference.hypers import ExpansionHypers
 
 
@@ -106,3 +109,44 @@ class CentreDensity(Protocol):
     def __call__(self, r_ij: np.ndarray, rotations: np.ndarray, semiaxes: np.ndarray,
                  hypers: ExpansionHypers, segment: np.ndarray, n_segments: int, *, dtype=None,
                  orthonormal: bool = False, **options) -> list: ...
+
+
+@runtime_checkable
+class PairExpansionGradients(Protocol):
+    """``expand_with_gradients(r_ij, rotations, semiaxes, hypers, *, dtype=None,
+    semiaxes_gradients=False, **options)``.
+
+    Raw pair coefficients with their derivatives (DESIGN.md section 3,
+    "Derivatives"; :mod:`einsum_workbench.reference.gradients` states the
+    contract and the formulas, and its finite differences are the reference,
+    :func:`einsum_workbench.reference.gradients.finite_difference_gradients`).
+
+    Parameters
+    ----------
+    r_ij, rotations, semiaxes, hypers, dtype
+        As :class:`PairExpansion`.
+    semiaxes_gradients : bool
+        Also the derivatives along each body semi-axis.
+    **options
+        Keyword options of the variant, documented in its module.
+
+    Returns
+    -------
+    PairGradients
+        ``values[l]`` (P, 2l+1, num_radial[l]) as :class:`PairExpansion`;
+        ``positions[l]`` and ``orientations[l]`` (P, 3, 2l+1, num_radial[l]):
+        derivatives along r_ij (angstrom^-1 times the coefficients' unit) and
+        along infinitesimal rotations of the neighbour about each lab axis
+        (radian^-1); ``semiaxes[l]`` likewise (angstrom^-1), or None unless asked.
+
+    Raises
+    ------
+    ValueError, TypeError
+        malformed pairs, or a bad option (named).
+    RuntimeError
+        the variant cannot run here: the message says why.
+    """
+
+    def __call__(self, r_ij: np.ndarray, rotations: np.ndarray, semiaxes: np.ndarray,
+                 hypers: ExpansionHypers, *, dtype=None, semiaxes_gradients: bool = False,
+                 **options) -> PairGradients: ...

@@ -1,7 +1,7 @@
 """Frames to AniSOAP's centre density, one kernel call for all frames.
 
 The data flow (DESIGN.md section 2): frames -> flat atom arrays
-(:func:`einsum_workbench.reference.pairs.atoms_table`) -> neighbour pairs of
+(:func:`einsum_workbench.reference.frames.atoms_table`) -> neighbour pairs of
 all frames in one pass -> each pair's *segment* (its output row: centre atom
 and neighbour species) -> one call of a density variant (the pairs sorted by
 segment, each centre's sum accumulated by the kernel) -> per centre species
@@ -29,7 +29,8 @@ import numpy as np
 
 from einsum_workbench.reference.density import orthonormalize_density, segment_sum
 from einsum_workbench.reference.hypers import ExpansionHypers
-from einsum_workbench.reference.pairs import AtomsTable, PairBatch
+from einsum_workbench.reference.frames import AtomsTable
+from einsum_workbench.reference.pairs import PairBatch
 
 from einsum_workbench.pipeline.stages import stage
 
@@ -188,7 +189,7 @@ def table_pairs(table: AtomsTable, cutoff: float, *, self_pairs: bool = True) ->
 
 def is_rotation(matrices) -> np.ndarray:
     """(N,) bool: each 3x3 matrix is orthonormal within the kernels' float64 tolerance."""
-    from einsum_workbench.reference.validation import ORTHONORMAL_TOL
+    from einsum_workbench.reference.limits import ORTHONORMAL_TOL
 
     gram = np.matmul(matrices, np.swapaxes(matrices, 1, 2)) - np.eye(3)
     return np.abs(gram).max(axis=(1, 2), initial=0.0) <= ORTHONORMAL_TOL[np.dtype(np.float64)]
@@ -457,7 +458,7 @@ def density_of_frames(frames, hypers: ExpansionHypers, *, backend: str = "numba_
                       rotation_type: str = "quaternion"):
     """(DensityLayout, density arrays) of frames: :func:`centre_density` before
     the TensorMap (parameters and errors the same)."""
-    from einsum_workbench.reference.pairs import atoms_table
+    from einsum_workbench.reference.frames import atoms_table
 
     check_hypers(hypers)
     with stage("frames"):

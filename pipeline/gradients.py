@@ -35,7 +35,7 @@ import numpy as np
 
 from einsum_workbench.reference.density import segment_sum
 from einsum_workbench.reference.hypers import ExpansionHypers
-from einsum_workbench.reference.pairs import AtomsTable
+from einsum_workbench.reference.frames import AtomsTable
 from einsum_workbench.reference.radial import orthonormalization_matrix
 
 from einsum_workbench.pipeline.density import DensityLayout, check_property_layout, table_pairs
@@ -245,7 +245,7 @@ def density_gradients_of_frames(frames, hypers: ExpansionHypers, *, backend: str
                                 gradients=GRADIENT_PARAMETERS) -> DensityGradients:
     """:func:`density_gradients_of_table` of frames (parameters as
     :func:`einsum_workbench.pipeline.density.centre_density`)."""
-    from einsum_workbench.reference.pairs import atoms_table
+    from einsum_workbench.reference.frames import atoms_table
 
     from einsum_workbench.pipeline.density import check_hypers
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from einsum_workbench.reference.hypers import ExpansionHypers
-from einsum_workbench.reference.pairs import AtomsTable
+from einsum_workbench.reference.frames import AtomsTable
 from einsum_workbench.reference.radial import orthonormalization_matrix
 
 from einsum_workbench.pipeline.density import table_pairs
@@ -114,7 +114,7 @@ class TorchPowerSpectrum:
     Parameters
     ----------
     table : AtomsTable
-        The frames (``reference.pairs.atoms_table(frames, ...)``): species,
+        The frames (``reference.frames.atoms_table(frames, ...)``): species,
         semi-axes, cells and the neighbour list are taken from it once.
     hypers : ExpansionHypers
     backend : str

@@ -18,7 +18,7 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
-from einsum_workbench.reference.validation import CUTOFF_RANGE, DEGREE_LIMIT, LMAX_LIMIT, SIGMA_RANGE
+from einsum_workbench.reference.limits import CUTOFF_RANGE, DEGREE_LIMIT, LMAX_LIMIT, SIGMA_RANGE
 
 RADIAL_BASES = ("gto", "monomial")
 

@@ -56,7 +56,7 @@ def _check_count(name, value, low, high=None):
 
 def random_rotations(rng: np.random.Generator, n: int) -> np.ndarray:
     """(n, 3, 3) rotations uniform over SO(3) (normalised Gaussian quaternions)."""
-    from einsum_workbench.reference.pairs import rotations_from_quaternions
+    from einsum_workbench.reference.frames import rotations_from_quaternions
 
     q = rng.normal(size=(n, 4))
     return rotations_from_quaternions(q)

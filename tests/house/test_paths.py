@@ -83,7 +83,8 @@ def test_write_sources_command_line(tmp_path):
 def _registered_functions(problem):
     from einsum_workbench.kernels import registry
 
-    variants = registry.VARIANTS if problem == "pairs" else registry.DENSITY_VARIANTS
+    variants = {"pairs": registry.VARIANTS, "density": registry.DENSITY_VARIANTS,
+                "gradients": registry.GRADIENT_VARIANTS}[problem]
     seen = {}
     for variant in variants:
         if any(importlib.util.find_spec(m) is None for m in variant.requires):
@@ -93,12 +94,13 @@ def _registered_functions(problem):
     return seen
 
 
-@pytest.mark.parametrize("problem", ["pairs", "density"])
+@pytest.mark.parametrize("problem", ["pairs", "density", "gradients"])
 def test_registered_functions_have_the_contract_signature(problem):
     """Every registered function takes the contract's parameters (kernels.contract)."""
-    from einsum_workbench.kernels.contract import CentreDensity, PairExpansion
+    from einsum_workbench.kernels import contract
 
-    protocol = PairExpansion if problem == "pairs" else CentreDensity
+    protocol = {"pairs": contract.PairExpansion, "density": contract.CentreDensity,
+                "gradients": contract.PairExpansionGradients}[problem]
     required = list(inspect.signature(protocol.__call__).parameters)[1:]
     positional = [p for p in required if inspect.signature(protocol.__call__).parameters[p].kind
                   is inspect.Parameter.POSITIONAL_OR_KEYWORD]

@@ -48,9 +48,8 @@ from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.neighbours import MAX_PAIRS, estimate_pairs, neighbour_pairs
 from einsum_workbench.reference.pairs import frames_to_pairs
 from einsum_workbench.reference.random_pairs import random_pair_batch
-from einsum_workbench.reference.validation import (
-    CUTOFF_RANGE, DEGREE_LIMIT, LMAX_LIMIT, PAIR_LIMITS, SIGMA_RANGE, check_hypers, resolve_dtype,
-)
+from einsum_workbench.reference.limits import CUTOFF_RANGE, DEGREE_LIMIT, LMAX_LIMIT, PAIR_LIMITS, SIGMA_RANGE
+from einsum_workbench.reference.validation import check_hypers, resolve_dtype
 
 HYPERS = ExpansionHypers(3, "gto", cutoff=7.0, sigma=1.5)   # the one tests/kernels/test_bad_input.py compiles
 MONOMIAL = ExpansionHypers(3, "monomial", cutoff=CUTOFF_RANGE[0])   # also an edge case below (one compilation)

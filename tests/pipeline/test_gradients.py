@@ -196,7 +196,7 @@ def test_bad_gradient_requests_raise():
 def test_torch_model_gets_forces_and_torques_by_backward(backend):
     torch = pytest.importorskip("torch")
     from einsum_workbench.pipeline.torch_features import TorchPowerSpectrum, torques_from_rotation_gradient
-    from einsum_workbench.reference.pairs import atoms_table
+    from einsum_workbench.reference.frames import atoms_table
 
     frames, key = periodic_two_species_frames(), "c_q"
     hypers = ExpansionHypers(lmax=3, radial_basis="gto", cutoff=4.0, sigma=1.2)

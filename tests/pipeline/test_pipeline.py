@@ -22,7 +22,8 @@ from einsum_workbench.pipeline import centre_density, power_spectrum, record_sta
 from einsum_workbench.pipeline.density import density_layout
 from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.neighbours import neighbour_pairs
-from einsum_workbench.reference.pairs import frame_geometry, frames_to_pairs
+from einsum_workbench.reference.frames import frame_geometry
+from einsum_workbench.reference.pairs import frames_to_pairs
 from einsum_workbench.reference.workloads import benzenes, ellipsoids
 
 HYPERS = ExpansionHypers(lmax=4, radial_basis="gto", cutoff=7.0, sigma=1.5)

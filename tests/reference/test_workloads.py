@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from einsum_workbench.reference import workloads
-from einsum_workbench.reference.pairs import rotations_from_quaternions
+from einsum_workbench.reference.frames import rotations_from_quaternions
 
 
 def frame_arrays(frames):

@@ -66,7 +66,7 @@ from typing import NamedTuple
 import numpy as np
 
 from einsum_workbench.reference.hypers import ExpansionHypers
-from einsum_workbench.reference.validation import ORTHONORMAL_TOL
+from einsum_workbench.reference.limits import ORTHONORMAL_TOL
 
 from einsum_workbench.kernels.tables import compact_solid_harmonics, monomial_exponents
 

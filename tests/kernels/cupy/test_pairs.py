@@ -219,7 +219,8 @@ def test_host_compiled_every_frame_in_one_batch():
 @needs_gxx
 def test_host_compiled_real_dataset_sample(shared_data_path):
     """AniSOAP's example frames (../shared/data/ellipsoids.xyz) with diameters (4, 4, 0.5)."""
-    from einsum_workbench.reference.pairs import frames_to_pairs, read_frames
+    from einsum_workbench.reference.frames import read_frames
+    from einsum_workbench.reference.pairs import frames_to_pairs
 
     pairs = frames_to_pairs(read_frames(shared_data_path, ":2"), 7.0, semiaxes=(2.0, 2.0, 0.25))
     sample = pairs.select(np.random.default_rng(1).choice(len(pairs), size=min(40, len(pairs)), replace=False))
