@@ -2,7 +2,7 @@
 
 Contract: :mod:`einsum_workbench.reference.density` (one output row per
 segment, e.g. per (frame, centre, neighbour species)). Built from
-``numba_fused``'s generated straight-line LLVM IR (``numba_codegen``:
+``numba_fused``'s generated straight-line LLVM IR (``codegen.pairs``:
 screen, body-frame geometry, unrolled moment recurrence, unrolled sparse
 contraction, SIMD lanes), but no pair's coefficients ever reach memory:
 
@@ -22,7 +22,7 @@ contraction, SIMD lanes), but no pair's coefficients ever reach memory:
   group of ``LANES`` segments the summed moments are contracted with the
   non-zeros of ``T'_l`` (float64, SIMD across the segments), multiplied by
   ``W_l`` and each segment's row is written once
-  (``numba_codegen.density_intrinsic``).
+  (``codegen.density.density_intrinsic``).
 
 So results are bit-identical for any thread count, and an unsorted batch
 gives exactly what the same batch pre-sorted by a stable sort on
@@ -47,10 +47,10 @@ Emerald Rapids with AVX-512, 2 cores shared with other jobs; 500
 interleaved calls): this whole call 0.024 us per pair (minimum; 10th
 percentile 0.027, median 0.033 under the other jobs' load), the kernel alone
 0.022, against 0.061 (0.067, 0.10) for ``numba_fused.expand`` on the same
-pairs in the same run. Lane counts: ``numba_codegen.default_density_lanes``.
+pairs in the same run. Lane counts: ``lanes.default_density_lanes``.
 
 Kernels are generated and compiled per (hypers, dtype, lanes) and cached on
-disk like ``numba_fused``'s (``numba_fused.cache_dir``). Until a kernel is
+disk like ``numba_fused``'s (``dispatch.cache_dir``). Until a kernel is
 compiled, and above ``numba_dispatch.SPECIALISE_MAX_LMAX``, the generic
 centre-density kernel (``numba_generic.density_segments``: compiled once
 per machine, table-driven; sums in float64) serves the calls, as for
@@ -64,7 +64,6 @@ from __future__ import annotations
 import functools
 import threading
 
-import numba
 import numpy as np
 
 from einsum_workbench.reference.density import check_segments
@@ -74,15 +73,20 @@ from einsum_workbench.reference.validation import check_hypers, check_pair_array
 
 from einsum_workbench.kernels.numba import dispatch as numba_dispatch
 from einsum_workbench.kernels.numba import generic as numba_generic
-from einsum_workbench.kernels.numba.codegen.emitters import (
+from einsum_workbench.kernels.numba.arrays import prepared_arrays
+from einsum_workbench.kernels.numba.codegen.density import generate_density_source
+from einsum_workbench.kernels.numba.codegen.keys import kernel_key
+from einsum_workbench.kernels.numba.dispatch import (
     BLOCKS_PER_CHUNK,
-    _checked_density_lanes,
-    generate_density_source,
-    kernel_key,
+    cache_dir,
+    cache_variables,
+    dynamic_schedule,
+    generated_module,
+    num_threads,
+    parallel_guard,
 )
-from einsum_workbench.kernels.numba.codegen.emitters import screen_limit_array
-from einsum_workbench.kernels.numba.pairs import _num_threads, _prepared_arrays, _write_once, cache_dir
-from einsum_workbench.kernels.numba.dispatch import _cache_variables, import_generated, parallel_guard
+from einsum_workbench.kernels.numba.lanes import checked_density_lanes
+from einsum_workbench.kernels.numba.screening import screen_limit_array
 
 _modules: dict[tuple, object] = {}
 _lock = threading.Lock()
@@ -96,30 +100,26 @@ def density_module(hypers: ExpansionHypers, dtype, **options):
     ----------
     hypers : ExpansionHypers
     dtype : float32 or float64
-    **options : ``lanes`` of ``numba_codegen.generate_density_source``.
+    **options : ``lanes`` of ``codegen.density.generate_density_source``.
 
     Returns
     -------
     module with ``LANES`` and ``density_segments(r, rot, ax, starts, w, out0,
-    ..., out_lmax)`` (see ``numba_codegen.generate_density_source``),
+    ..., out_lmax)`` (see ``codegen.density.generate_density_source``),
     compiled on first call or loaded from Numba's disk cache
-    (``numba_fused.cache_dir``). ``centre_density`` goes through
+    (``dispatch.cache_dir``). ``centre_density`` goes through
     ``numba_dispatch.specialised`` instead (background compilation, generic
     kernel meanwhile).
     """
     # keyed on the variables cache_dir reads, not on cache_dir() itself (pathlib costs ~10 us a call)
-    lookup = (hypers, np.dtype(dtype), tuple(sorted(options.items())), _cache_variables())
+    lookup = (hypers, np.dtype(dtype), tuple(sorted(options.items())), cache_variables())
     module = _modules.get(lookup)
     if module is not None:
         return module
     dtype = np.dtype(dtype)
     with _lock:
-        directory = cache_dir()
-        key = kernel_key(hypers, dtype, kind="density", **options)
-        name = f"einsum_workbench_numba_density_{key}"
-        path = directory / f"{name}.py"
-        _write_once(path, generate_density_source(hypers, dtype, **options))
-        module = import_generated(name, path)
+        name = f"einsum_workbench_numba_density_{kernel_key(hypers, dtype, kind='density', **options)}"
+        module = generated_module(name, generate_density_source(hypers, dtype, **options), cache_dir())
         _modules[lookup] = module
         return module
 
@@ -149,7 +149,7 @@ def _output_rows(hypers: ExpansionHypers, n_rows: int, dtype) -> list:
 
 
 def _pair_arrays(r_ij, rotations, semiaxes, dtype, hypers=None):
-    """``numba_fused._prepared_arrays``, with a fast path for arrays that need nothing
+    """``arrays.prepared_arrays``, with a fast path for arrays that need nothing
     (same float32/float64 dtype, C-contiguous, writable, right shapes, ``dtype`` None or theirs)."""
     if (type(r_ij) is np.ndarray and type(rotations) is np.ndarray and type(semiaxes) is np.ndarray
             and r_ij.dtype == rotations.dtype == semiaxes.dtype and r_ij.dtype in _FLOATS
@@ -159,7 +159,7 @@ def _pair_arrays(r_ij, rotations, semiaxes, dtype, hypers=None):
             and r_ij.ndim == 2 and r_ij.shape[1] == 3 and rotations.shape == (r_ij.shape[0], 3, 3)
             and semiaxes.shape == (r_ij.shape[0], 3)):
         return r_ij, rotations, semiaxes, r_ij.dtype
-    return _prepared_arrays(r_ij, rotations, semiaxes, dtype, hypers)
+    return prepared_arrays(r_ij, rotations, semiaxes, dtype, hypers)
 
 
 def _segment_array(segment, n_segments, n_pairs: int):
@@ -178,18 +178,13 @@ def centre_density(r_ij, rotations, semiaxes, hypers: ExpansionHypers, segment, 
 
     Parameters
     ----------
-    r_ij : (P, 3) float array, angstrom
-        Position of neighbour j (with its periodic shift) minus centre i.
-    rotations : (P, 3, 3) float array
-        Body-to-lab rotation of neighbour j.
-    semiaxes : (P, 3) float array, angstrom, > 0
-        Semi-axes of neighbour j.
-    hypers : ExpansionHypers
+    r_ij, rotations, semiaxes, hypers, n_segments
+        The contract's (:func:`einsum_workbench.reference.density.centre_density`): (P, 3)
+        neighbour j minus centre i (angstrom), (P, 3, 3) body-to-lab rotations, (P, 3)
+        semi-axes (angstrom, > 0) as float arrays; ``n_segments`` >= 0 output rows.
     segment : (P,) array of int
         Output row of each pair, in ``[0, n_segments)``; any order (sorted
         input, as the AniSOAP pipeline supplies, skips the internal sort).
-    n_segments : int >= 0
-        Number of output rows.
     dtype : None, float32 or float64
         Compute and output dtype (None: the inputs'); float32 computes the
         pairs' moments in float32 (their sums too in the specialised
@@ -202,7 +197,7 @@ def centre_density(r_ij, rotations, semiaxes, hypers: ExpansionHypers, segment, 
         Numba threads for this call (None: ``numba.get_num_threads()``).
     lanes : None or power of two >= 2
         Pairs per SIMD block and segments per group of the specialised
-        kernel (None: ``numba_codegen.default_density_lanes``, this
+        kernel (None: ``lanes.default_density_lanes``, this
         machine's choice); for measuring other machines.
     kernel : None, "auto", "specialised" or "generic"
         Which kernel serves the call (None: ``$EINSUM_WORKBENCH_NUMBA_KERNEL``,
@@ -251,10 +246,10 @@ def centre_density(r_ij, rotations, semiaxes, hypers: ExpansionHypers, segment, 
     """
     check_hypers(hypers)
     mode = numba_dispatch.resolve_mode(kernel)
-    with _num_threads(threads):
+    with num_threads(threads):
         r, rot, ax, dtype = _pair_arrays(r_ij, rotations, semiaxes, dtype, hypers)
         check_hypers(hypers, dtype)  # the dtype's limits (float32: degree, cutoff)
-        options = {} if lanes is None else {"lanes": _checked_density_lanes(dtype, lanes)}
+        options = {} if lanes is None else {"lanes": checked_density_lanes(dtype, lanes)}
         n_pairs = r.shape[0]
         segment, n_segments = _segment_array(segment, n_segments, n_pairs)
         if n_pairs == 0 or n_segments == 0:
@@ -274,13 +269,9 @@ def centre_density(r_ij, rotations, semiaxes, hypers: ExpansionHypers, segment, 
         if module is None:
             # about 2,048 pairs per chunk of tasks (SEGMENTS_PER_TASK segments each)
             chunk = max(1, (2048 * n_segments) // (numba_generic.SEGMENTS_PER_TASK * n_pairs))
-            previous = numba.set_parallel_chunksize(chunk)
-            try:
-                with parallel_guard():
-                    out, suspects = numba_generic.run_density(r, rot, ax, starts, weights, hypers,
-                                                              screen_limit_array(dtype, hypers))
-            finally:
-                numba.set_parallel_chunksize(previous)
+            with dynamic_schedule(chunk), parallel_guard():
+                out, suspects = numba_generic.run_density(r, rot, ax, starts, weights, hypers,
+                                                          screen_limit_array(dtype, hypers))
             numba_dispatch.start_pending()
         else:
             if n_pairs < module.LANES:  # every block loads LANES rows: pad with pairs of no segment
@@ -294,12 +285,8 @@ def centre_density(r_ij, rotations, semiaxes, hypers: ExpansionHypers, segment, 
             out = _output_rows(hypers, n_rows, dtype)
             # dynamic scheduling: about BLOCKS_PER_CHUNK blocks of pairs per chunk, as numba_fused
             chunk = max(1, (BLOCKS_PER_CHUNK * n_rows) // n_pairs)
-            previous = numba.set_parallel_chunksize(chunk)
-            try:
-                with parallel_guard():
-                    suspects = module.density_segments(r, rot, ax, starts, weights, *(o.reshape(-1) for o in out))
-            finally:
-                numba.set_parallel_chunksize(previous)
+            with dynamic_schedule(chunk), parallel_guard():
+                suspects = module.density_segments(r, rot, ax, starts, weights, *(o.reshape(-1) for o in out))
             out = [o[:n_segments] for o in out]
     if suspects:
         check_pair_arrays(r_ij, rotations, semiaxes, dtype, hypers=hypers)  # raises the canonical error

@@ -4,7 +4,7 @@
 of kernel:
 
 - the *specialised* kernel, generated as straight-line code per
-  (hyper-parameters, dtype, lanes) by ``numba_codegen`` and compiled by
+  (hyper-parameters, dtype, lanes) by ``codegen`` and compiled by
   Numba (seconds to minutes: ~4 s at lmax 6, ~11 s at lmax 10 here), then
   cached on disk (``cache_dir``): the fastest;
 - the *generic* kernel (``numba_generic``), one per dtype, driven by index
@@ -47,7 +47,9 @@ Threads: Numba's ``workqueue`` threading layer (the one left when neither
 OpenMP nor TBB is available) aborts the process when two Python threads run
 parallel Numba code at once; ``parallel_guard`` serialises the kernels'
 calls under it (and on the first call of a process, before the layer is
-known).
+known). The other guards around a call, shared by every kernel of the family:
+``num_threads`` (a call's ``threads=``) and ``dynamic_schedule`` (prange's
+chunk size, ``BLOCKS_PER_CHUNK``). Importing this module imports no Numba.
 """
 
 from __future__ import annotations
@@ -70,11 +72,17 @@ import numpy as np
 
 from einsum_workbench.reference.hypers import ExpansionHypers
 
+from einsum_workbench.kernels.numba.lanes import LANES_ENV
+
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "EINSUM_WORKBENCH_NUMBA_CACHE"
 KERNEL_ENV = "EINSUM_WORKBENCH_NUMBA_KERNEL"
 MODES = ("auto", "specialised", "generic")
+
+#: Blocks a thread takes at a time (dynamic scheduling of prange, set by the caller with
+#: ``dynamic_schedule``: ``numba.set_parallel_chunksize`` inside a cached function defeats the cache).
+BLOCKS_PER_CHUNK = 256
 
 #: Largest lmax for which a specialised (straight-line) kernel is compiled; above it only the
 #: generic kernel runs (a documented limit: ``kernel="specialised"`` does not override it;
@@ -112,8 +120,10 @@ def cache_dir() -> Path:
     return numba_cache_dir()
 
 
-def _cache_variables() -> tuple:
-    """The environment variables ``cache_dir`` reads (cheap to compare on every call)."""
+def cache_variables() -> tuple:
+    """The values of the environment variables ``cache_dir`` reads (a tuple of str or None, cheap to
+    compare on every call: the kernels key their module caches on it instead of on ``cache_dir()``,
+    whose pathlib work costs ~10 us a call)."""
     return os.environ.get(CACHE_ENV), os.environ.get("EINSUM_WORKBENCH_CACHE"), os.environ.get("XDG_CACHE_HOME")
 
 
@@ -132,6 +142,20 @@ def write_once(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.replace(tmp, path)
+
+
+def generated_module(name: str, text: str, directory: Path):
+    """The generated module ``name`` with source ``text``: written to ``directory / f"{name}.py"``
+    (``write_once``) and imported (``import_generated``); not compiled.
+
+    Raises
+    ------
+    OSError
+        ``directory`` is not writable.
+    """
+    path = directory / f"{name}.py"
+    write_once(path, text)
+    return import_generated(name, path)
 
 
 def import_generated(name: str, path: Path):
@@ -212,19 +236,22 @@ _running: list[_Entry] = []  # zero or one entry
 
 
 def _source(entry: _Entry) -> str:
-    from einsum_workbench.kernels.numba.codegen.emitters import generate_density_source, generate_source
-
     if entry.kind == "pairs":
+        from einsum_workbench.kernels.numba.codegen.pairs import generate_source
+
         return generate_source(entry.hypers, entry.dtype, **entry.options)
+    from einsum_workbench.kernels.numba.codegen.density import generate_density_source
+
     return generate_density_source(entry.hypers, entry.dtype, **entry.options)
 
 
 def _prepare(entry: _Entry) -> None:
     """Resolve lanes and name, write the source and import the module (no compilation)."""
-    from einsum_workbench.kernels.numba.codegen.emitters import _checked_density_lanes, _checked_lanes, kernel_key
+    from einsum_workbench.kernels.numba.codegen.keys import kernel_key
+    from einsum_workbench.kernels.numba.lanes import checked_density_lanes, checked_lanes
 
     options = entry.options
-    entry.lanes = (_checked_lanes if entry.kind == "pairs" else _checked_density_lanes)(
+    entry.lanes = (checked_lanes if entry.kind == "pairs" else checked_density_lanes)(
         entry.dtype, options.get("lanes"))
     key = kernel_key(entry.hypers, entry.dtype, kind=entry.kind, **options)
     entry.name = _KINDS[entry.kind][0] + key
@@ -344,8 +371,8 @@ def specialised(kind: str, hypers: ExpansionHypers, dtype, options: dict, mode: 
     """
     if mode == "generic":
         return None
-    lookup = (kind, hypers, dtype, tuple(sorted(options.items())), _cache_variables(),
-              os.environ.get("EINSUM_WORKBENCH_LANES"))
+    lookup = (kind, hypers, dtype, tuple(sorted(options.items())), cache_variables(),
+              os.environ.get(LANES_ENV))
     entry = _entries.get(lookup)
     if entry is not None and entry.status == "ready":
         return entry.module
@@ -467,3 +494,46 @@ def parallel_guard():
         except ValueError:  # no parallel region has run yet: the layer is not chosen yet
             return _parallel_lock
     return _parallel_lock if _layer[0] == "workqueue" else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def num_threads(threads):
+    """Run with ``numba.set_num_threads(threads)``; None keeps the current count (restored afterwards).
+
+    Raises
+    ------
+    ValueError
+        ``threads`` not a positive int, or more than the ``NUMBA_NUM_THREADS`` Numba launched.
+    """
+    if threads is None:
+        yield
+        return
+    import numba
+
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(
+            f"threads={threads} exceeds the {numba.config.NUMBA_NUM_THREADS} threads Numba "
+            "launched (NUMBA_NUM_THREADS); raise NUMBA_NUM_THREADS before importing numba"
+        )
+    previous = numba.get_num_threads()
+    numba.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def dynamic_schedule(chunk: int = BLOCKS_PER_CHUNK):
+    """prange hands out ``chunk`` iterations at a time (a thread slowed by another
+    process takes fewer); which thread computes a pair never changes its result.
+    The previous chunk size is restored afterwards."""
+    import numba
+
+    previous = numba.set_parallel_chunksize(chunk)
+    try:
+        yield
+    finally:
+        numba.set_parallel_chunksize(previous)

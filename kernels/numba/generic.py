@@ -1,7 +1,7 @@
 """Generic Numba kernels for ``numba_fused``: one compiled kernel per dtype, driven by tables.
 
 ``numba_fused`` generates straight-line code per hyper-parameter set
-(``numba_codegen``), which is fastest but takes seconds to minutes to compile
+(``codegen``), which is fastest but takes seconds to minutes to compile
 (lmax 6: ~4 s, lmax 10: ~11 s here; lmax 20: minutes). The kernels here
 compute the same coefficients for *any* hyper-parameter set: the moment
 recurrence and the sparse contraction against ``T'_l`` are read from index
@@ -15,10 +15,10 @@ the specialised kernel above ``numba_dispatch.SPECIALISE_MAX_LMAX``.
 Per block of ``BLOCK`` pairs (one pair per lane of the scratch arrays):
 
 1. per pair, in float64: the screen of ``check_pair_arrays``'s value tests
-   (limits from ``numba_codegen.screen_limits``) and the body-frame geometry
-   (centre, covariance, scale; the formulas of ``numba_codegen._emit_geometry``);
+   (limits from ``screening.screen_limits``) and the body-frame geometry
+   (centre, covariance, scale; the formulas of ``codegen.pairs.emit_geometry``);
 2. moments ``E[t]`` of the block by the recurrence table of
-   ``numba_codegen._moment_plan`` (the specialised kernel's recurrence),
+   ``codegen.pairs.moment_plan`` (the specialised kernel's recurrence),
    each step one loop over the block's lanes (vectorised by LLVM);
 3. per output column, ``sum_k T'_l[k, m, n] E[k]`` over the non-zeros of the
    column (CSR tables), a loop over the lanes per non-zero.
@@ -72,7 +72,7 @@ SEGMENTS_PER_TASK = 8
 class GenericTables(NamedTuple):
     """Index tables of one hyper-parameter set for the generic kernels (read-only arrays).
 
-    Moment recurrence (monomial t >= 1 at row t - 1, ``numba_codegen._moment_plan``):
+    Moment recurrence (monomial t >= 1 at row t - 1, ``codegen.pairs.moment_plan``):
     ``E[t] = centre[rec_k] E[rec_parent] + sum_q<rec_n cov[rec_k, rec_m[q]] rec_mult[q] E[rec_low[q]]``.
     Contraction (CSR over all output columns, channel l's columns
     ``col_first[l] .. col_first[l+1] - 1``, column ``m n_l + n``): non-zeros
@@ -97,9 +97,9 @@ class GenericTables(NamedTuple):
 @functools.lru_cache(maxsize=64)
 def generic_tables(hypers: ExpansionHypers) -> GenericTables:
     """The tables of ``hypers`` (built in milliseconds up to lmax 10; cached per process)."""
-    from einsum_workbench.kernels.numba.codegen.emitters import _contraction_plan, _moment_plan
+    from einsum_workbench.kernels.numba.codegen.pairs import contraction_plan, moment_plan
 
-    plan = _moment_plan(hypers.max_degree)
+    plan = moment_plan(hypers.max_degree)
     n = len(plan)
     rec_k = np.zeros(n, np.int64)
     rec_parent = np.zeros(n, np.int64)
@@ -111,7 +111,7 @@ def generic_tables(hypers: ExpansionHypers) -> GenericTables:
         rec_k[i], rec_parent[i], rec_n[i] = k, parent, len(lower)
         for q, (m, multiplicity, low) in enumerate(lower):
             rec_m[i, q], rec_mult[i, q], rec_low[i, q] = m, multiplicity, low
-    contraction = _contraction_plan(hypers)
+    contraction = contraction_plan(hypers)
     widths = np.array([len(columns) for columns in contraction], np.int64)
     col_first = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
     counts = [len(terms) for columns in contraction for terms in columns]
@@ -366,7 +366,7 @@ def _compile_all(dtypes=(np.float64, np.float32)) -> dict:
     """Compile (or load from Numba's disk cache) every generic kernel for ``dtypes``; seconds per dtype."""
     from einsum_workbench.reference.random_pairs import random_pair_batch
 
-    from einsum_workbench.kernels.numba.codegen.emitters import screen_limit_array
+    from einsum_workbench.kernels.numba.screening import screen_limit_array
 
     hypers = ExpansionHypers(1, "gto", cutoff=7.0, sigma=1.0)
     seconds = {}

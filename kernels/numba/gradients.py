@@ -2,7 +2,7 @@
 
 Registry problem ``"gradients"`` (``kernels.registry.GRADIENT_VARIANTS``):
 the contract and formulas are in :mod:`einsum_workbench.reference.gradients`,
-the generated code in :mod:`.numba_gradient_codegen` (the pair kernel's
+the generated code in ``codegen.gradients`` (the pair kernel's
 screen, geometry and moment recurrence, then per l the values, three
 first-order contractions and explicit linear combinations; orientation
 derivatives by rotation covariance). One SIMD lane per pair, blocks of pairs
@@ -10,7 +10,7 @@ spread over threads with ``numba.prange``; bit-identical for any thread
 count, and the values are bit-identical to ``numba_fused.expand``'s
 specialised kernel (same instructions).
 
-The generated module is written to ``numba_fused.cache_dir()`` and compiled
+The generated module is written to ``dispatch.cache_dir()`` and compiled
 with ``njit(cache=True)``: the first call for a (hypers, dtype, semiaxes)
 set compiles in this process (seconds; no generic fallback, unlike
 ``numba_fused.expand``), later processes load the machine code from disk. Measured here (Intel Xeon,
@@ -41,8 +41,9 @@ from einsum_workbench.reference.gradients import PairGradients
 from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.validation import check_hypers, check_pair_arrays
 
-from einsum_workbench.kernels.numba.dispatch import cache_dir, import_generated, parallel_guard, write_once
-from einsum_workbench.kernels.numba.pairs import _dynamic_schedule, _num_threads, _prepared_arrays
+from einsum_workbench.kernels.numba.arrays import prepared_arrays
+from einsum_workbench.kernels.numba.dispatch import cache_dir, dynamic_schedule, generated_module, num_threads, parallel_guard
+from einsum_workbench.kernels.numba.lanes import LANES_ENV, checked_gradient_lanes
 
 __all__ = ["expand_with_gradients", "gradient_module"]
 
@@ -56,16 +57,16 @@ def gradient_module(hypers: ExpansionHypers, dtype, *, lanes: int | None = None,
     Returns
     -------
     module with ``LANES``, ``KINDS`` and ``expand_gradients(r, rot, ax, outs)``
-    (``numba_gradient_codegen.generate_gradient_source``); its function
+    (``codegen.gradients.generate_gradient_source``); its function
     compiles on first call or loads from Numba's disk cache next to the source.
 
     Raises
     ------
     ValueError
-        dtype not float32/float64, or a bad ``lanes`` (``numba_codegen._checked_lanes``).
+        dtype not float32/float64, or a bad ``lanes`` (``lanes.checked_gradient_lanes``).
     """
-    from einsum_workbench.kernels.numba.codegen.emitters import LANES_ENV
-    from einsum_workbench.kernels.numba.codegen.gradients import _gradient_lanes, generate_gradient_source, gradient_kernel_key
+    from einsum_workbench.kernels.numba.codegen.gradients import generate_gradient_source
+    from einsum_workbench.kernels.numba.codegen.keys import gradient_kernel_key
 
     dtype = np.dtype(dtype)
     directory = cache_dir()
@@ -75,12 +76,9 @@ def gradient_module(hypers: ExpansionHypers, dtype, *, lanes: int | None = None,
     if module is not None:
         return module
     with _lock:
-        lanes = _gradient_lanes(dtype, lanes)
-        key = gradient_kernel_key(hypers, dtype, lanes, semiaxes)
-        name = f"einsum_workbench_numba_gradients_{key}"
-        path = directory / f"{name}.py"
-        write_once(path, generate_gradient_source(hypers, dtype, lanes, semiaxes))
-        module = import_generated(name, path)
+        lanes = checked_gradient_lanes(dtype, lanes)
+        name = f"einsum_workbench_numba_gradients_{gradient_kernel_key(hypers, dtype, lanes, semiaxes)}"
+        module = generated_module(name, generate_gradient_source(hypers, dtype, lanes, semiaxes), directory)
         _modules[lookup] = module
         return module
 
@@ -116,7 +114,7 @@ def _output_memory(size: int, dtype) -> np.ndarray:
 
 
 def _output_arrays(hypers: ExpansionHypers, padded: int, kinds: int, dtype) -> list:
-    """Flat per-(kind, l) output arrays carved from one allocation (see ``numba_fused._output_blocks``:
+    """Flat per-(kind, l) output arrays carved from one allocation (see ``pairs._output_blocks``:
     one large allocation maps its pages faster than many medium ones; :func:`_output_memory`
     recycles it). Kind 0 holds (P_pad, 2l+1, n_l) rows, the others (P_pad, 3, 2l+1, n_l)."""
     sizes = [padded * (1 if kind == 0 else 3) * (2 * l + 1) * n
@@ -132,19 +130,17 @@ def expand_with_gradients(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *,
 
     Parameters
     ----------
-    r_ij : (P, 3) float array, angstrom
-    rotations : (P, 3, 3) float array, body to lab
-    semiaxes : (P, 3) float array, angstrom, > 0
-    hypers : ExpansionHypers
-    dtype : None, float32 or float64
-        Compute and output dtype (None: the inputs'); float32 computes in float32.
+    r_ij, rotations, semiaxes, hypers, dtype
+        As :func:`einsum_workbench.kernels.numba.pairs.expand`: (P, 3) float array (angstrom),
+        (P, 3, 3) body to lab, (P, 3) semi-axes (angstrom, > 0); an ``ExpansionHypers``; the
+        compute and output dtype, None (the inputs'), float32 (computes in float32) or float64.
     semiaxes_gradients : bool
         Also the derivatives along each semi-axis (a separate kernel with six
         second-order contractions more).
     threads : None or int >= 1
         Numba threads for this call (None: the current count), restored afterwards.
     lanes : None or a power of two >= 2
-        Pairs per SIMD block (None: ``numba_gradient_codegen.gradient_lane_choice``, per machine).
+        Pairs per SIMD block (None: ``lanes.gradient_lane_choice``, per machine).
 
     Returns
     -------
@@ -168,13 +164,13 @@ def expand_with_gradients(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *,
 
     Notes
     -----
-    Formulas: :mod:`.numba_gradient_codegen` (DESIGN.md section 3,
+    Formulas: ``codegen.gradients`` (DESIGN.md section 3,
     "Derivatives"). Memory: the outputs only (one allocation), no per-pair scratch.
     """
     check_hypers(hypers)
     semiaxes_gradients = bool(semiaxes_gradients)
-    with _num_threads(threads):
-        r, rot, ax, dtype = _prepared_arrays(r_ij, rotations, semiaxes, dtype, hypers)
+    with num_threads(threads):
+        r, rot, ax, dtype = prepared_arrays(r_ij, rotations, semiaxes, dtype, hypers)
         check_hypers(hypers, dtype)  # the dtype's limits (float32: degree, cutoff)
         n_pairs = r.shape[0]
         kinds = 4 if semiaxes_gradients else 3
@@ -184,7 +180,7 @@ def expand_with_gradients(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *,
         module = gradient_module(hypers, dtype, lanes=lanes, semiaxes=semiaxes_gradients)
         padded = -(-n_pairs // module.LANES) * module.LANES
         flat = _output_arrays(hypers, padded, kinds, dtype)
-        with _dynamic_schedule(), parallel_guard():
+        with dynamic_schedule(), parallel_guard():
             suspects = module.expand_gradients(r, rot, ax, tuple(flat))
     if suspects:
         check_pair_arrays(r_ij, rotations, semiaxes, dtype, hypers=hypers)  # raises the canonical error

@@ -4,8 +4,8 @@ For each pair: Gaussian parameters in the ellipsoid's body frame, moments up to
 the degree the channels need, contraction against the non-zeros of ``T_l``
 only, the scale folded into the moments, each output written once. The
 per-pair code is generated as straight-line code specialised to the
-hyper-parameters and dtype (``numba_codegen``), blocks of pairs are vectorised
-across SIMD lanes (``numba_codegen.lane_choice``: chosen per machine), and
+hyper-parameters and dtype (``codegen.pairs``), blocks of pairs are vectorised
+across SIMD lanes (``lanes.lane_choice``: chosen per machine), and
 pairs are spread over threads with ``numba.prange``. Results are
 bit-identical for any thread count.
 
@@ -29,19 +29,25 @@ may differ from later ones by rounding.
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 
-import numba
 import numpy as np
 
 from einsum_workbench.reference.hypers import ExpansionHypers
-from einsum_workbench.reference.validation import check_hypers, check_pair_arrays, resolve_dtype
+from einsum_workbench.reference.validation import check_hypers, check_pair_arrays
 
 from einsum_workbench.kernels.numba import dispatch as numba_dispatch
 from einsum_workbench.kernels.numba import generic as numba_generic
-from einsum_workbench.kernels.numba.codegen.emitters import BLOCKS_PER_CHUNK, kernel_key, screen_limit_array
-from einsum_workbench.kernels.numba.dispatch import CACHE_ENV, cache_dir, import_generated, parallel_guard
-from einsum_workbench.kernels.numba.dispatch import write_once as _write_once
+from einsum_workbench.kernels.numba.arrays import prepared_arrays
+from einsum_workbench.kernels.numba.codegen.keys import kernel_key
+from einsum_workbench.kernels.numba.dispatch import (
+    CACHE_ENV,
+    cache_dir,
+    dynamic_schedule,
+    generated_module,
+    num_threads,
+    parallel_guard,
+)
+from einsum_workbench.kernels.numba.screening import screen_limit_array
 
 __all__ = ["CACHE_ENV", "cache_dir", "expand", "kernel_module"]
 
@@ -56,18 +62,18 @@ def kernel_module(hypers: ExpansionHypers, dtype, **options):
     ----------
     hypers : ExpansionHypers
     dtype : float32 or float64
-    **options : ``lanes`` and ``split`` of ``numba_codegen.generate_source``
+    **options : ``lanes`` and ``split`` of ``codegen.pairs.generate_source``
         (for experiments; the defaults are the per-machine choice).
 
     Returns
     -------
     module with ``LANES`` and ``expand_pairs(r, rot, ax, out0, ..., out_lmax)``
-    (see ``numba_codegen.generate_source``). Its function compiles on first
+    (see ``codegen.pairs.generate_source``). Its function compiles on first
     call, or loads from Numba's disk cache next to the source. ``expand``
     goes through ``numba_dispatch.specialised`` instead (background
     compilation, generic kernel meanwhile).
     """
-    from einsum_workbench.kernels.numba.codegen.emitters import generate_source
+    from einsum_workbench.kernels.numba.codegen.pairs import generate_source
 
     dtype = np.dtype(dtype)
     directory = cache_dir()
@@ -76,35 +82,10 @@ def kernel_module(hypers: ExpansionHypers, dtype, **options):
     if module is not None:
         return module
     with _lock:
-        key = kernel_key(hypers, dtype, **options)
-        name = f"einsum_workbench_numba_fused_{key}"
-        path = directory / f"{name}.py"
-        _write_once(path, generate_source(hypers, dtype, **options))
-        module = import_generated(name, path)
+        name = f"einsum_workbench_numba_fused_{kernel_key(hypers, dtype, **options)}"
+        module = generated_module(name, generate_source(hypers, dtype, **options), directory)
         _modules[lookup] = module
         return module
-
-
-def _prepared_arrays(r_ij, rotations, semiaxes, dtype, hypers=None):
-    """dtype resolution, C-contiguous copies and shape checks of ``check_pair_arrays``.
-
-    Its per-pair value checks (finite, semi-axes > 0, proper rotations) cost
-    ~0.03 us per pair in NumPy here, about 60% of this whole kernel's time
-    (0.05 us); the kernel runs the same tests on the fly, vectorised, and
-    ``expand`` calls ``check_pair_arrays`` itself only when a pair looks
-    invalid, so every error is its own (message and pair index). A wrong
-    shape is handed to it straight away.
-    """
-    dtype = resolve_dtype(dtype, r_ij, rotations, semiaxes)
-    # writable copies of read-only inputs: the kernels are compiled for writable arrays only
-    r, rot, ax = (_writable(np.ascontiguousarray(a, dtype=dtype)) for a in (r_ij, rotations, semiaxes))
-    if not (r.ndim == 2 and r.shape[1] == 3 and rot.shape == (r.shape[0], 3, 3) and ax.shape == (r.shape[0], 3)):
-        return check_pair_arrays(r_ij, rotations, semiaxes, dtype, hypers=hypers)
-    return r, rot, ax, dtype
-
-
-def _writable(array: np.ndarray) -> np.ndarray:
-    return array if array.flags.writeable else array.copy()
 
 
 def _output_blocks(hypers: ExpansionHypers, n_pairs: int, lanes: int, dtype) -> list:
@@ -126,38 +107,6 @@ def _output_blocks(hypers: ExpansionHypers, n_pairs: int, lanes: int, dtype) -> 
     ]
 
 
-@contextmanager
-def _num_threads(threads):
-    """Run with ``numba.set_num_threads(threads)``; None keeps the current count."""
-    if threads is None:
-        yield
-        return
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
-    if threads > numba.config.NUMBA_NUM_THREADS:
-        raise ValueError(
-            f"threads={threads} exceeds the {numba.config.NUMBA_NUM_THREADS} threads Numba "
-            "launched (NUMBA_NUM_THREADS); raise NUMBA_NUM_THREADS before importing numba"
-        )
-    previous = numba.get_num_threads()
-    numba.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
-
-
-@contextmanager
-def _dynamic_schedule(chunk: int = BLOCKS_PER_CHUNK):
-    """prange hands out ``chunk`` iterations at a time (a thread slowed by another
-    process takes fewer); which thread computes a pair never changes its result."""
-    previous = numba.set_parallel_chunksize(chunk)
-    try:
-        yield
-    finally:
-        numba.set_parallel_chunksize(previous)
-
-
 #: Tasks of the generic kernel (``numba_generic.BLOCKS_PER_TASK`` blocks of pairs) a thread takes at a time.
 GENERIC_TASKS_PER_CHUNK = 8
 
@@ -167,9 +116,9 @@ def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None, th
 
     Parameters
     ----------
-    r_ij : (P, 3) float array, angstrom
-    rotations : (P, 3, 3) float array, body to lab
-    semiaxes : (P, 3) float array, angstrom, > 0
+    r_ij, rotations, semiaxes : (P, 3), (P, 3, 3), (P, 3) float arrays
+        Pair vectors (angstrom), body-to-lab rotations, semi-axes (angstrom, > 0), within
+        the limits of ``reference.validation.check_pair_arrays``.
     hypers : ExpansionHypers
     dtype : None, float32 or float64
         Compute and output dtype (None: the inputs'); float32 computes in float32.
@@ -192,7 +141,7 @@ def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None, th
         malformed input or values outside ``reference.validation``'s limits,
         with ``check_pair_arrays``'s / ``check_hypers``'s own message (the
         kernel screens every pair with their tests, thresholds from
-        ``numba_codegen.screen_limits``, and hands suspect batches to
+        ``screening.screen_limits``, and hands suspect batches to
         ``check_pair_arrays``), or a bad ``threads`` or ``kernel``.
     TypeError
         ``hypers`` is not an ``ExpansionHypers`` (``check_hypers``); inputs
@@ -214,8 +163,8 @@ def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None, th
     """
     check_hypers(hypers)
     mode = numba_dispatch.resolve_mode(kernel)
-    with _num_threads(threads):
-        r, rot, ax, dtype = _prepared_arrays(r_ij, rotations, semiaxes, dtype, hypers)
+    with num_threads(threads):
+        r, rot, ax, dtype = prepared_arrays(r_ij, rotations, semiaxes, dtype, hypers)
         check_hypers(hypers, dtype)  # the dtype's limits (float32: degree, cutoff)
         n_pairs = r.shape[0]
         if n_pairs == 0:
@@ -224,11 +173,11 @@ def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None, th
         module = numba_dispatch.specialised("pairs", hypers, dtype, {}, mode)
         if module is not None:
             out = _output_blocks(hypers, n_pairs, module.LANES, dtype)
-            with _dynamic_schedule(), parallel_guard():
+            with dynamic_schedule(), parallel_guard():
                 suspects = module.expand_pairs(r, rot, ax, *(o.reshape(-1) for o in out))
             out = [o[:n_pairs] for o in out]
         else:
-            with _dynamic_schedule(GENERIC_TASKS_PER_CHUNK), parallel_guard():
+            with dynamic_schedule(GENERIC_TASKS_PER_CHUNK), parallel_guard():
                 out, suspects = numba_generic.run_pairs(r, rot, ax, hypers, screen_limit_array(dtype, hypers))
             numba_dispatch.start_pending()
     if suspects:

@@ -3,13 +3,13 @@
 Against the reference centre density (raw and orthonormalised), its edge
 cases (unsorted and empty segments, a segment of one pair and of LANES + 1
 pairs, fewer pairs than lanes, the empty batch), bit-identity across thread
-counts and between unsorted and pre-sorted input, and its errors.
+counts and between unsorted and pre-sorted input, and its errors (bad pairs: ``test_screen.py``).
 
 Tolerances (DESIGN.md section 5, per l block): float64 ``rtol = 1e-6``,
 ``atol = 1e-8 x`` the block's largest |value|; float32 ``rtol = 1e-3``,
 ``atol = 1e-4 x`` the block's largest |value| (``reference.compare``'s),
 always against the reference computed in float64. Kernels compile once per
-hyper-parameter set and are cached on disk (``numba_fused.cache_dir``).
+hyper-parameter set and are cached on disk (``dispatch.cache_dir``).
 
 These tests are about the specialised kernels: they run with
 ``EINSUM_WORKBENCH_NUMBA_KERNEL=specialised`` (compile in this process on a
@@ -20,7 +20,6 @@ asserted only between calls of one compiled kernel (our own arithmetic).
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -28,8 +27,7 @@ import pytest
 numba = pytest.importorskip("numba", reason="numba_density needs numba; not installed, nothing here ran")
 
 from einsum_workbench.kernels.numba import density as numba_density  # noqa: E402
-from einsum_workbench.kernels.numba import dispatch as numba_dispatch  # noqa: E402
-from einsum_workbench.kernels.numba.codegen.emitters import default_density_lanes  # noqa: E402
+from einsum_workbench.kernels.numba.lanes import default_density_lanes  # noqa: E402
 from einsum_workbench.kernels.registry import density_function, load_variant  # noqa: E402
 from einsum_workbench.reference.compare import TOLERANCES  # noqa: E402
 from einsum_workbench.reference.density import centre_density as reference_density  # noqa: E402
@@ -41,17 +39,7 @@ GTO6 = ExpansionHypers(6, "gto", cutoff=7.0, sigma=1.5)
 GTO3 = ExpansionHypers(3, "gto", cutoff=7.0, sigma=1.5)
 LANES64 = default_density_lanes(np.float64)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _specialised_kernels():
-    """Wait for (compile) the specialised kernels: the subject of these tests."""
-    previous = os.environ.get(numba_dispatch.KERNEL_ENV)
-    os.environ[numba_dispatch.KERNEL_ENV] = "specialised"
-    yield
-    if previous is None:
-        os.environ.pop(numba_dispatch.KERNEL_ENV, None)
-    else:
-        os.environ[numba_dispatch.KERNEL_ENV] = previous
+pytestmark = pytest.mark.usefixtures("specialised_kernels")  # the subject of these tests (conftest.py)
 
 
 def assert_density_close(actual, expected, hypers, dtype, label=""):
@@ -250,31 +238,6 @@ def test_hypers_must_be_expansion_hypers():
     arrays = random_pair_batch(8, 15)
     with pytest.raises(TypeError, match="hypers must be an ExpansionHypers, got dict"):
         numba_density.centre_density(*arrays, GTO3.as_dict(), np.zeros(8, np.int64), 1)
-
-
-@pytest.mark.parametrize("defect,message", [
-    ("reflection", "rotation at pair 6 is a reflection"),
-    ("not_orthonormal", "rotation at pair 6 is not orthonormal"),
-    ("nan", "r_ij has a non-finite value at pair 6"),
-    ("inf_axis", "semiaxes has a non-finite value at pair 6"),
-    ("negative_axis", "semiaxes must be > 0; pair 6 has"),
-])
-def test_bad_pairs_get_the_canonical_error_with_the_original_index(defect, message):
-    """The kernel's screen hands the batch to check_pair_arrays; unsorted input keeps its indices."""
-    r_ij, rotations, semiaxes = (a.copy() for a in random_pair_batch(20, 16))
-    if defect == "reflection":
-        rotations[6] = -rotations[6]
-    elif defect == "not_orthonormal":
-        rotations[6, 0, 0] += 1e-3
-    elif defect == "nan":
-        r_ij[6, 1] = np.nan
-    elif defect == "inf_axis":
-        semiaxes[6, 1] = np.inf
-    else:
-        semiaxes[6, 2] = -1.0
-    segment = random_segments(20, 5, seed=8, empty=())
-    with pytest.raises(ValueError, match=message):
-        numba_density.centre_density(r_ij, rotations, semiaxes, GTO3, segment, 5)
 
 
 def test_dtype_mix_up_and_bad_threads_are_refused():

@@ -8,7 +8,7 @@
   logging; no background process outliving the interpreter; the size
   limit above which only the generic kernel runs);
 - Numba's workqueue threading layer with calls from two Python threads;
-- the per-machine lane choice and its override, the screen's thresholds.
+- the per-machine lane choice and its override (the screen's thresholds: ``test_screen.py``).
 
 Times are printed, not asserted: ``test_first_call_seconds`` (run on request,
 ``EINSUM_WORKBENCH_FIRST_CALL_BENCH=1 pytest tests/kernels/numba/test_dispatch.py -k first_call -s``)
@@ -28,11 +28,12 @@ import pytest
 
 numba = pytest.importorskip("numba", reason="numba_fused needs numba; not installed, nothing here ran")
 
-from einsum_workbench.kernels.numba.codegen import emitters as numba_codegen  # noqa: E402
+from einsum_workbench.kernels.numba import lanes as numba_lanes  # noqa: E402
 from einsum_workbench.kernels.numba import density as numba_density  # noqa: E402
 from einsum_workbench.kernels.numba import dispatch as numba_dispatch  # noqa: E402
 from einsum_workbench.kernels.numba import pairs as numba_fused  # noqa: E402
 from einsum_workbench.kernels.numba import generic as numba_generic  # noqa: E402
+from einsum_workbench.kernels.numba.codegen.keys import kernel_key  # noqa: E402
 from einsum_workbench.reference.compare import TOLERANCES, assert_coefficients_close  # noqa: E402
 from einsum_workbench.reference.density import centre_density as reference_density  # noqa: E402
 from einsum_workbench.reference.expansion import pairwise_ellip_expansion  # noqa: E402
@@ -110,28 +111,6 @@ def test_generic_kernel_is_bit_identical_across_threads_and_positions():
             alone = numba_fused.expand(*(a[part] for a in inputs), GTO4, kernel="generic")
             for l, (a, b) in enumerate(zip(alone, one)):
                 assert np.array_equal(a, b[part]), f"l={l}, pairs {part}: differs from the same pairs in the batch"
-
-
-@pytest.mark.parametrize("defect,message", [
-    ("reflection", "pair 3 is a reflection"),
-    ("not_orthonormal", "pair 3 is not orthonormal"),
-    ("nan", "non-finite value at pair 3"),
-    ("negative_axis", "pair 3 has"),
-])
-def test_generic_screen_raises_the_canonical_errors(defect, message):
-    r_ij, rotations, semiaxes = random_pair_batch(40, 4)
-    if defect == "reflection":
-        rotations[3] = -rotations[3]
-    elif defect == "not_orthonormal":
-        rotations[3, 0, 0] += 1e-3
-    elif defect == "nan":
-        r_ij[3, 1] = np.nan
-    else:
-        semiaxes[3, 2] = -1.0
-    with pytest.raises(ValueError, match=message):
-        numba_fused.expand(r_ij, rotations, semiaxes, GTO4, kernel="generic")
-    with pytest.raises(ValueError, match=message):
-        numba_density.centre_density(r_ij, rotations, semiaxes, GTO4, np.zeros(40, np.int64), 1, kernel="generic")
 
 
 def test_read_only_inputs_are_accepted():
@@ -313,75 +292,26 @@ def test_two_python_threads_under_the_workqueue_layer(tmp_path):
 # ---------------------------------------------------------------- machine facts
 
 def test_lane_choice_and_its_override(monkeypatch):
-    monkeypatch.delenv(numba_codegen.LANES_ENV, raising=False)
+    monkeypatch.delenv(numba_lanes.LANES_ENV, raising=False)
     for kind in ("pairs", "density"):
-        choice = numba_codegen.lane_choice(np.float64, kind)
+        choice = numba_lanes.lane_choice(np.float64, kind)
         assert set(choice) == {"lanes", "source", "cpu", "vector_bits"}
         assert choice["lanes"] in (4, 8) and choice["vector_bits"] in (256, 512)
-        assert numba_codegen.lane_choice(np.float32, kind)["lanes"] == 2 * choice["lanes"]
-    if numba_codegen.host_cpu()[0] not in numba_codegen.WIDE_PAIR_KERNEL_CPUS:
-        assert numba_codegen.default_lanes(np.float64, "pairs") == 4
-    default_key = numba_codegen.kernel_key(GTO4, np.float64)
-    monkeypatch.setenv(numba_codegen.LANES_ENV, "2")
-    assert numba_codegen.default_lanes(np.float64) == 2 and numba_codegen.default_lanes(np.float32) == 4
-    assert numba_codegen.lane_choice(np.float64, "density")["source"] == numba_codegen.LANES_ENV
-    assert numba_codegen.kernel_key(GTO4, np.float64) != default_key, "the lane count is part of the cache key"
-    monkeypatch.setenv(numba_codegen.LANES_ENV, "float32=4")
-    assert numba_codegen.default_lanes(np.float32) == 4
-    assert numba_codegen.kernel_key(GTO4, np.float64) == default_key
+        assert numba_lanes.lane_choice(np.float32, kind)["lanes"] == 2 * choice["lanes"]
+    if numba_lanes.host_cpu()[0] not in numba_lanes.WIDE_PAIR_KERNEL_CPUS:
+        assert numba_lanes.default_lanes(np.float64, "pairs") == 4
+    default_key = kernel_key(GTO4, np.float64)
+    monkeypatch.setenv(numba_lanes.LANES_ENV, "2")
+    assert numba_lanes.default_lanes(np.float64) == 2 and numba_lanes.default_lanes(np.float32) == 4
+    assert numba_lanes.lane_choice(np.float64, "density")["source"] == numba_lanes.LANES_ENV
+    assert kernel_key(GTO4, np.float64) != default_key, "the lane count is part of the cache key"
+    monkeypatch.setenv(numba_lanes.LANES_ENV, "float32=4")
+    assert numba_lanes.default_lanes(np.float32) == 4
+    assert kernel_key(GTO4, np.float64) == default_key
     for bad in ("3", "float16=4", "eight"):
-        monkeypatch.setenv(numba_codegen.LANES_ENV, bad)
-        with pytest.raises(ValueError, match=numba_codegen.LANES_ENV):
-            numba_codegen.default_lanes(np.float64)
-
-
-def test_screen_limits_come_from_reference_validation(monkeypatch):
-    """One place (``numba_codegen.screen_limits``) reads the thresholds; they enter the cache key."""
-    import dataclasses
-
-    from einsum_workbench.reference import validation
-
-    f64 = np.dtype(np.float64)
-    limits = numba_codegen.screen_limits(f64, GTO4)
-    admitted = validation.PAIR_LIMITS[f64]
-    assert limits.orthonormal_tol == validation.ORTHONORMAL_TOL[f64]
-    assert limits.semiaxis_min == admitted.semiaxis_min and limits.r_max == admitted.distance_max
-    assert limits.semiaxis_max == min(admitted.semiaxis_max, admitted.semiaxis_per_sigma_max * GTO4.sigma)
-    key = numba_codegen.kernel_key(GTO4, f64)
-    narrower = dict(validation.PAIR_LIMITS)
-    narrower[f64] = dataclasses.replace(admitted, semiaxis_max=50.0, distance_max=100.0)
-    monkeypatch.setattr(validation, "PAIR_LIMITS", narrower)
-    numba_codegen.screen_limit_array.cache_clear()
-    try:
-        assert numba_codegen.screen_limits(f64, GTO4)[2:] == (50.0, 100.0)
-        assert numba_codegen.kernel_key(GTO4, f64) != key, "the thresholds are part of the cache key"
-        # the generic kernel flags (hands to check_pair_arrays) pairs outside the ranges, not those inside
-        r, rot, ax = random_pair_batch(40, 9)
-        limit_array = numba_codegen.screen_limit_array(f64, GTO4)
-        assert numba_generic.run_pairs(r, rot, ax, GTO4, limit_array)[1] == 0
-        for array, row, value in ((ax, 7, 60.0), (r, 12, 200.0)):
-            bad = array.copy()
-            bad[row, 0] = value
-            args = (bad, rot, ax) if array is r else (r, rot, bad)
-            assert numba_generic.run_pairs(*args, GTO4, limit_array)[1] > 0
-    finally:
-        numba_codegen.screen_limit_array.cache_clear()
-
-
-@pytest.mark.parametrize("kernel", ["generic", "specialised"])
-def test_pairs_at_the_edges_of_the_ranges_are_computed(kernel):
-    """Edge values (inclusive bounds) are flagged by the screen and admitted by check_pair_arrays."""
-    from einsum_workbench.reference import validation
-
-    admitted = validation.PAIR_LIMITS[np.dtype(np.float64)]
-    hypers = ExpansionHypers(2, "monomial", cutoff=7.0)
-    r, rot, ax = random_pair_batch(12, 19)
-    ax[3] = admitted.semiaxis_min
-    ax[5, 1] = admitted.semiaxis_max
-    r[8] = np.array([0.0, 0.0, admitted.distance_max])
-    actual = numba_fused.expand(r, rot, ax, hypers, kernel=kernel)
-    assert all(np.isfinite(block).all() for block in actual)
-    assert_coefficients_close(actual, pairwise_ellip_expansion(r, rot, ax, hypers), hypers, np.float64)
+        monkeypatch.setenv(numba_lanes.LANES_ENV, bad)
+        with pytest.raises(ValueError, match=numba_lanes.LANES_ENV):
+            numba_lanes.default_lanes(np.float64)
 
 
 # ---------------------------------------------------------------- the measurement of issue 11 part 3

@@ -4,7 +4,7 @@ Against the finite-difference reference (``reference.gradients``) for lmax
 0..8, GTO and monomial, needle-, plate-, sphere-like and general ellipsoids
 and self pairs; values bit-identical to ``numba_fused.expand``'s specialised
 kernel; bit-identical for any thread count and batch position; float32
-against float64; the input screen's errors; the constant rotation generators.
+against float64; the constant rotation generators (the input screen's errors: ``test_screen.py``).
 Each hyper-parameter set compiles once per machine (Numba's disk cache);
 compile time is measured and reported, not asserted.
 """
@@ -133,25 +133,6 @@ def test_float32_against_float64():
         # float32 (eps 6e-8) through cancellations of up to ~1e3: stated tolerance 1e-3 of the block maximum
         assert_blocks_close([b.astype(np.float64) for b in getattr(single, field)], getattr(double, field),
                             f"float32 {field}", rtol=1e-3)
-
-
-@pytest.mark.parametrize("bad, message", [
-    ("nan", "r_ij has a non-finite value at pair 3"),
-    ("reflection", "rotation at pair 3 is a reflection"),
-    ("semiaxis", "semiaxes must be > 0; pair 3"),
-])
-def test_bad_input_raises_naming_the_pair(bad, message):
-    r_ij, rotations, semiaxes = random_pair_batch(9, 4)
-    if bad == "nan":
-        r_ij[3, 1] = np.nan
-    elif bad == "reflection":
-        rotations[3] = -rotations[3]
-    else:
-        semiaxes[3, 2] = -1.0
-    with pytest.raises(ValueError, match=message):
-        numba_gradients.expand_with_gradients(r_ij, rotations, semiaxes, GTO4)
-    with pytest.raises(ValueError, match=message):  # the same error as the values kernel
-        numba_fused.expand(r_ij, rotations, semiaxes, GTO4, kernel="specialised")
 
 
 def test_bad_threads_and_hypers():

@@ -2,7 +2,7 @@
 
 Determinism across thread counts and batch positions, the disk cache shared
 between processes, float32, the empty batch, lmax 10 against the reference,
-the ``threads`` option and the compiled input screen's errors.
+the ``threads`` option (the compiled input screen's errors: ``test_screen.py``).
 Compile time is measured and reported, not asserted here (machine-dependent).
 
 These tests are about the specialised kernels: they run with
@@ -35,17 +35,7 @@ from einsum_workbench.reference.random_pairs import random_pair_batch  # noqa: E
 
 GTO4 = ExpansionHypers(4, "gto", cutoff=7.0, sigma=1.5)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _specialised_kernels():
-    """Wait for (compile) the specialised kernels: the subject of these tests."""
-    previous = os.environ.get(numba_dispatch.KERNEL_ENV)
-    os.environ[numba_dispatch.KERNEL_ENV] = "specialised"
-    yield
-    if previous is None:
-        os.environ.pop(numba_dispatch.KERNEL_ENV, None)
-    else:
-        os.environ[numba_dispatch.KERNEL_ENV] = previous
+pytestmark = pytest.mark.usefixtures("specialised_kernels")  # the subject of these tests (conftest.py)
 
 
 def test_bit_identical_across_thread_counts():
@@ -112,26 +102,6 @@ def test_threads_option_restores_the_previous_count():
     with pytest.raises(ValueError, match="NUMBA_NUM_THREADS"):
         numba_fused.expand(*random_pair_batch(9, 2), GTO4, threads=numba.config.NUMBA_NUM_THREADS + 1)
     assert numba.get_num_threads() == before
-
-
-@pytest.mark.parametrize("defect,message", [
-    ("reflection", "pair 3 is a reflection"),
-    ("not_orthonormal", "pair 3 is not orthonormal"),
-    ("nan", "non-finite value at pair 3"),
-    ("negative_axis", "pair 3 has"),
-])
-def test_compiled_screen_raises_the_canonical_errors(defect, message):
-    r_ij, rotations, semiaxes = random_pair_batch(6, 4)
-    if defect == "reflection":
-        rotations[3] = -rotations[3]
-    elif defect == "not_orthonormal":
-        rotations[3, 0, 0] += 1e-3
-    elif defect == "nan":
-        r_ij[3, 1] = np.nan
-    else:
-        semiaxes[3, 2] = -1.0
-    with pytest.raises(ValueError, match=message):
-        numba_fused.expand(r_ij, rotations, semiaxes, GTO4)
 
 
 def test_dtype_mix_up_is_refused():
