@@ -91,6 +91,19 @@ def equivalence_hypers() -> list[tuple[str, ExpansionHypers]]:
     return cases
 
 
+def float32_hypers() -> list[tuple[str, ExpansionHypers]]:
+    """The float32 suite's hyper-parameter sets, with their test ids (a subset of
+    :func:`equivalence_hypers`' range: lmax 0, 3, 6 and 8, both bases, the three
+    radial-count forms, lmax 8 where single precision cancels most)."""
+    return [
+        ("l0-gto", make_hypers(0, "gto")),
+        ("l3-monomial-int", make_hypers(3, "monomial", 2)),
+        ("l6-gto-default", make_hypers(6, "gto")),
+        ("l8-gto-list", make_hypers(8, "gto", [3, 2, 2, 1, 1, 1, 0, 0, 0])),
+        ("l8-monomial-default", make_hypers(8, "monomial")),
+    ]
+
+
 def make_hypers(lmax: int, basis: str, max_radial=None) -> ExpansionHypers:
     """The suite's hyper-parameters: cutoff 7, GTO sigma 1.5 (no sigma for monomial)."""
     if basis == "gto":

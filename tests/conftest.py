@@ -35,3 +35,18 @@ def real_frames(shared_data_path):
     from einsum_workbench.reference.frames import read_frames
 
     return read_frames(shared_data_path, index=":20")
+
+
+@pytest.fixture(scope="session")
+def load_or_skip():
+    """``load(variant, label=None)``: the registry variant's function with its options
+    bound (``Variant.load()``), or a skip "<label> not run on this machine: <the
+    registry's reason>" when it cannot run here (``label`` defaults to its name)."""
+
+    def load(variant, label=None):
+        reason = variant.unavailable_reason()
+        if reason is not None:
+            pytest.skip(f"{label or variant.name} not run on this machine: {reason}")
+        return variant.load()
+
+    return load

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Compile the cupy_batched device code for sm_90 with nvcc (CI compile check).
 #
-# For each representative hyper-parameter set (kernels.cupy.pairs.
+# For each representative hyper-parameter set (kernels.cupy.compile_check.
 # representative_hypers: lmax 6 and 10 GTO default, lmax 8 monomial with a
-# radial-count list, lmax 0 with an int count) two generated translation units
+# radial-count list, lmax 0 with an int count) three generated translation units
 # are compiled to cubins for sm_90:
 #   <name>.cu          the pair kernel (pair_expansion.cuh + generated wb::Spec +
 #                      pair_expansion_kernel.cu: wb_expand_f64, wb_expand_f32);
@@ -13,8 +13,9 @@
 #   gradients_<name>.cu values and gradients (pair_gradients.cuh + generated
 #                      wb::GradSpec + pair_gradients_kernel.cu: wb_gradients_f64/f32;
 #                      kernels.cupy.gradients).
-# (both written by `python -m einsum_workbench.kernels.cupy.host_build
-# write-sources DIR`). ptxas' register and spill report is printed per kernel.
+# (all written, with their host harnesses, by `python -m
+# einsum_workbench.kernels.cupy.compile_check write-sources DIR`). ptxas'
+# register and spill report is printed per kernel.
 # The host harnesses (the same device code as plain C++) are syntax-checked
 # with g++ -Werror.
 #
@@ -39,7 +40,7 @@ fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-"$PYTHON" -m einsum_workbench.kernels.cupy.host_build write-sources "$work" > /dev/null || {
+"$PYTHON" -m einsum_workbench.kernels.cupy.compile_check write-sources "$work" > /dev/null || {
     echo "check_cuda_compile: FAILED to generate the pair, centre-density and gradient kernel sources" >&2; exit 2; }
 
 echo "check_cuda_compile: $("$NVCC" --version | tail -1), arch $ARCH"

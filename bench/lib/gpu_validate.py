@@ -63,8 +63,7 @@ import numpy as np
 
 from einsum_workbench.kernels.registry import DENSITY_VARIANTS, VARIANTS, get_variant
 from einsum_workbench.reference.expansion import pairwise_ellip_expansion
-from einsum_workbench.reference.hypers import ExpansionHypers
-from einsum_workbench.reference.compare import assert_coefficients_close
+from einsum_workbench.reference.compare import assert_coefficients_close, equivalence_hypers, float32_hypers, make_hypers
 from einsum_workbench.reference.random_pairs import random_pair_batch
 
 #: the variants that compute on a CUDA device (their registry fact ``Variant.device``)
@@ -78,26 +77,11 @@ GOAL_PAIRS_PER_SECOND = 1e9
 
 # ---------------------------------------------------------------- equivalence
 
-def make_hypers(lmax, basis, max_radial=None):
-    if basis == "gto":
-        return ExpansionHypers(lmax, "gto", cutoff=7.0, sigma=1.5, max_radial=max_radial)
-    return ExpansionHypers(lmax, "monomial", cutoff=7.0, max_radial=max_radial)
-
-
 def equivalence_cases():
-    """(label, hypers, dtype, n_pairs, seed, shape) as in tests/kernels/test_pairs_equivalence.py."""
-    cases = []
-    for lmax in range(9):
-        forms = {"default": None, "int": 2,
-                 "list": [(lmax - l) % 3 + (1 if l == 0 else 0) for l in range(lmax + 1)]}
-        for i, (form, max_radial) in enumerate(forms.items()):
-            basis = "gto" if (lmax + i) % 2 == 0 else "monomial"
-            cases.append((f"l{lmax}-{basis}-{form} f64", make_hypers(lmax, basis, max_radial),
-                          np.float64, 24, 100 + lmax, "mixed"))
-    for lmax, basis, max_radial in [(0, "gto", None), (3, "monomial", 2), (6, "gto", None),
-                                    (8, "gto", [3, 2, 2, 1, 1, 1, 0, 0, 0]), (8, "monomial", None)]:
-        cases.append((f"l{lmax}-{basis}-{max_radial} f32", make_hypers(lmax, basis, max_radial),
-                      np.float32, 24, 200 + lmax, "mixed"))
+    """(label, hypers, dtype, n_pairs, seed, shape) as in tests/kernels/test_pairs_equivalence.py
+    (the hyper-parameter sets of ``reference.compare``)."""
+    cases = [(f"{case} f64", hypers, np.float64, 24, 100 + hypers.lmax, "mixed") for case, hypers in equivalence_hypers()]
+    cases += [(f"{case} f32", hypers, np.float32, 24, 200 + hypers.lmax, "mixed") for case, hypers in float32_hypers()]
     for shape in ("spherical", "prolate", "oblate"):
         for basis in ("gto", "monomial"):
             cases.append((f"l6-{basis}-{shape} f64", make_hypers(6, basis), np.float64, 32, 7, shape))
@@ -155,10 +139,26 @@ def check_equivalence(name, expand, checks: Checks):
     checks.run(f"{name} empty batch", empty)
 
 
+def _assert_matches_host(gpu, host, what):
+    """``gpu(dtype)`` against ``host(dtype)`` (the same device code compiled for the CPU by g++),
+    per l: float64 rtol 1e-10, float32 1e-4, atol ``rtol * 1e-3`` x the block's largest |value|."""
+    from einsum_workbench.kernels.cupy.host_build import host_compiler
+
+    if host_compiler() is None:
+        print(f"  (g++ absent: GPU vs host-compiled {what} not compared)")
+        return
+    for dtype, rtol in ((np.float64, 1e-10), (np.float32, 1e-4)):
+        for l, (g, h) in enumerate(zip(gpu(dtype), host(dtype))):
+            scale = float(np.max(np.abs(h)))
+            np.testing.assert_allclose(g, h, rtol=rtol, atol=rtol * 1e-3 * scale,
+                                       err_msg=f"GPU vs host-compiled {what}, l={l}, {np.dtype(dtype)}")
+
+
 def check_cupy_extras(checks: Checks):
     import cupy
 
     from einsum_workbench.kernels.cupy import pairs as cb
+    from einsum_workbench.kernels.cupy.common import INPUT_VALUES_PER_PAIR, output_offsets
 
     hypers = make_hypers(6, "gto")
     arrays = _inputs(5000, 17, "mixed", np.float64)
@@ -172,23 +172,18 @@ def check_cupy_extras(checks: Checks):
 
     def kept():
         whole = cb.expand(*arrays, hypers)
-        bound = 5000 * 8 * cb.output_offsets(hypers)[-1] + 333 * 8 * cb.INPUT_VALUES_PER_PAIR
+        bound = 5000 * 8 * output_offsets(hypers)[-1] + 333 * 8 * INPUT_VALUES_PER_PAIR
         device = cb.expand(*arrays, hypers, keep_on_device=True, max_gpu_memory=bound)
         for a, d in zip(whole, device):
             assert isinstance(d, cupy.ndarray), f"keep_on_device returned {type(d).__name__}"
             np.testing.assert_array_equal(cupy.asnumpy(d), a, err_msg="keep_on_device != copied back")
 
     def versus_host():
-        if cb.host_compiler() is None:
-            print("  (g++ absent: GPU vs host-compiled body not compared)")
-            return
-        for dtype, rtol in ((np.float64, 1e-10), (np.float32, 1e-4)):
-            cast = tuple(a.astype(dtype) for a in arrays)
-            gpu, host = cb.expand(*cast, hypers), cb.expand_host_compiled(*cast, hypers)
-            for l, (g, h) in enumerate(zip(gpu, host)):
-                scale = float(np.max(np.abs(h)))
-                np.testing.assert_allclose(g, h, rtol=rtol, atol=rtol * 1e-3 * scale,
-                                           err_msg=f"GPU vs host-compiled, l={l}, {np.dtype(dtype)}")
+        def cast(dtype):
+            return tuple(a.astype(dtype) for a in arrays)
+
+        _assert_matches_host(lambda dtype: cb.expand(*cast(dtype), hypers),
+                             lambda dtype: cb.expand_host_compiled(*cast(dtype), hypers), "body")
 
     checks.run("cupy_batched chunked == unchunked", chunked)
     checks.run("cupy_batched keep_on_device", kept)
@@ -200,8 +195,9 @@ def check_gradients(checks: Checks, n_pairs: int = 2**20, repeats: int = 10):
     reference and vs the host-compiled body, chunked == unchunked; then kernel-only timings."""
     import cupy
 
-    from einsum_workbench.kernels.cupy import pairs as cb
     from einsum_workbench.kernels.cupy import gradients as cg
+    from einsum_workbench.kernels.cupy.common import output_offsets
+    from einsum_workbench.kernels.cupy.host_build import host_compiler
     from einsum_workbench.reference.gradients import finite_difference_gradients
 
     print("[cupy_batched gradients] GPU vs finite differences, vs host-compiled body, chunking")
@@ -218,7 +214,7 @@ def check_gradients(checks: Checks, n_pairs: int = 2**20, repeats: int = 10):
                     for l, (a, e) in enumerate(zip(getattr(got, q), getattr(fd, q))):
                         scale = max(float(np.max(np.abs(e))), float(np.max(np.abs(fd.values[l]))))
                         np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * scale, err_msg=f"{q} l={l}")
-                if cb.host_compiler() is not None and dtype == np.float64:
+                if host_compiler() is not None and dtype == np.float64:
                     host = cg.expand_with_gradients_host_compiled(*arrays, hypers, semiaxes_gradients=True)
                     for q in quantities:
                         for l, (a, h) in enumerate(zip(getattr(got, q), getattr(host, q))):
@@ -240,10 +236,10 @@ def check_gradients(checks: Checks, n_pairs: int = 2**20, repeats: int = 10):
         hypers = make_hypers(6, "gto")
         for dtype in (np.float64, np.float32):
             for semi in (False, True):
-                n_dir = cg._n_directions(semi)
+                n_dir = cg.direction_count(semi)
                 backend = cg.CupyGradientBackend(hypers)
                 d_in = [cupy.asarray(a.reshape(-1)) for a in _inputs(n_pairs, 1, "mixed", dtype)]
-                d_out = cupy.empty((1 + n_dir) * cb.output_offsets(hypers)[-1] * n_pairs, dtype=dtype)
+                d_out = cupy.empty((1 + n_dir) * output_offsets(hypers)[-1] * n_pairs, dtype=dtype)
                 for _ in range(2):
                     backend.launch(*d_in, d_out, n_pairs, n_pairs, n_dir, dtype)
                 start, stop = cupy.cuda.Event(), cupy.cuda.Event()
@@ -296,13 +292,14 @@ def time_cupy_kernel(hypers, dtype, n_pairs, repeats, block_size, max_registers=
     import cupy
 
     from einsum_workbench.kernels.cupy import pairs as cb
+    from einsum_workbench.kernels.cupy.common import output_offsets
 
     arrays = _inputs(n_pairs, 1, "mixed", dtype)
     backend = cb.CupyBackend(hypers, block_size, max_registers)
     pool = cupy.get_default_memory_pool()
     pool.free_all_blocks()
     d_in = [cupy.asarray(a.reshape(-1)) for a in arrays]
-    d_out = cupy.empty(cb.output_offsets(hypers)[-1] * n_pairs, dtype=dtype)
+    d_out = cupy.empty(output_offsets(hypers)[-1] * n_pairs, dtype=dtype)
     for _ in range(2):  # warm-up: module load, caches
         backend.launch(*d_in, d_out, n_pairs, n_pairs, dtype)
     cupy.cuda.Device().synchronize()
@@ -387,17 +384,21 @@ def run_timings(available, n_pairs, repeats, card):
     return rows
 
 
+def _print_header(header: str) -> None:
+    """The timed workload, then the column ``header`` and a rule under it."""
+    print("workload: lmax 6, GTO sigma 1.5, default radial counts, random mixed ellipsoids")
+    print(header)
+    print("-" * len(header))
+
+
 def print_table(card, rows):
     print()
     print(f"card: {card['name']} (compute capability {card['compute_capability']}, "
           f"{card['multiprocessors']} SMs, theoretical DRAM bandwidth "
           f"{card['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s)" if card["bandwidth_bytes_per_s"]
           else f"card: {card['name']}")
-    print("workload: lmax 6, GTO sigma 1.5, default radial counts, random mixed ellipsoids")
-    header = f"{'variant':<13} {'mode':<11} {'dtype':<8} {'pairs':>9} {'s/call':>10} {'pairs/s':>10} " \
-             f"{'% bw bound':>10} {'peak GPU MiB':>12}  note"
-    print(header)
-    print("-" * len(header))
+    _print_header(f"{'variant':<13} {'mode':<11} {'dtype':<8} {'pairs':>9} {'s/call':>10} {'pairs/s':>10} "
+                  f"{'% bw bound':>10} {'peak GPU MiB':>12}  note")
     for name, mode, dtype, n, seconds, peak, bound, note in rows:
         rate = n / seconds
         share = f"{100 * rate / bound:.0f}%" if bound else "-"
@@ -502,17 +503,12 @@ def check_density_extras(checks: Checks):
                                        err_msg=f"runs of 3 pairs vs whole segments, l={l}")
 
     def versus_host():
-        if cd.cb.host_compiler() is None:
-            print("  (g++ absent: GPU vs host-compiled density not compared)")
-            return
-        for dtype, rtol in ((np.float64, 1e-10), (np.float32, 1e-4)):
-            cast = tuple(a.astype(dtype) for a in arrays)
-            gpu = cd.centre_density(*cast, hypers, segment, 101)
-            host = cd.centre_density_host_compiled(*cast, hypers, segment, 101)
-            for l, (g, h) in enumerate(zip(gpu, host)):
-                scale = float(np.max(np.abs(h)))
-                np.testing.assert_allclose(g, h, rtol=rtol, atol=rtol * 1e-3 * scale,
-                                           err_msg=f"GPU vs host-compiled density, l={l}, {np.dtype(dtype)}")
+        def cast(dtype):
+            return tuple(a.astype(dtype) for a in arrays)
+
+        _assert_matches_host(lambda dtype: cd.centre_density(*cast(dtype), hypers, segment, 101),
+                             lambda dtype: cd.centre_density_host_compiled(*cast(dtype), hypers, segment, 101),
+                             "density")
 
     checks.run("cupy_batched density chunked == unchunked", chunked)
     checks.run("cupy_batched density longest_first == pair order", thread_order)
@@ -556,8 +552,8 @@ def time_density_kernel(hypers, dtype, n_pairs, kind, repeats, block_size=128, m
     """
     import cupy
 
-    from einsum_workbench.kernels.cupy import pairs as cb
     from einsum_workbench.kernels.cupy import density as cd
+    from einsum_workbench.kernels.cupy.common import output_offsets
 
     arrays = tuple(a.astype(dtype, copy=False) for a in _timing_pairs(n_pairs))
     segment, n_segments = timing_segments(n_pairs, kind)
@@ -569,7 +565,7 @@ def time_density_kernel(hypers, dtype, n_pairs, kind, repeats, block_size=128, m
     pool.free_all_blocks()
     d_in = [cupy.asarray(a.reshape(-1)) for a in arrays]
     d_idx = [cupy.asarray(x) for x in (chunk.run_start, chunk.run_stop, chunk.column, chunk.first)]
-    n_out = cb.output_offsets(hypers)[-1]
+    n_out = output_offsets(hypers)[-1]
     d_runs = cupy.empty(n_out * chunk.n_runs, dtype=dtype)
     d_rows = cupy.empty(n_out * chunk.n_rows, dtype=dtype)
 
@@ -640,11 +636,8 @@ def run_density_timings(sizes, repeats):
 def print_density_table(card, rows):
     print()
     print(f"centre density (cupy_batched, kernels.cupy.density) on {card['name']}")
-    print("workload: lmax 6, GTO sigma 1.5, default radial counts, random mixed ellipsoids")
-    header = f"{'mode':<11} {'dtype':<8} {'pairs':>9} {'segments':>9} {'s/call':>10} {'pairs/s':>10} " \
-             f"{'peak GPU MiB':>12}  note"
-    print(header)
-    print("-" * len(header))
+    _print_header(f"{'mode':<11} {'dtype':<8} {'pairs':>9} {'segments':>9} {'s/call':>10} {'pairs/s':>10} "
+                  f"{'peak GPU MiB':>12}  note")
     for name, mode, dtype, n, n_seg, seconds, peak, note in rows:
         print(f"{mode:<11} {np.dtype(dtype).name:<8} {n:>9d} {n_seg:>9d} {seconds:>10.3e} {n / seconds:>10.3e} "
               f"{peak / 2**20:>12.1f}  {note}")

@@ -1,8 +1,8 @@
 """``cupy_batched`` centre density: the neighbour sum fused into the CUDA kernel.
 
 Contract: :class:`einsum_workbench.kernels.contract.CentreDensity` (row s is
-the sum of the raw pair coefficients, what :mod:`.cupy_batched` computes per
-pair, over the pairs with ``segment[p] == s``).
+the sum of the raw pair coefficients, what :mod:`einsum_workbench.kernels.cupy.pairs`
+computes per pair, over the pairs with ``segment[p] == s``).
 
 Design
 ------
@@ -22,7 +22,7 @@ shared with the pair kernel), the moment recurrence and 84 multiply-adds,
 not the 362-term contraction and the 84 stores of the pair kernel. The
 accumulation is generated straight-line code (:func:`generate_density_spec_source`,
 from the same recurrence text as ``wb::Spec::moments``,
-:func:`einsum_workbench.kernels.cupy.pairs.moment_recurrence`) that adds each
+:func:`einsum_workbench.kernels.cupy.common.moment_recurrence`) that adds each
 moment as soon as it is computed: only the last two degrees stay live. On
 sm_90 at lmax 6 float64 nvcc then gives 252 registers and no spills; the
 first version (all moments into an array, then an accumulation loop) used
@@ -63,7 +63,7 @@ summation over whole segments only by rounding.
 (first and last pair, column) and one per segment (its first run), and two
 ``(num_outputs, runs)`` buffers: the kernel's rows per run, then the combined
 rows per segment, which a device copy re-lays pair-major per l into the first
-buffer for the copy back (as :mod:`.cupy_batched` does).
+buffer for the copy back (as the pair kernel does).
 Chunks end at segment boundaries, except where one segment needs more than a
 chunk: its runs then fall in several chunks, each gives a partial row, and
 the host adds them in order (the only case where chunking changes the
@@ -78,7 +78,7 @@ Not measured here (no GPU on the machine that wrote it): throughput, the
 best block size, register cap and run length; ``bench/gpu_validate.py``
 times them (kernel only with CUDA events at 10^5, 10^6, 10^7 pairs, and end
 to end). Verified here: the device code compiled as plain C++ by g++
-(:func:`einsum_workbench.kernels.cupy.host_build.build_density_library`) and
+(:func:`host_source`) and
 driven by the same chunk loop (:class:`HostDensityBackend`,
 ``tests/kernels/cupy/test_density.py``), and the exact RawModule source compiled for
 sm_90 by NVRTC and nvcc.
@@ -98,9 +98,13 @@ from einsum_workbench.reference.density import check_segments, orthonormalize_de
 from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.validation import check_hypers, check_pair_arrays
 
-from einsum_workbench.kernels.cupy import pairs as cb
-from einsum_workbench.kernels.cupy.host_build import build_density_library as build_host_library
-from einsum_workbench.kernels.cupy.pairs import gpu_unavailable_reason  # noqa: F401  (the registry's gpu_probe)
+from einsum_workbench.kernels.cupy.common import (
+    DEFAULT_BLOCK_SIZE, DEFAULT_MAX_GPU_MEMORY, INPUT_VALUES_PER_PAIR, HostBuffers, NvrtcBackend, assemble_source,
+    check_max_gpu_memory, check_positive_int, moment_recurrence, nvrtc_module, nvrtc_options,
+    output_offsets, per_dtype, unpack_outputs,
+)
+from einsum_workbench.kernels.cupy.common import gpu_unavailable_reason  # noqa: F401  (the registry's gpu_probe)
+from einsum_workbench.kernels.cupy.host_build import build_library
 from einsum_workbench.kernels.tables import num_monomials
 
 logger = logging.getLogger(__name__)
@@ -109,11 +113,15 @@ KERNEL_FILE = "centre_density_kernel.cu"
 HOST_HARNESS = "centre_density_host.cpp"
 DENSITY_SPEC_INCLUDE = "wb_density_spec.cuh"
 
-KERNEL_NAMES = {np.dtype(np.float64): "wb_density_f64", np.dtype(np.float32): "wb_density_f32"}
-COMBINE_NAMES = {np.dtype(np.float64): "wb_combine_f64", np.dtype(np.float32): "wb_combine_f32"}
+KERNEL_NAMES = per_dtype("wb_density")
+COMBINE_NAMES = per_dtype("wb_combine")
+HOST_DENSITY_FUNCTIONS = per_dtype("wb_host_density")
+HOST_COMBINE_FUNCTIONS = per_dtype("wb_host_combine")
+#: the host harness's C entry points (name, pointers, long longs), the arguments of the CUDA kernels
+#: ``wb_density_*`` / ``wb_combine_*``; ``wb_host_density_num_outputs()`` gives the output count
+HOST_ENTRY_POINTS = (tuple((name, 6, 2) for name in HOST_DENSITY_FUNCTIONS.values())
+                     + tuple((name, 4, 3) for name in HOST_COMBINE_FUNCTIONS.values()))
 
-DEFAULT_MAX_GPU_MEMORY = cb.DEFAULT_MAX_GPU_MEMORY  # bytes of device memory one call may allocate
-DEFAULT_BLOCK_SIZE = cb.DEFAULT_BLOCK_SIZE          # threads per block of the density kernel
 COMBINE_BLOCK_SIZE = 256
 TARGET_RUNS = 2**16    # automatic run length: aim for at least this many threads
 MIN_RUN_PAIRS = 8      # ... but never cut runs shorter than this
@@ -133,7 +141,7 @@ def generate_density_spec_source(hypers: ExpansionHypers) -> str:
     ``accumulate_moments<T>(a, S, w, acc)`` computes the moments
     ``E[0 .. num_monomials(max_degree))`` of the normal law (centre ``a``,
     covariance ``S``) by the recurrence of ``wb::Spec::moments``
-    (:func:`einsum_workbench.kernels.cupy.pairs.moment_recurrence`) and adds
+    (:func:`einsum_workbench.kernels.cupy.common.moment_recurrence`) and adds
     ``w * E[k]`` to ``acc[k]`` right after computing ``E[k]``. Straight-line
     code: no loops, no index tables.
 
@@ -159,7 +167,7 @@ def generate_density_spec_source(hypers: ExpansionHypers) -> str:
         lines += ["        (void)a;", "        (void)S;", "        acc[0] += w;"]
     else:
         lines += [f"        T E[{n_moments}];", "        E[0] = T(1);", "        acc[0] += w;"]
-        for target, expression in cb.moment_recurrence(hypers.max_degree):
+        for target, expression in moment_recurrence(hypers.max_degree):
             lines.append(f"        E[{target}] = {expression};")
             lines.append(f"        acc[{target}] += w * E[{target}];")
     lines += ["    }", "};", "}  // namespace wb", "#endif  // WB_DENSITY_SPEC_CUH", ""]
@@ -168,31 +176,27 @@ def generate_density_spec_source(hypers: ExpansionHypers) -> str:
     return "\n".join(lines)
 
 
-def _assemble(main_file: str, hypers: ExpansionHypers) -> str:
-    return cb.assemble_source(main_file, hypers, {DENSITY_SPEC_INCLUDE: generate_density_spec_source(hypers)})
-
-
 def kernel_source(hypers: ExpansionHypers) -> str:
     """Complete CUDA C++ source of the density and combine kernels for ``hypers``
     (what ``cupy.RawModule`` compiles; no include paths needed)."""
-    return _assemble(KERNEL_FILE, hypers)
+    return assemble_source(KERNEL_FILE, hypers, {DENSITY_SPEC_INCLUDE: generate_density_spec_source(hypers)})
 
 
 def host_source(hypers: ExpansionHypers) -> str:
     """The same device code as plain C++ with C entry points (``centre_density_host.cpp``)."""
-    return _assemble(HOST_HARNESS, hypers)
+    return assemble_source(HOST_HARNESS, hypers, {DENSITY_SPEC_INCLUDE: generate_density_spec_source(hypers)})
 
 
 # ------------------------------------------------------------ planning
 
 def input_bytes_per_pair(dtype) -> int:
     """Device bytes of one pair's inputs (r_ij, rotation, semi-axes)."""
-    return np.dtype(dtype).itemsize * cb.INPUT_VALUES_PER_PAIR
+    return np.dtype(dtype).itemsize * INPUT_VALUES_PER_PAIR
 
 
 def device_bytes_per_run(hypers: ExpansionHypers, dtype) -> int:
     """Device bytes per run of a chunk: its index entries and two rows of ``num_outputs``."""
-    return INDEX_BYTES_PER_RUN + 2 * np.dtype(dtype).itemsize * cb.output_offsets(hypers)[-1]
+    return INDEX_BYTES_PER_RUN + 2 * np.dtype(dtype).itemsize * output_offsets(hypers)[-1]
 
 
 def default_max_run_pairs(n_pairs: int) -> int:
@@ -265,12 +269,6 @@ class DensityPlan:
     n_cut_segments: int
 
 
-def _check_positive_int(value, name, unit):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive number of {unit} (int), got {value!r}")
-    return int(value)
-
-
 def plan_density(sorted_segment, hypers: ExpansionHypers, dtype, max_gpu_memory: int = DEFAULT_MAX_GPU_MEMORY,
                  max_run_pairs: int | None = None, longest_first: bool = True) -> DensityPlan:
     """Cut a batch sorted by segment into runs (one thread each) and chunks.
@@ -302,9 +300,9 @@ def plan_density(sorted_segment, hypers: ExpansionHypers, dtype, max_gpu_memory:
         a bad ``max_gpu_memory`` or ``max_run_pairs``, or a bound too small
         for one pair and one run (the message gives the bytes needed).
     """
-    max_gpu_memory = _check_positive_int(max_gpu_memory, "max_gpu_memory", "bytes")
+    max_gpu_memory = check_max_gpu_memory(max_gpu_memory)
     if max_run_pairs is not None:
-        max_run_pairs = _check_positive_int(max_run_pairs, "max_run_pairs", "pairs")
+        max_run_pairs = check_positive_int(max_run_pairs, "max_run_pairs", "pairs")
     segment = np.asarray(sorted_segment, dtype=np.int64)
     n_pairs = len(segment)
     in_bytes = input_bytes_per_pair(dtype)
@@ -385,34 +383,10 @@ def plan_density(sorted_segment, hypers: ExpansionHypers, dtype, max_gpu_memory:
 
 # ------------------------------------------------------------ the chunk loop
 
-class _DensityBackend:
-    """What the chunk loop needs from a device (as ``cupy_batched._Backend``),
-    with the density kernel's launch and the combine step."""
-
-    def empty(self, size: int, dtype):
-        raise NotImplementedError
-
-    def copy_in(self, host, device_flat):
-        raise NotImplementedError
-
-    def launch(self, r_ij, rotations, semiaxes, run_start, run_stop, out, n_runs: int, out_stride: int, dtype):
-        # thread t: pairs [run_start[t], run_stop[t]) -> out[o * out_stride + t]
-        raise NotImplementedError
-
-    def combine(self, pieces, column, first, out, n_rows: int, piece_stride: int, out_stride: int, dtype):
-        # out[o * out_stride + i] = sum over runs q in [first[i], first[i+1]) of pieces[o * piece_stride + column[q]]
-        raise NotImplementedError
-
-    def gather(self, view, device_flat):
-        raise NotImplementedError
-
-    def copy_out(self, device_flat, host_flat):
-        raise NotImplementedError
-
-
-def _density_with(backend: _DensityBackend, r_ij, rotations, semiaxes, order, plan: DensityPlan,
+def _density_with(backend, r_ij, rotations, semiaxes, order, plan: DensityPlan,
                   hypers: ExpansionHypers, dtype, n_segments: int):
-    """Run ``plan`` on ``backend``: raw density rows, ``(n_segments, 2l+1, n_l)`` NumPy per l.
+    """Run ``plan`` on ``backend`` (:class:`CupyDensityBackend` or :class:`HostDensityBackend`):
+    raw density rows, ``(n_segments, 2l+1, n_l)`` NumPy per l.
 
     ``order`` (None or (P,) int) maps the sorted position to the input pair.
     One set of buffers, sized for the largest chunk, is reused by every chunk.
@@ -423,14 +397,12 @@ def _density_with(backend: _DensityBackend, r_ij, rotations, semiaxes, order, pl
     ``rows +=`` on the host (a segment split across chunks gets one partial
     row per chunk, added in chunk order).
     """
-    n_out = cb.output_offsets(hypers)[-1]
+    n_out = output_offsets(hypers)[-1]
     out = [np.zeros((n_segments, 2 * l + 1, n), dtype=dtype) for l, n in enumerate(hypers.num_radial)]
     if not plan.chunks:
         return out
     pc, rc = plan.pair_capacity, plan.run_capacity
-    d_r = backend.empty(3 * pc, dtype)
-    d_rot = backend.empty(9 * pc, dtype)
-    d_axes = backend.empty(3 * pc, dtype)
+    d_in = backend.pair_buffers(pc, dtype)
     d_start = backend.empty(rc, np.int64)
     d_stop = backend.empty(rc, np.int64)
     d_column = backend.empty(rc, np.int64)
@@ -440,18 +412,16 @@ def _density_with(backend: _DensityBackend, r_ij, rotations, semiaxes, order, pl
     staging = [np.empty((rc, 2 * l + 1, n), dtype=dtype) for l, n in enumerate(hypers.num_radial)]
     for chunk in plan.chunks:
         sel = slice(chunk.pair_start, chunk.pair_stop) if order is None else order[chunk.pair_start:chunk.pair_stop]
-        backend.copy_in(r_ij[sel], d_r)
-        backend.copy_in(rotations[sel], d_rot)
-        backend.copy_in(semiaxes[sel], d_axes)
+        backend.copy_pairs_in(d_in, (r_ij, rotations, semiaxes), sel)
         backend.copy_in(chunk.run_start, d_start)
         backend.copy_in(chunk.run_stop, d_stop)
         backend.copy_in(chunk.column, d_column)
         backend.copy_in(chunk.first, d_first)
         n_runs, n_rows = chunk.n_runs, chunk.n_rows
-        backend.launch(d_r, d_rot, d_axes, d_start, d_stop, d_runs, n_runs, n_runs, dtype)
+        backend.launch(*d_in, d_start, d_stop, d_runs, n_runs, n_runs, dtype)
         backend.combine(d_runs, d_column, d_first, d_rows, n_rows, n_runs, n_rows, dtype)
         offset = 0
-        for l, view in enumerate(cb.unpack_outputs(d_rows[: n_out * n_rows].reshape(n_out, n_rows), hypers, n_rows)):
+        for l, view in enumerate(unpack_outputs(d_rows[: n_out * n_rows].reshape(n_out, n_rows), hypers, n_rows)):
             target = d_runs[offset: offset + view.size]
             backend.gather(view, target)
             host = staging[l][:n_rows]
@@ -475,61 +445,40 @@ def _prepare(r_ij, rotations, semiaxes, segment, n_segments, dtype, hypers):
 
 # ------------------------------------------------------------ GPU
 
-def nvrtc_options(max_registers: int | None = None) -> tuple[str, ...]:
-    """NVRTC options of the module (as :func:`einsum_workbench.kernels.cupy.pairs.nvrtc_options`)."""
-    return cb.nvrtc_options(max_registers)
-
-
 @functools.lru_cache(maxsize=32)
 def compiled_module(hypers: ExpansionHypers, max_registers: int | None = None):
     """``cupy.RawModule`` with the density and combine kernels for ``hypers`` (cached
     per (hypers, max_registers); NVRTC compiles on first use)."""
-    return cb.nvrtc_module(kernel_source(hypers), nvrtc_options(max_registers),
-                           f"the centre-density kernels for {hypers!r}")
+    return nvrtc_module(kernel_source(hypers), nvrtc_options(max_registers),
+                        f"the centre-density kernels for {hypers!r}")
 
 
-class CupyDensityBackend(_DensityBackend):
-    """CuPy device buffers and the NVRTC-compiled density and combine kernels."""
+class CupyDensityBackend(NvrtcBackend):
+    """CuPy device buffers and the NVRTC-compiled density and combine kernels (RuntimeError
+    without a CUDA device).
+
+    ``launch(r_ij, rotations, semiaxes, run_start, run_stop, out, n_runs, out_stride, dtype)``:
+    thread t sums pairs ``[run_start[t], run_stop[t])`` into ``out[o * out_stride + t]``;
+    ``combine(pieces, column, first, out, n_rows, piece_stride, out_stride, dtype)``:
+    ``out[o * out_stride + i]`` = the sum over runs q in ``[first[i], first[i+1])`` of
+    ``pieces[o * piece_stride + column[q]]``.
+    """
+
+    needs_device = "cupy_batched centre density needs a CUDA device"
 
     def __init__(self, hypers: ExpansionHypers, block_size: int = DEFAULT_BLOCK_SIZE,
                  max_registers: int | None = None):
-        import cupy
-
-        cb.check_block_size(block_size)
-        nvrtc_options(max_registers)  # validates before compiling
-        self.cupy = cupy
-        self.module = compiled_module(hypers, max_registers)
-        self.block_size = int(block_size)
-        self.n_outputs = cb.output_offsets(hypers)[-1]
-
-    def empty(self, size, dtype):
-        return self.cupy.empty(int(size), dtype=dtype)
-
-    def copy_in(self, host, device_flat):
-        device_flat[: host.size].set(np.ascontiguousarray(host).reshape(-1))
+        super().__init__(compiled_module, hypers, block_size, max_registers)
+        self.n_outputs = output_offsets(hypers)[-1]
 
     def launch(self, r_ij, rotations, semiaxes, run_start, run_stop, out, n_runs, out_stride, dtype):
-        if n_runs == 0:
-            return
-        kernel = self.module.get_function(KERNEL_NAMES[np.dtype(dtype)])
-        grid = (n_runs + self.block_size - 1) // self.block_size
-        kernel((grid,), (self.block_size,),
-               (r_ij, rotations, semiaxes, run_start, run_stop, out, np.int64(n_runs), np.int64(out_stride)))
+        self.launch_threads(KERNEL_NAMES[np.dtype(dtype)], n_runs,
+                            (r_ij, rotations, semiaxes, run_start, run_stop, out, np.int64(n_runs), np.int64(out_stride)))
 
     def combine(self, pieces, column, first, out, n_rows, piece_stride, out_stride, dtype):
-        total = n_rows * self.n_outputs
-        if total == 0:
-            return
-        kernel = self.module.get_function(COMBINE_NAMES[np.dtype(dtype)])
-        grid = (total + COMBINE_BLOCK_SIZE - 1) // COMBINE_BLOCK_SIZE
-        kernel((grid,), (COMBINE_BLOCK_SIZE,),
-               (pieces, column, first, out, np.int64(n_rows), np.int64(piece_stride), np.int64(out_stride)))
-
-    def gather(self, view, device_flat):
-        device_flat.reshape(view.shape)[...] = view
-
-    def copy_out(self, device_flat, host_flat):
-        device_flat.get(out=host_flat)
+        self.launch_threads(COMBINE_NAMES[np.dtype(dtype)], n_rows * self.n_outputs,
+                            (pieces, column, first, out, np.int64(n_rows), np.int64(piece_stride), np.int64(out_stride)),
+                            COMBINE_BLOCK_SIZE)
 
 
 def centre_density(r_ij, rotations, semiaxes, hypers: ExpansionHypers, segment, n_segments, *, dtype=None,
@@ -574,9 +523,6 @@ def centre_density(r_ij, rotations, semiaxes, hypers: ExpansionHypers, segment, 
     r_ij, rotations, semiaxes, dtype, segment, n_segments, order = _prepare(
         r_ij, rotations, semiaxes, segment, n_segments, dtype, hypers)
     plan = plan_density(segment, hypers, dtype, max_gpu_memory, max_run_pairs, longest_first)
-    reason = gpu_unavailable_reason()
-    if reason is not None:
-        raise RuntimeError(f"cupy_batched centre density needs a CUDA device: {reason}")
     backend = CupyDensityBackend(hypers, block_size, max_registers)
     density = _density_with(backend, r_ij, rotations, semiaxes, order, plan, hypers, dtype, n_segments)
     return orthonormalize_density(density, hypers) if orthonormal else density
@@ -584,10 +530,10 @@ def centre_density(r_ij, rotations, semiaxes, hypers: ExpansionHypers, segment, 
 
 # ------------------------------------------------------------ host-compiled path (tests)
 
-class HostDensityBackend(cb.HostBuffers, _DensityBackend):
+class HostDensityBackend(HostBuffers):
     """The chunk loop on the host: NumPy buffers stand for device memory and
-    the g++-compiled device code
-    (:func:`einsum_workbench.kernels.cupy.host_build.build_density_library`) for the kernels.
+    the g++-compiled device code (:func:`host_source`, entry points
+    :data:`HOST_ENTRY_POINTS`) for the kernels.
 
     Tests only. ``peak_bytes`` records the largest total of live "device"
     buffers, ``launches`` the run count of each density launch, ``combines``
@@ -595,34 +541,23 @@ class HostDensityBackend(cb.HostBuffers, _DensityBackend):
     """
 
     def __init__(self, hypers: ExpansionHypers):
-        self.library = build_host_library(hypers)
-        self.n_outputs = cb.output_offsets(hypers)[-1]
+        self.n_outputs = output_offsets(hypers)[-1]
+        self.library = build_library(host_source(hypers), f"the CUDA centre-density body for {hypers!r}",
+                                     HOST_ENTRY_POINTS, "wb_host_density_num_outputs", self.n_outputs)
         self.launches: list[int] = []
         self.combines: list[int] = []
-
-    def copy_in(self, host, device_flat):
-        if host.size > device_flat.size:
-            raise ValueError(f"copy of {host.size} values into a buffer of {device_flat.size}")
-        super().copy_in(host, device_flat)
-
-    @staticmethod
-    def _check(buffers, dtypes):
-        for a, dt in zip(buffers, dtypes):
-            if a.dtype != np.dtype(dt) or not a.flags.c_contiguous:
-                raise ValueError(f"host launch needs C-contiguous {np.dtype(dt)} buffers, got {a.dtype}")
 
     def launch(self, r_ij, rotations, semiaxes, run_start, run_stop, out, n_runs, out_stride, dtype):
         self.launches.append(int(n_runs))
         if n_runs == 0:
             return
-        self._check((r_ij, rotations, semiaxes, run_start, run_stop, out),
-                    (dtype, dtype, dtype, np.int64, np.int64, dtype))
+        self.check_launch_buffers((r_ij, rotations, semiaxes, run_start, run_stop, out),
+                                  (dtype, dtype, dtype, np.int64, np.int64, dtype))
         if out.size < (self.n_outputs - 1) * out_stride + n_runs:
             raise ValueError(f"output buffer of {out.size} values too small for {n_runs} runs at stride {out_stride}")
         if n_runs > len(run_start) or int(run_stop[:n_runs].max()) * 3 > r_ij.size:
             raise ValueError("run indices beyond the input buffers")
-        function = self.library.wb_host_density_f64 if np.dtype(dtype) == np.float64 \
-            else self.library.wb_host_density_f32
+        function = getattr(self.library, HOST_DENSITY_FUNCTIONS[np.dtype(dtype)])
         function(r_ij.ctypes.data, rotations.ctypes.data, semiaxes.ctypes.data, run_start.ctypes.data,
                  run_stop.ctypes.data, out.ctypes.data, ctypes.c_longlong(n_runs), ctypes.c_longlong(out_stride))
 
@@ -630,19 +565,12 @@ class HostDensityBackend(cb.HostBuffers, _DensityBackend):
         self.combines.append(int(n_rows))
         if n_rows == 0:
             return
-        self._check((pieces, column, first, out), (dtype, np.int64, np.int64, dtype))
+        self.check_launch_buffers((pieces, column, first, out), (dtype, np.int64, np.int64, dtype))
         if out.size < (self.n_outputs - 1) * out_stride + n_rows:
             raise ValueError(f"output buffer of {out.size} values too small for {n_rows} rows at stride {out_stride}")
-        function = self.library.wb_host_combine_f64 if np.dtype(dtype) == np.float64 \
-            else self.library.wb_host_combine_f32
+        function = getattr(self.library, HOST_COMBINE_FUNCTIONS[np.dtype(dtype)])
         function(pieces.ctypes.data, column.ctypes.data, first.ctypes.data, out.ctypes.data,
                  ctypes.c_longlong(n_rows), ctypes.c_longlong(piece_stride), ctypes.c_longlong(out_stride))
-
-    def gather(self, view, device_flat):
-        device_flat.reshape(view.shape)[...] = view
-
-    def copy_out(self, device_flat, host_flat):
-        host_flat[...] = device_flat
 
 
 def centre_density_host_compiled(r_ij, rotations, semiaxes, hypers: ExpansionHypers, segment, n_segments, *,

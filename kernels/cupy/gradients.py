@@ -8,7 +8,7 @@ its body semi-axes.
 
 Design
 ------
-The per-pair body of :mod:`.cupy_batched` (``kernels/cupy/cuda/pair_expansion.cuh``
+The per-pair body of :mod:`einsum_workbench.kernels.cupy.pairs` (``kernels/cupy/cuda/pair_expansion.cuh``
 and its generated ``wb::Spec``: body-frame Gaussian, moment recurrence, sparse
 contraction) computes the values; ``kernels/cupy/cuda/pair_gradients.cuh`` adds,
 for each of the 6 (or 9) directions q, three scalars of the chain rule
@@ -43,8 +43,8 @@ output and one reordered copy fit ``max_gpu_memory``.
 Not measured here (no GPU on the machine that wrote it): throughput, block
 size, register cap. Not done: ``keep_on_device``, streams.
 
-The same body compiles as plain C++ (g++, through
-:func:`einsum_workbench.kernels.cupy.host_build.compile_host_library`):
+The same body compiles as plain C++ (:func:`host_source`, g++ through
+:mod:`einsum_workbench.kernels.cupy.host_build`):
 :func:`expand_with_gradients_host_compiled` runs it with the same chunk loop,
 for tests on a machine without a GPU.
 """
@@ -62,8 +62,12 @@ from einsum_workbench.reference.gradients import PairGradients
 from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.validation import check_pair_arrays
 
-from einsum_workbench.kernels.cupy import pairs as cb
-from einsum_workbench.kernels.cupy.host_build import compile_host_library
+from einsum_workbench.kernels.cupy import common
+from einsum_workbench.kernels.cupy.common import (
+    DEFAULT_BLOCK_SIZE, DEFAULT_MAX_GPU_MEMORY, INPUT_VALUES_PER_PAIR, HostBuffers, NvrtcBackend, assemble_source,
+    float_literal, nvrtc_module, nvrtc_options, output_offsets, pairs_per_chunk, per_dtype,
+)
+from einsum_workbench.kernels.cupy.host_build import build_library
 from einsum_workbench.kernels.tables import compact_solid_harmonics, monomial_exponents, num_monomials
 
 logger = logging.getLogger(__name__)
@@ -71,8 +75,11 @@ logger = logging.getLogger(__name__)
 KERNEL_FILE = "pair_gradients_kernel.cu"
 HOST_HARNESS = "pair_gradients_host.cpp"
 GRAD_SPEC_INCLUDE = "wb_grad_spec.cuh"
-KERNEL_NAMES = {np.dtype(np.float64): "wb_gradients_f64", np.dtype(np.float32): "wb_gradients_f32"}
-HOST_FUNCTIONS = {np.dtype(np.float64): "wb_host_gradients_f64", np.dtype(np.float32): "wb_host_gradients_f32"}
+KERNEL_NAMES = per_dtype("wb_gradients")
+HOST_FUNCTIONS = per_dtype("wb_host_gradients")
+#: the host harness's C entry points (name, pointers, long longs): the arguments of the CUDA kernels,
+#: ``n_directions`` as long long; ``wb_host_gradients_num_outputs()`` gives the output count
+HOST_ENTRY_POINTS = tuple((name, 4, 3) for name in HOST_FUNCTIONS.values())
 
 #: output blocks after the values, in kernel order (wb::gradient_direction)
 QUANTITY_BLOCKS = ("positions", "orientations", "semiaxes")
@@ -86,11 +93,10 @@ HOST_TESTED = " (the gradient kernel's arithmetic is tested host-compiled in tes
 def gpu_unavailable_reason() -> str | None:
     """None when CuPy sees a CUDA device, else why not (str): the registry's gpu_probe.
 
-    :func:`einsum_workbench.kernels.cupy.pairs.gpu_unavailable_reason`, with
+    :func:`einsum_workbench.kernels.cupy.common.gpu_unavailable_reason`, with
     the note on the host-compiled tests pointing at this kernel's tests.
     """
-    reason = cb.gpu_unavailable_reason()
-    return None if reason is None else reason.replace(cb._HOST_TESTED, HOST_TESTED)
+    return common.gpu_unavailable_reason(HOST_TESTED)
 
 
 # ------------------------------------------------------------ code generation
@@ -130,7 +136,7 @@ def derivative_moment_terms(max_degree: int) -> list[list[tuple[float, str, int]
 
 def _output_columns(hypers: ExpansionHypers) -> list[tuple[int, int, list[tuple[int, float]]]]:
     """Per output o (flat over l, m, n): (o, degree l + 2n, [(monomial k, T'[k, o]) non-zeros])."""
-    offsets = cb.output_offsets(hypers)
+    offsets = output_offsets(hypers)
     exponents = monomial_exponents(hypers.max_degree)
     out = []
     for l, compact in enumerate(compact_solid_harmonics(hypers)):
@@ -192,30 +198,28 @@ def generate_grad_spec_source(hypers: ExpansionHypers) -> str:
         for o, column_degree, nonzero in columns:
             if column_degree != degree:
                 continue
-            total = " + ".join(f"T({cb._literal(c)}) * dE{k}" for k, c in nonzero) if nonzero else "T(0)"
+            total = " + ".join(f"T({float_literal(c)}) * dE{k}" for k, c in nonzero) if nonzero else "T(0)"
             lines.append(f"        out[{o}LL * stride] = scale * ({total});")
     lines += ["    }", "};", "}  // namespace wb", "#endif  // WB_GRAD_SPEC_CUH", ""]
     logger.info("generated wb::GradSpec for %r: %d lines in %.2f s", hypers, len(lines), time.perf_counter() - start)
     return "\n".join(lines)
 
 
-def _assemble(main_file: str, hypers: ExpansionHypers) -> str:
-    return cb.assemble_source(main_file, hypers, {GRAD_SPEC_INCLUDE: generate_grad_spec_source(hypers)})
-
-
 def kernel_source(hypers: ExpansionHypers) -> str:
     """Complete CUDA C++ source of ``wb_gradients_f64`` and ``wb_gradients_f32`` for ``hypers``."""
-    return _assemble(KERNEL_FILE, hypers)
+    return assemble_source(KERNEL_FILE, hypers, {GRAD_SPEC_INCLUDE: generate_grad_spec_source(hypers)})
 
 
 def host_source(hypers: ExpansionHypers) -> str:
     """The same device body with the host harness (plain C++ for g++)."""
-    return _assemble(HOST_HARNESS, hypers)
+    return assemble_source(HOST_HARNESS, hypers, {GRAD_SPEC_INCLUDE: generate_grad_spec_source(hypers)})
 
 
 # ------------------------------------------------------------ chunking
 
-def _n_directions(semiaxes_gradients) -> int:
+def direction_count(semiaxes_gradients) -> int:
+    """Directions the kernel differentiates along: 6 (positions, orientations), 9 with
+    ``semiaxes_gradients``; ValueError unless it is a bool."""
     if not isinstance(semiaxes_gradients, (bool, np.bool_)):
         raise ValueError(f"semiaxes_gradients must be a bool, got {semiaxes_gradients!r}")
     return DIRECTIONS_WITH_SEMIAXES if semiaxes_gradients else DIRECTIONS
@@ -224,48 +228,21 @@ def _n_directions(semiaxes_gradients) -> int:
 def device_bytes_per_pair(hypers: ExpansionHypers, dtype, semiaxes_gradients: bool = False) -> int:
     """Device bytes per pair of a chunk: inputs, the kernel's output blocks
     (values and every direction) and one pair-major reordered copy of them."""
-    n_blocks = 1 + _n_directions(semiaxes_gradients)
-    return np.dtype(dtype).itemsize * (cb.INPUT_VALUES_PER_PAIR + 2 * n_blocks * cb.output_offsets(hypers)[-1])
+    n_blocks = 1 + direction_count(semiaxes_gradients)
+    return np.dtype(dtype).itemsize * (INPUT_VALUES_PER_PAIR + 2 * n_blocks * output_offsets(hypers)[-1])
 
 
 def plan_chunks(n_pairs: int, hypers: ExpansionHypers, dtype, max_gpu_memory: int,
                 semiaxes_gradients: bool = False) -> int:
-    """Pairs per chunk so that ``chunk * device_bytes_per_pair <= max_gpu_memory``.
-
-    Returns
-    -------
-    int >= 1 (1 when ``n_pairs`` is 0).
-
-    Raises
-    ------
-    ValueError
-        ``max_gpu_memory`` is not a positive int or is less than one pair
-        needs (the message gives the bytes).
+    """Pairs per chunk so that ``chunk * device_bytes_per_pair <= max_gpu_memory``
+    (:func:`einsum_workbench.kernels.cupy.common.pairs_per_chunk`): an int >= 1, 1 when
+    ``n_pairs`` is 0; ValueError for a ``max_gpu_memory`` that is not a positive int or is
+    less than one pair needs (the message gives the bytes).
     """
-    return cb.pairs_per_chunk(n_pairs, device_bytes_per_pair(hypers, dtype, semiaxes_gradients), max_gpu_memory)
+    return pairs_per_chunk(n_pairs, device_bytes_per_pair(hypers, dtype, semiaxes_gradients), max_gpu_memory)
 
 
 # ------------------------------------------------------------ backends and the chunk loop
-
-class _Backend:
-    """Buffers, copies and the launch: :class:`CupyGradientBackend` (GPU) and
-    :class:`HostGradientBackend` (NumPy buffers, g++-compiled body; tests)."""
-
-    xp = np
-
-    def empty(self, size: int, dtype):
-        raise NotImplementedError
-
-    def copy_in(self, host, device_flat):  # host C-contiguous -> device_flat[:host.size]
-        raise NotImplementedError
-
-    def launch(self, r_ij, rotations, semiaxes, out, n_pairs: int, out_stride: int, n_directions: int, dtype):
-        # pair p, block b, output o -> out[(b * num_outputs + o) * out_stride + p]
-        raise NotImplementedError
-
-    def to_host(self, view, host):  # strided device view -> C-contiguous host array of its shape
-        raise NotImplementedError
-
 
 def _empty_result(hypers: ExpansionHypers, n_pairs: int, dtype, n_directions: int) -> dict:
     shapes = [(2 * l + 1, n) for l, n in enumerate(hypers.num_radial)]
@@ -275,9 +252,10 @@ def _empty_result(hypers: ExpansionHypers, n_pairs: int, dtype, n_directions: in
     return result
 
 
-def _gradients_with(backend: _Backend, r_ij, rotations, semiaxes, hypers: ExpansionHypers, dtype,
+def _gradients_with(backend, r_ij, rotations, semiaxes, hypers: ExpansionHypers, dtype,
                     max_gpu_memory: int, n_directions: int) -> PairGradients:
-    """The chunk loop shared by the GPU and the host-compiled path.
+    """The chunk loop shared by the GPU (:class:`CupyGradientBackend`) and the
+    host-compiled path (:class:`HostGradientBackend`).
 
     One set of flat buffers sized for the largest chunk is reused for every
     chunk. Per chunk the kernel writes ``(1 + n_directions, num_outputs, n)``;
@@ -285,20 +263,18 @@ def _gradients_with(backend: _Backend, r_ij, rotations, semiaxes, hypers: Expans
     ``(n, [3,] 2l+1, n_l)`` into the NumPy result's slice.
     """
     n_pairs = r_ij.shape[0]
-    n_out = cb.output_offsets(hypers)[-1]
-    offsets = cb.output_offsets(hypers)
+    offsets = output_offsets(hypers)
+    n_out = offsets[-1]
     n_blocks = 1 + n_directions
     chunk = plan_chunks(n_pairs, hypers, dtype, max_gpu_memory, n_directions == DIRECTIONS_WITH_SEMIAXES)
-    d_r, d_rot, d_axes = (backend.empty(k * chunk, dtype) for k in (3, 9, 3))
+    d_in = backend.pair_buffers(chunk, dtype)
     d_out = backend.empty(n_blocks * n_out * chunk, dtype)
     result = _empty_result(hypers, n_pairs, dtype, n_directions)
     for start in range(0, n_pairs, chunk):
         stop = min(start + chunk, n_pairs)
         n = stop - start
-        backend.copy_in(r_ij[start:stop], d_r)
-        backend.copy_in(rotations[start:stop], d_rot)
-        backend.copy_in(semiaxes[start:stop], d_axes)
-        backend.launch(d_r, d_rot, d_axes, d_out, n, n, n_directions, dtype)
+        backend.copy_pairs_in(d_in, (r_ij, rotations, semiaxes), slice(start, stop))
+        backend.launch(*d_in, d_out, n, n, n_directions, dtype)
         block = d_out[: n_blocks * n_out * n].reshape(n_blocks, n_out, n)
         for l, n_l in enumerate(hypers.num_radial):
             rows = block[:, offsets[l]: offsets[l + 1]].reshape(n_blocks, 2 * l + 1, n_l, n)
@@ -315,51 +291,43 @@ def _gradients_with(backend: _Backend, r_ij, rotations, semiaxes, hypers: Expans
 def compiled_module(hypers: ExpansionHypers, max_registers: int | None = None):
     """``cupy.RawModule`` with ``wb_gradients_f64`` and ``wb_gradients_f32`` for ``hypers``
     (NVRTC, cached per (hypers, max_registers))."""
-    return cb.nvrtc_module(kernel_source(hypers), cb.nvrtc_options(max_registers),
-                           f"the gradient kernels for {hypers!r}")
+    return nvrtc_module(kernel_source(hypers), nvrtc_options(max_registers), f"the gradient kernels for {hypers!r}")
 
 
-class CupyGradientBackend(_Backend):
-    """CuPy device buffers and the NVRTC-compiled gradient kernel."""
+class CupyGradientBackend(NvrtcBackend):
+    """CuPy device buffers and the NVRTC-compiled gradient kernel (RuntimeError without a CUDA device).
 
-    def __init__(self, hypers: ExpansionHypers, block_size: int = cb.DEFAULT_BLOCK_SIZE,
+    ``launch(r_ij, rotations, semiaxes, out, n_pairs, out_stride, n_directions, dtype)``:
+    pair p, block b, output o -> ``out[(b * num_outputs + o) * out_stride + p]``;
+    ``to_host(view, host)``: a strided device view into the C-contiguous host array of its shape.
+    """
+
+    needs_device = "cupy_batched gradients need a CUDA device"
+    host_tested = HOST_TESTED
+
+    def __init__(self, hypers: ExpansionHypers, block_size: int = DEFAULT_BLOCK_SIZE,
                  max_registers: int | None = None):
-        import cupy
-
-        cb.check_block_size(block_size)
-        cb.nvrtc_options(max_registers)  # validates before compiling
-        self.xp = cupy
-        self.module = compiled_module(hypers, max_registers)
-        self.block_size = int(block_size)
-
-    def empty(self, size, dtype):
-        return self.xp.empty(int(size), dtype=dtype)
-
-    def copy_in(self, host, device_flat):
-        device_flat[: host.size].set(np.ascontiguousarray(host).reshape(-1))
+        super().__init__(compiled_module, hypers, block_size, max_registers)
 
     def launch(self, r_ij, rotations, semiaxes, out, n_pairs, out_stride, n_directions, dtype):
-        if n_pairs == 0:
-            return
-        kernel = self.module.get_function(KERNEL_NAMES[np.dtype(dtype)])
-        grid = (n_pairs + self.block_size - 1) // self.block_size
-        kernel((grid,), (self.block_size,), (r_ij, rotations, semiaxes, out, np.int64(n_pairs),
-                                             np.int64(out_stride), np.int32(n_directions)))
+        self.launch_threads(KERNEL_NAMES[np.dtype(dtype)], n_pairs,
+                            (r_ij, rotations, semiaxes, out, np.int64(n_pairs), np.int64(out_stride),
+                             np.int32(n_directions)))
 
     def to_host(self, view, host):
         if view.size:
-            self.xp.ascontiguousarray(view).get(out=host)
+            self.cupy.ascontiguousarray(view).get(out=host)
 
 
 def _check_options(hypers, semiaxes_gradients):
     if not isinstance(hypers, ExpansionHypers):
         raise TypeError(f"hypers must be an ExpansionHypers, got {type(hypers).__name__}")
-    return _n_directions(semiaxes_gradients)
+    return direction_count(semiaxes_gradients)
 
 
 def expand_with_gradients(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None,
-                          semiaxes_gradients: bool = False, max_gpu_memory: int = cb.DEFAULT_MAX_GPU_MEMORY,
-                          block_size: int = cb.DEFAULT_BLOCK_SIZE,
+                          semiaxes_gradients: bool = False, max_gpu_memory: int = DEFAULT_MAX_GPU_MEMORY,
+                          block_size: int = DEFAULT_BLOCK_SIZE,
                           max_registers: int | None = None) -> PairGradients:
     """Raw pair coefficients and their derivatives, one CUDA thread per pair.
 
@@ -394,60 +362,29 @@ def expand_with_gradients(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *,
     """
     n_directions = _check_options(hypers, semiaxes_gradients)
     r_ij, rotations, semiaxes, dtype = check_pair_arrays(r_ij, rotations, semiaxes, dtype, hypers=hypers)
-    reason = gpu_unavailable_reason()
-    if reason is not None:
-        raise RuntimeError(f"cupy_batched gradients need a CUDA device: {reason}")
     backend = CupyGradientBackend(hypers, block_size, max_registers)
     return _gradients_with(backend, r_ij, rotations, semiaxes, hypers, dtype, max_gpu_memory, n_directions)
 
 
 # ------------------------------------------------------------ host-compiled path (tests)
 
-@functools.lru_cache(maxsize=32)
-def build_host_library(hypers: ExpansionHypers) -> ctypes.CDLL:
-    """Compile ``pair_gradients_host.cpp`` (+ headers + generated specs) with g++ and load it.
-
-    Returns
-    -------
-    ctypes.CDLL exporting ``wb_host_gradients_f64``, ``wb_host_gradients_f32``
-    (arguments of the CUDA kernels, ``n_directions`` as long long) and
-    ``wb_host_gradients_num_outputs()``.
-
-    Raises
-    ------
-    RuntimeError when no compiler is found, compilation fails (its output is
-    in the message) or the library's output count disagrees with ``hypers``.
-    """
-    path = compile_host_library(host_source(hypers), f"the CUDA gradient body for {hypers!r}")
-    library = ctypes.CDLL(str(path))
-    for name in HOST_FUNCTIONS.values():
-        function = getattr(library, name)
-        function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 3
-        function.restype = None
-    library.wb_host_gradients_num_outputs.restype = ctypes.c_int
-    if library.wb_host_gradients_num_outputs() != cb.output_offsets(hypers)[-1]:
-        raise RuntimeError("host gradient library's output count disagrees with output_offsets (stale build?)")
-    return library
-
-
-class HostGradientBackend(cb.HostBuffers, _Backend):
+class HostGradientBackend(HostBuffers):
     """The chunk loop on the host: NumPy buffers stand for device memory and the
     g++-compiled per-pair body for the kernel (tests only). ``peak_bytes``
     records the largest total of live "device" buffers, ``launches`` the pair
     count of each launch."""
 
     def __init__(self, hypers: ExpansionHypers):
-        self.library = build_host_library(hypers)
-        self.num_outputs = cb.output_offsets(hypers)[-1]
+        self.num_outputs = output_offsets(hypers)[-1]
+        self.library = build_library(host_source(hypers), f"the CUDA gradient body for {hypers!r}", HOST_ENTRY_POINTS,
+                                     "wb_host_gradients_num_outputs", self.num_outputs)
         self.launches: list[int] = []
 
     def launch(self, r_ij, rotations, semiaxes, out, n_pairs, out_stride, n_directions, dtype):
         self.launches.append(int(n_pairs))
         if n_pairs == 0:
             return
-        for a in (r_ij, rotations, semiaxes, out):
-            if a.dtype != np.dtype(dtype) or not a.flags.c_contiguous:
-                raise ValueError(f"host launch needs C-contiguous {np.dtype(dtype)} buffers, got {a.dtype}")
+        self.check_launch_buffers((r_ij, rotations, semiaxes, out), (dtype,) * 4)
         if out.size < ((1 + n_directions) * self.num_outputs - 1) * out_stride + n_pairs:
             raise ValueError(f"output buffer of {out.size} values too small for {n_pairs} pairs, "
                              f"{n_directions} directions at stride {out_stride}")
@@ -461,7 +398,7 @@ class HostGradientBackend(cb.HostBuffers, _Backend):
 
 def expand_with_gradients_host_compiled(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None,
                                         semiaxes_gradients: bool = False,
-                                        max_gpu_memory: int = cb.DEFAULT_MAX_GPU_MEMORY,
+                                        max_gpu_memory: int = DEFAULT_MAX_GPU_MEMORY,
                                         backend: HostGradientBackend | None = None) -> PairGradients:
     """:func:`expand_with_gradients` with the device body compiled for the CPU by g++.
 

@@ -1,29 +1,23 @@
-"""The CUDA device code built for the CPU, and the sources of the compile check.
+"""The CUDA device code built for the CPU: g++ compiles a kernel module's host source into a shared library.
 
-The per-pair body (``pair_expansion.cuh``) and the centre-density code
-(``centre_density.cuh``) are ``__host__ __device__``: with the host harnesses
-(``host_harness.cpp``, ``centre_density_host.cpp``) they compile as plain C++,
-so that tests on a machine without a GPU run the exact device arithmetic
-(:class:`einsum_workbench.kernels.cupy.pairs.HostBackend`,
-:class:`einsum_workbench.kernels.cupy.density.HostDensityBackend`).
+The device code (``kernels/cupy/cuda/*.cuh``) is ``__host__ __device__``: with a
+host harness (``host_harness.cpp``, ``centre_density_host.cpp``,
+``pair_gradients_host.cpp``) it compiles as plain C++, so that tests on a
+machine without a GPU run the exact device arithmetic
+(:class:`einsum_workbench.kernels.cupy.pairs.HostBackend` and its siblings in
+``density.py`` and ``gradients.py``, each of which assembles its own source).
 
 - :func:`host_compiler`, :func:`compile_host_library`: g++ (``$CXX``) into a
   shared library, cached on disk by a hash of source, compiler and flags
   (:func:`einsum_workbench.paths.cuda_host_cache_dir`);
-- :func:`build_pair_library`, :func:`build_density_library`: one
-  hyper-parameter set's library, loaded with ctypes (cached per process);
-- :func:`write_sources` and the command line
-  ``python -m einsum_workbench.kernels.cupy.host_build write-sources DIR``:
-  the generated translation units that ``tools/check_cuda_compile.sh``
-  compiles with nvcc for sm_90 (kernels) and g++ (host harnesses).
+- :func:`build_library`: compile and load with ctypes (cached per process),
+  declaring the C entry points and checking the library's output count.
 
-Importing this module imports neither cupy nor the kernel modules (they are
-imported when a library is built or sources are written).
+Imports nothing of the kernel modules (they call it with their source) and no CuPy.
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import functools
 import hashlib
@@ -31,7 +25,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -57,7 +50,7 @@ def compile_host_library(source: str, what: str) -> Path:
     Parameters
     ----------
     source : str, the complete C++ source (e.g. from
-        :func:`einsum_workbench.kernels.cupy.pairs.assemble_source`)
+        :func:`einsum_workbench.kernels.cupy.common.assemble_source`)
     what : str, named in the error message and the log
 
     Returns
@@ -93,126 +86,36 @@ def compile_host_library(source: str, what: str) -> Path:
     return library
 
 
-def _load(library: Path, signatures: dict, count_function: str, expected_outputs: int) -> ctypes.CDLL:
-    """Load a host library, declare its functions (name -> number of pointer
-    and long long arguments) and check its output count against ``expected_outputs``."""
-    lib = ctypes.CDLL(str(library))
-    for name, (pointers, integers) in signatures.items():
-        function = getattr(lib, name)
+@functools.lru_cache(maxsize=64)
+def build_library(source: str, what: str, functions: tuple, count_function: str,
+                  expected_outputs: int) -> ctypes.CDLL:
+    """Compile ``source`` (:func:`compile_host_library`) and load it with ctypes (cached per process).
+
+    Parameters
+    ----------
+    source : str, the complete C++ translation unit (a host harness with the device code inlined)
+    what : str, named in errors and the log
+    functions : tuple of (C entry point name, number of pointer arguments, number of long long arguments)
+        (declared in that order; they return nothing)
+    count_function : str, name of the entry point returning the library's output count (int)
+    expected_outputs : int, what it must return (``common.output_offsets(hypers)[-1]``)
+
+    Returns
+    -------
+    ctypes.CDLL with ``functions`` declared.
+
+    Raises
+    ------
+    RuntimeError when no compiler is found, compilation fails (its output is in
+    the message) or the output count disagrees (a stale build).
+    """
+    library = ctypes.CDLL(str(compile_host_library(source, what)))
+    for name, pointers, integers in functions:
+        function = getattr(library, name)
         function.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_longlong] * integers
         function.restype = None
-    count = getattr(lib, count_function)
+    count = getattr(library, count_function)
     count.restype = ctypes.c_int
     if count() != expected_outputs:
-        raise RuntimeError("host library's output count disagrees with output_offsets (stale build?)")
-    return lib
-
-
-@functools.lru_cache(maxsize=32)
-def build_pair_library(hypers) -> ctypes.CDLL:
-    """Compile ``host_harness.cpp`` (+ header + generated spec) with g++ and load it.
-
-    Parameters
-    ----------
-    hypers : ExpansionHypers
-
-    Returns
-    -------
-    ctypes.CDLL exporting ``wb_host_expand_f64``, ``wb_host_expand_f32`` and
-    ``wb_host_num_outputs()``; arguments (r_ij, rotations, semiaxes, out
-    pointers, long long n_pairs, long long out_stride) as the CUDA kernels.
-
-    Raises
-    ------
-    RuntimeError when no compiler is found or compilation fails (its output
-    is in the message).
-    """
-    from einsum_workbench.kernels.cupy import pairs as cb
-
-    library = compile_host_library(cb.assemble_source(cb.HOST_HARNESS, hypers),
-                                   f"the CUDA per-pair body for {hypers!r}")
-    return _load(library, {"wb_host_expand_f64": (4, 2), "wb_host_expand_f32": (4, 2)},
-                 "wb_host_num_outputs", cb.output_offsets(hypers)[-1])
-
-
-@functools.lru_cache(maxsize=32)
-def build_density_library(hypers) -> ctypes.CDLL:
-    """Compile ``centre_density_host.cpp`` (+ headers + generated specs) with g++ and load it.
-
-    Parameters
-    ----------
-    hypers : ExpansionHypers
-
-    Returns
-    -------
-    ctypes.CDLL exporting ``wb_host_density_f64/f32`` and
-    ``wb_host_combine_f64/f32`` (the arguments of the CUDA kernels
-    ``wb_density_*`` / ``wb_combine_*``) and ``wb_host_density_num_outputs()``.
-
-    Raises
-    ------
-    RuntimeError when no compiler is found or compilation fails (its output
-    is in the message).
-    """
-    from einsum_workbench.kernels.cupy import pairs as cb
-    from einsum_workbench.kernels.cupy import density as cd
-
-    library = compile_host_library(cd.host_source(hypers), f"the CUDA centre-density body for {hypers!r}")
-    return _load(library, {"wb_host_density_f64": (6, 2), "wb_host_density_f32": (6, 2),
-                           "wb_host_combine_f64": (4, 3), "wb_host_combine_f32": (4, 3)},
-                 "wb_host_density_num_outputs", cb.output_offsets(hypers)[-1])
-
-
-# ------------------------------------------------------------ sources for the compile check
-
-def write_sources(directory) -> list[Path]:
-    """Write the generated translation units of every representative set.
-
-    For each of :func:`einsum_workbench.kernels.cupy.pairs.representative_hypers`:
-    ``<name>.cu`` and ``<name>_host.cpp`` (pair kernel and its host harness),
-    ``density_<name>.cu`` and ``density_<name>_host.cpp`` (centre density),
-    ``gradients_<name>.cu`` and ``gradients_<name>_host.cpp`` (values and gradients).
-
-    Returns the written paths.
-    """
-    from einsum_workbench.kernels.cupy import pairs as cb
-    from einsum_workbench.kernels.cupy import density as cd
-    from einsum_workbench.kernels.cupy import gradients as cg
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    sources = {
-        "": (lambda hypers: cb.kernel_source(hypers), lambda hypers: cb.assemble_source(cb.HOST_HARNESS, hypers)),
-        "density_": (cd.kernel_source, cd.host_source),
-        "gradients_": (cg.kernel_source, cg.host_source),
-    }
-    written = []
-    start = time.perf_counter()
-    for prefix, (kernel, host) in sources.items():
-        for name, hypers in cb.representative_hypers().items():
-            for suffix, generate in ((".cu", kernel), ("_host.cpp", host)):
-                path = directory / f"{prefix}{name}{suffix}"
-                path.write_text(generate(hypers))
-                written.append(path)
-    logger.info("wrote %d generated sources into %s in %.2f s", len(written), directory,
-                time.perf_counter() - start)
-    return written
-
-
-def main(argv=None) -> int:
-    """``python -m einsum_workbench.kernels.cupy.host_build write-sources DIR``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m einsum_workbench.kernels.cupy.host_build",
-        description="Generated CUDA sources for the compile check (tools/check_cuda_compile.sh).")
-    commands = parser.add_subparsers(dest="command", required=True)
-    write = commands.add_parser("write-sources", help="write the kernels and host harnesses of the "
-                                                      "representative hyper-parameter sets; print their paths")
-    write.add_argument("directory", type=Path)
-    args = parser.parse_args(argv)
-    for path in write_sources(args.directory):
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        raise RuntimeError(f"host library of {what}: its output count disagrees with output_offsets (stale build?)")
+    return library

@@ -17,12 +17,8 @@ HYPERS = ExpansionHypers(3, "gto", cutoff=7.0, sigma=1.5)
 
 
 @pytest.fixture(params=VARIANTS, ids=lambda v: v.name)
-def expand(request):
-    v = request.param
-    reason = v.unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"{v.name} not run on this machine: {reason}")
-    return v.load()
+def expand(request, load_or_skip):
+    return load_or_skip(request.param)
 
 
 def _batch():

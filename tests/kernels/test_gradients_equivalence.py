@@ -46,7 +46,7 @@ import numpy as np
 import pytest
 
 from einsum_workbench.kernels.registry import GRADIENT_VARIANTS, get_variant
-from einsum_workbench.reference.compare import assert_coefficients_close, equivalence_hypers, make_hypers
+from einsum_workbench.reference.compare import assert_coefficients_close, equivalence_hypers, float32_hypers, make_hypers
 from einsum_workbench.reference.gradients import PairGradients, finite_difference_gradients
 from einsum_workbench.reference.random_pairs import random_pair_batch
 
@@ -71,31 +71,28 @@ PAIRS = 16
 # ----------------------------------------------------------------- helpers
 
 
-def _load_or_skip(v):
-    reason = v.unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"{v.name} (gradients) not run on this machine: {reason}")
-    return v.name, v.load()
+def _named(v, load_or_skip):
+    return v.name, load_or_skip(v, f"{v.name} (gradients)")
 
 
 @pytest.fixture
-def oracle():
-    return _load_or_skip(ORACLE)[1]
+def oracle(load_or_skip):
+    return _named(ORACLE, load_or_skip)[1]
 
 
 @pytest.fixture(params=CANDIDATES, ids=lambda v: v.name)
-def variant(request):
-    return _load_or_skip(request.param)
+def variant(request, load_or_skip):
+    return _named(request.param, load_or_skip)
 
 
 @pytest.fixture(params=FLOAT32_VARIANTS, ids=lambda v: v.name)
-def float32_variant(request):
-    return _load_or_skip(request.param)
+def float32_variant(request, load_or_skip):
+    return _named(request.param, load_or_skip)
 
 
 @pytest.fixture(params=GRADIENT_VARIANTS, ids=lambda v: v.name)
-def any_variant(request):
-    return _load_or_skip(request.param)
+def any_variant(request, load_or_skip):
+    return _named(request.param, load_or_skip)
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,8 +113,8 @@ def _oracle_result(hypers, key, semiaxes_gradients=False):
     return ORACLE.load()(*arrays, hypers, dtype=np.float64, semiaxes_gradients=semiaxes_gradients)
 
 
-def _hyper_cases():
-    return [pytest.param(case, h, id=case) for case, h in equivalence_hypers()]
+def _hyper_cases(sets=equivalence_hypers):
+    return [pytest.param(case, h, id=case) for case, h in sets()]
 
 
 def assert_gradients_close(actual, expected, hypers, dtype, tol, label, quantities=("positions", "orientations"),
@@ -232,20 +229,13 @@ def test_variant_matches_oracle_shapes(variant, shape, lmax, basis):
                            f"{name} {shape} l{lmax} {basis}", ("positions", "orientations", "semiaxes"))
 
 
-@pytest.mark.parametrize("lmax,basis,max_radial", [
-    pytest.param(0, "gto", None, id="l0-gto"),
-    pytest.param(3, "monomial", 2, id="l3-monomial-int"),
-    pytest.param(6, "gto", None, id="l6-gto-default"),
-    pytest.param(8, "gto", [3, 2, 2, 1, 1, 1, 0, 0, 0], id="l8-gto-list"),
-    pytest.param(8, "monomial", None, id="l8-monomial-default"),
-])
-def test_variant_matches_oracle_float32(float32_variant, lmax, basis, max_radial):
+@pytest.mark.parametrize("case,hypers", _hyper_cases(float32_hypers))
+def test_variant_matches_oracle_float32(float32_variant, case, hypers):
     name, gradients = float32_variant
-    hypers = make_hypers(lmax, basis, max_radial)
-    key = (PAIRS, 200 + lmax, "mixed", np.float32)
+    key = (PAIRS, 200 + hypers.lmax, "mixed", np.float32)
     actual = gradients(*_inputs(*key), hypers, dtype=np.float32)
     assert_gradients_close(actual, _oracle_result(hypers, key), hypers, np.float32, FLOAT32_TOL,
-                           f"{name} float32 l{lmax} {basis}")
+                           f"{name} float32 l{hypers.lmax} {hypers.radial_basis}")
 
 
 # pairs from frames: several species, periodic images, self pairs

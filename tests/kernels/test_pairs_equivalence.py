@@ -18,24 +18,20 @@ import pytest
 
 from einsum_workbench.kernels.registry import VARIANTS
 from einsum_workbench.reference.expansion import pairwise_ellip_expansion
-from einsum_workbench.reference.compare import assert_coefficients_close, equivalence_hypers, make_hypers
+from einsum_workbench.reference.compare import assert_coefficients_close, equivalence_hypers, float32_hypers, make_hypers
 from einsum_workbench.reference.random_pairs import random_pair_batch
 
 
 CANDIDATES = [v for v in VARIANTS if v.name != "reference"]
 
 
-def _hyper_cases():
-    return [pytest.param(h.lmax, h.radial_basis, h.max_radial, id=case) for case, h in equivalence_hypers()]
+def _hyper_cases(sets=equivalence_hypers):
+    return [pytest.param(h.lmax, h.radial_basis, h.max_radial, id=case) for case, h in sets()]
 
 
 @pytest.fixture(params=CANDIDATES, ids=lambda v: v.name)
-def variant(request):
-    v = request.param
-    reason = v.unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"{v.name} not run on this machine: {reason}")
-    return v.name, v.load()
+def variant(request, load_or_skip):
+    return request.param.name, load_or_skip(request.param)
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,30 +49,23 @@ def _inputs(inputs_key, dtype):
     return tuple(np.ascontiguousarray(a, dtype=dtype) for a in arrays)
 
 
+def _check_random_pairs(variant, hypers, dtype, seed):
+    """24 mixed pairs drawn with ``seed`` in ``dtype``, against the reference in float64."""
+    name, expand = variant
+    key = (24, seed, "mixed")
+    r_ij, rotations, semiaxes = _inputs(key, dtype)
+    actual = expand(r_ij, rotations, semiaxes, hypers, dtype=dtype)
+    assert_coefficients_close(actual, _reference(hypers, key, dtype), hypers, dtype, name)
+
+
 @pytest.mark.parametrize("lmax,basis,max_radial", _hyper_cases())
 def test_random_pairs_float64(variant, lmax, basis, max_radial):
-    name, expand = variant
-    hypers = make_hypers(lmax, basis, max_radial)
-    key = (24, 100 + lmax, "mixed")
-    r_ij, rotations, semiaxes = _inputs(key, np.float64)
-    actual = expand(r_ij, rotations, semiaxes, hypers, dtype=np.float64)
-    assert_coefficients_close(actual, _reference(hypers, key, np.float64), hypers, np.float64, name)
+    _check_random_pairs(variant, make_hypers(lmax, basis, max_radial), np.float64, 100 + lmax)
 
 
-@pytest.mark.parametrize("lmax,basis,max_radial", [
-    pytest.param(0, "gto", None, id="l0-gto"),
-    pytest.param(3, "monomial", 2, id="l3-monomial-int"),
-    pytest.param(6, "gto", None, id="l6-gto-default"),
-    pytest.param(8, "gto", [3, 2, 2, 1, 1, 1, 0, 0, 0], id="l8-gto-list"),
-    pytest.param(8, "monomial", None, id="l8-monomial-default"),
-])
+@pytest.mark.parametrize("lmax,basis,max_radial", _hyper_cases(float32_hypers))
 def test_random_pairs_float32(variant, lmax, basis, max_radial):
-    name, expand = variant
-    hypers = make_hypers(lmax, basis, max_radial)
-    key = (24, 200 + lmax, "mixed")
-    r_ij, rotations, semiaxes = _inputs(key, np.float32)
-    actual = expand(r_ij, rotations, semiaxes, hypers, dtype=np.float32)
-    assert_coefficients_close(actual, _reference(hypers, key, np.float32), hypers, np.float32, name)
+    _check_random_pairs(variant, make_hypers(lmax, basis, max_radial), np.float32, 200 + lmax)
 
 
 @pytest.mark.parametrize("shape", ["spherical", "prolate", "oblate"])

@@ -21,7 +21,7 @@
 // kernel) runs once per segment and the row is written once. No atomics: the
 // result does not depend on thread scheduling.
 //
-// Compiled, like pair_expansion.cuh, by NVRTC (cupy_density.py), by nvcc for
+// Compiled, like pair_expansion.cuh, by NVRTC (kernels/cupy/density.py), by nvcc for
 // sm_90 (tools/check_cuda_compile.sh) and by g++ as plain C++
 // (centre_density_host.cpp, tests/kernels/cupy/test_density.py). Needs
 // pair_expansion.cuh, the generated wb::Spec and wb::DensitySpec before it.

@@ -13,7 +13,7 @@
 // fill the device): one thread per (output, segment), runs in pair order.
 // The generated struct wb::Spec (one hyper-parameter set, shared with the pair
 // kernel) is inserted where "wb_spec.cuh" is included, wb::DensitySpec
-// (cupy_density.generate_density_spec_source) where "wb_density_spec.cuh" is.
+// (density.generate_density_spec_source) where "wb_density_spec.cuh" is.
 #include "pair_expansion.cuh"
 #include "wb_spec.cuh"
 #include "wb_density_spec.cuh"

@@ -10,7 +10,7 @@
 //
 // The hyper-parameter specific work (moment recurrence and sparse contraction
 // against the solid-harmonic non-zeros) is generated straight-line code in a
-// struct `wb::Spec` (see cupy_batched.generate_spec_source), included after
+// struct `wb::Spec` (see kernels/cupy/common.py, generate_spec_source), included after
 // this header; this file holds what does not depend on the hyper-parameters.
 //
 // Mathematics: DESIGN.md section 3 and kernels/numpy_einsum.body_frame_gaussians.

@@ -7,8 +7,8 @@
 // cupy.RawModule (kernels/cupy/gradients.py), nvcc -arch=sm_90 (compile check),
 // g++ as plain C++ (pair_gradients_host.cpp; tests without a GPU). Included
 // after pair_expansion.cuh (PairGaussian, body_frame_gaussian), the generated
-// wb::Spec (moments, contract; cupy_batched.generate_spec_source) and the
-// generated wb::GradSpec (derivative; cupy_gradients.generate_grad_spec_source).
+// wb::Spec (moments, contract; common.generate_spec_source) and the
+// generated wb::GradSpec (derivative; gradients.generate_grad_spec_source).
 //
 // Mathematics (reference/gradients.py): with the covariance S, centre a and
 // scale s of body_frame_gaussian and E[t] the normal law's moments, a

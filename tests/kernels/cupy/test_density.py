@@ -7,7 +7,7 @@ What runs where
   ``centre_density.cuh``, both the per-run kernel body and the combine step)
   compiled as plain C++ by g++ and called through ctypes, driven by the same
   sorting, planning, chunk loop and row combination as the GPU path
-  (``cupy_density.HostDensityBackend``), against
+  (``kernels.cupy.density.HostDensityBackend``), against
   ``reference.density.centre_density``: lmax 0, 3, 6; GTO and monomial;
   default, int and list radial counts; float64 and float32; raw and
   orthonormalised; unsorted segments with empty ones; an empty batch; chunks
@@ -15,7 +15,8 @@ What runs where
 - Host logic only (no device involved): the run/chunk plan and its memory
   bound ("device memory" is NumPy buffers counted by HostDensityBackend).
 - Where CuPy's NVRTC is installed: the RawModule source compiled for sm_90;
-  where nvcc is installed: the same source compiled by nvcc for sm_90.
+  where nvcc is installed: the same source compiled by nvcc for sm_90
+  (tests/kernels/cupy/test_compile.py).
 - Only with a CUDA device (skipped here, and the skip says so): the RawKernel
   launches, device chunking and device timings.
 
@@ -29,39 +30,32 @@ from __future__ import annotations
 
 import functools
 import re
-import shutil
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from einsum_workbench.kernels.cupy import common, host_build
 from einsum_workbench.kernels.cupy import pairs as cb
 from einsum_workbench.kernels.cupy import density as cd
+from einsum_workbench.kernels.cupy.compile_check import representative_hypers
 from einsum_workbench.kernels.registry import get_variant
 from einsum_workbench.kernels.tables import num_monomials
-from einsum_workbench.reference.compare import assert_coefficients_close
+from einsum_workbench.reference.compare import assert_coefficients_close, make_hypers
 from einsum_workbench.reference.density import centre_density as reference_density
-from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.random_pairs import random_pair_batch
 
 needs_gxx = pytest.mark.skipif(
-    cb.host_compiler() is None,
+    host_build.host_compiler() is None,
     reason="no C++ compiler (g++ / $CXX): the host-compiled density kernel code did not run",
 )
 
 GPU_REASON = get_variant("cupy_batched", "density").unavailable_reason()
 needs_gpu = pytest.mark.skipif(
     GPU_REASON is not None,
-    reason=f"cupy_batched density not run on this machine: {str(GPU_REASON).split('; ' + cb.NO_DEVICE_PARTS)[0]}; "
+    reason=f"cupy_batched density not run on this machine: {str(GPU_REASON).split('; ' + common.NO_DEVICE_PARTS)[0]}; "
            f"{cd.NO_DEVICE_PARTS} (its code is tested host-compiled in this file)",
 )
-
-
-def make_hypers(lmax, basis, max_radial=None):
-    if basis == "gto":
-        return ExpansionHypers(lmax, "gto", cutoff=7.0, sigma=1.5, max_radial=max_radial)
-    return ExpansionHypers(lmax, "monomial", cutoff=7.0, max_radial=max_radial)
 
 
 HYPER_SETS = [
@@ -103,16 +97,16 @@ def test_density_spec_reuses_the_recurrence_and_accumulates_each_moment_once(lma
     accumulated = [int(i) for i in re.findall(r"acc\[(\d+)\] \+=", source)]
     assert accumulated == list(range(n_moments)), "every moment added once, in order"
     # the moment lines are the pair kernel's, word for word
-    pair_moments = re.findall(r"^\s*(E\[[1-9]\d*\] = .*;)$", cb.generate_spec_source(hypers), re.MULTILINE)
+    pair_moments = re.findall(r"^\s*(E\[[1-9]\d*\] = .*;)$", common.generate_spec_source(hypers), re.MULTILINE)
     density_moments = re.findall(r"^\s*(E\[[1-9]\d*\] = .*;)$", source, re.MULTILINE)
     assert density_moments == pair_moments and len(pair_moments) == n_moments - 1
 
 
 def test_kernel_source_contains_the_pair_body_and_the_kernels():
-    hypers = cb.representative_hypers()["lmax6_gto_default"]
+    hypers = representative_hypers()["lmax6_gto_default"]
     source = cd.kernel_source(hypers)
-    assert cb.generate_spec_source(hypers) in source  # the pair kernel's generated wb::Spec
-    assert (cb.CUDA_DIR / "pair_expansion.cuh").read_text() in source
+    assert common.generate_spec_source(hypers) in source  # the pair kernel's generated wb::Spec
+    assert (common.CUDA_DIR / "pair_expansion.cuh").read_text() in source
     assert cd.generate_density_spec_source(hypers) in source
     assert "#include" not in source.replace("#include <math.h>", ""), "every local include inlined"
     for name in (*cd.KERNEL_NAMES.values(), *cd.COMBINE_NAMES.values()):
@@ -120,44 +114,33 @@ def test_kernel_source_contains_the_pair_body_and_the_kernels():
     assert not re.search(r"\batomic[A-Z]\w*\(", source), "deterministic design: no atomic operations"
 
 
-def test_module_import_does_not_import_cupy():
-    code = ("import sys; import einsum_workbench.kernels.cupy.density as m; "
-            "m.kernel_source(m.cb.representative_hypers()['lmax6_gto_default']); print('cupy' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
-
-
 # ---------------------------------------------------------------- device code, host-compiled
 
+#: per dtype: input seed (+ lmax), segments, segment seed (+ lmax), empty segments besides the last, options
+HOST_DENSITY_RUNS = {
+    "float64": (10, 13, 0, (1, 5), {"max_run_pairs": 4}),
+    "float32": (20, 11, 3, (1,), {}),
+}
+
+
 @needs_gxx
 @pytest.mark.parametrize("orthonormal", [False, True], ids=["raw", "orthonormal"])
 @pytest.mark.parametrize("lmax,basis,max_radial", HYPER_SETS)
-def test_host_compiled_density_float64(lmax, basis, max_radial, orthonormal):
+@pytest.mark.parametrize("dtype", HOST_DENSITY_RUNS)
+def test_host_compiled_density(dtype, lmax, basis, max_radial, orthonormal):
+    """float32: rtol 1e-3, atol 1e-4 x block max (looser than float64's 1e-6 / 1e-8)."""
+    seed, n_segments, segment_seed, empty, options = HOST_DENSITY_RUNS[dtype]
     hypers = make_hypers(lmax, basis, max_radial)
-    arrays = _inputs(90, 10 + lmax, np.float64)
-    segment = _segments(90, 13, lmax, empty=(1, 5))
-    actual = cd.centre_density_host_compiled(*arrays, hypers, segment, 13, orthonormal=orthonormal,
-                                             max_run_pairs=4)
-    expected = _reference(hypers, arrays, segment, 13, orthonormal)
-    assert_coefficients_close(actual, expected, hypers, np.float64, "host-compiled density",
+    arrays = _inputs(90, seed + lmax, np.dtype(dtype))
+    segment = _segments(90, n_segments, segment_seed + lmax, empty=empty)
+    actual = cd.centre_density_host_compiled(*arrays, hypers, segment, n_segments, orthonormal=orthonormal,
+                                             **options)
+    assert all(b.dtype == np.dtype(dtype) for b in actual)
+    expected = _reference(hypers, arrays, segment, n_segments, orthonormal)
+    assert_coefficients_close(actual, expected, hypers, dtype, f"host-compiled density {dtype}",
                               orthonormalised=not orthonormal)
     for block in actual:
-        assert not np.any(block[[1, 5, 12]]), "a segment without pairs must be exactly zero"
-
-
-@needs_gxx
-@pytest.mark.parametrize("orthonormal", [False, True], ids=["raw", "orthonormal"])
-@pytest.mark.parametrize("lmax,basis,max_radial", HYPER_SETS)
-def test_host_compiled_density_float32(lmax, basis, max_radial, orthonormal):
-    """float32: rtol 1e-3, atol 1e-4 x block max (looser than float64's 1e-6 / 1e-8)."""
-    hypers = make_hypers(lmax, basis, max_radial)
-    arrays = _inputs(90, 20 + lmax, np.float32)
-    segment = _segments(90, 11, 3 + lmax)
-    actual = cd.centre_density_host_compiled(*arrays, hypers, segment, 11, orthonormal=orthonormal)
-    assert all(b.dtype == np.float32 for b in actual)
-    expected = _reference(hypers, arrays, segment, 11, orthonormal)
-    assert_coefficients_close(actual, expected, hypers, np.float32, "host-compiled density f32",
-                              orthonormalised=not orthonormal)
+        assert not np.any(block[[*empty, n_segments - 1]]), "a segment without pairs must be exactly zero"
 
 
 @needs_gxx
@@ -413,47 +396,6 @@ def test_host_compiled_real_dataset(shared_data_path):
         np.testing.assert_allclose(actual[l], expected, rtol=1e-6, atol=1e-8 * scale, err_msg=f"l={l}")
 
 
-# ---------------------------------------------------------------- compiled for sm_90
-
-def _cupy_nvrtc_program():
-    try:
-        from cupy.cuda import compiler
-
-        return compiler._NVRTCProgram, compiler._get_nvrtc_version()
-    except Exception as err:  # cupy absent, or no libnvrtc (pip nvidia-cuda-nvrtc-cu12)
-        pytest.skip(f"CuPy's NVRTC is not usable here ({type(err).__name__}: {err}): "
-                    "the NVRTC compile of the density RawModule source did not run")
-
-
-@pytest.mark.parametrize("name", ["lmax6_gto_default", "lmax0_gto_int"])
-def test_rawmodule_source_compiles_with_nvrtc_for_sm90(name):
-    """What cupy.RawModule does on an sm_90 device (CuPy's NVRTC program class with
-    the module's options, -arch=sm_90 and --device-as-default-execution-space),
-    minus loading the cubin. No device is needed to compile."""
-    program_class, version = _cupy_nvrtc_program()
-    hypers = cb.representative_hypers()[name]
-    program = program_class(cd.kernel_source(hypers), "wb_density.cu", (), (), name_expressions=None, method="cubin")
-    cubin, _ = program.compile(cd.nvrtc_options(168) + ("-arch=sm_90", "--device-as-default-execution-space"))
-    for kernel in (*cd.KERNEL_NAMES.values(), *cd.COMBINE_NAMES.values()):
-        assert kernel.encode() in cubin, f"{kernel} missing from the NVRTC {version} cubin"
-
-
-@pytest.mark.skipif(shutil.which("nvcc") is None,
-                    reason="nvcc not installed: the sm_90 nvcc compile of the density kernel did not run")
-def test_density_kernel_compiles_with_nvcc_for_sm90(tmp_path):
-    hypers = cb.representative_hypers()["lmax6_gto_default"]
-    source = tmp_path / "density.cu"
-    source.write_text(cd.kernel_source(hypers))
-    result = subprocess.run(
-        ["nvcc", "-arch=sm_90", "--cubin", "-std=c++17", "-Xptxas", "-v", "-Werror", "all-warnings",
-         "-o", str(tmp_path / "density.cubin"), str(source)],
-        capture_output=True, text=True,
-    )
-    assert result.returncode == 0, f"nvcc failed:\n{result.stderr[-4000:]}"
-    for kernel in (*cd.KERNEL_NAMES.values(), *cd.COMBINE_NAMES.values()):
-        assert kernel in result.stderr, f"{kernel} missing from ptxas report"
-
-
 # ---------------------------------------------------------------- bench/gpu_validate.py
 
 @needs_gxx
@@ -642,7 +584,7 @@ def test_gpu_density_chunking_runs_and_host_agreement():
     for a, b, c in zip(whole, chunked, in_order):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
-    if cb.host_compiler() is not None:  # GPU vs the same code compiled for the CPU
+    if host_build.host_compiler() is not None:  # GPU vs the same code compiled for the CPU
         host = cd.centre_density_host_compiled(*arrays, hypers, segment, 61, max_run_pairs=8)
         for a, h in zip(whole, host):
             np.testing.assert_allclose(a, h, rtol=1e-10, atol=1e-13 * float(np.max(np.abs(h))))

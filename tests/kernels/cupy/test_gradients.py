@@ -6,12 +6,13 @@ What runs where
   (``pair_expansion.cuh`` + generated ``wb::Spec`` + ``pair_gradients.cuh`` +
   generated ``wb::GradSpec``) compiled as plain C++ and driven by the same
   chunk loop and unpacking as the GPU path
-  (:func:`cupy_gradients.expand_with_gradients_host_compiled`), against central
+  (:func:`kernels.cupy.gradients.expand_with_gradients_host_compiled`), against central
   finite differences of the reference expansion
   (:func:`einsum_workbench.reference.gradients.finite_difference_gradients`)
   over lmax 0..8, both radial bases, the three radial-count forms, needle /
   plate / sphere shapes, with semi-axis gradients; float32; chunking; errors.
-- Where nvcc is installed: the generated kernel compiled for sm_90.
+- Where nvcc or CuPy's NVRTC is installed: the generated kernel compiled for
+  sm_90 (tests/kernels/cupy/test_compile.py).
 - Only with a CUDA device (skipped here, and the skip says so): the RawKernel
   launch through CuPy against the host-compiled body and the finite differences.
 
@@ -27,23 +28,22 @@ from __future__ import annotations
 
 import functools
 import re
-import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from einsum_workbench.kernels.cupy import common, host_build
 from einsum_workbench.kernels.cupy import pairs as cb
 from einsum_workbench.kernels.cupy import gradients as cg
 from einsum_workbench.kernels.registry import get_variant
 from einsum_workbench.kernels.tables import compact_solid_harmonics, num_monomials
+from einsum_workbench.reference.compare import make_hypers
 from einsum_workbench.reference.gradients import PairGradients, finite_difference_gradients
-from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.random_pairs import random_pair_batch
 
 needs_gxx = pytest.mark.skipif(
-    cb.host_compiler() is None,
+    host_build.host_compiler() is None,
     reason="no C++ compiler (g++ / $CXX): the host-compiled device gradient body did not run",
 )
 
@@ -54,12 +54,6 @@ needs_gpu = pytest.mark.skipif(GPU_REASON is not None,
 TOLERANCES = {np.dtype(np.float64): (1e-6, 1e-6), np.dtype(np.float32): (1e-3, 1e-3)}  # rtol, atol scale
 SHAPES = ("prolate", "oblate", "spherical")  # needles, plates, spheres
 QUANTITIES = ("values", "positions", "orientations", "semiaxes")
-
-
-def make_hypers(lmax, basis, max_radial=None):
-    if basis == "gto":
-        return ExpansionHypers(lmax, "gto", cutoff=7.0, sigma=1.5, max_radial=max_radial)
-    return ExpansionHypers(lmax, "monomial", cutoff=7.0, max_radial=max_radial)
 
 
 def _radial_form(lmax, i):
@@ -103,7 +97,7 @@ def assert_gradients_close(actual: PairGradients, expected: PairGradients, hyper
 def test_grad_spec_is_straight_line_degree_ordered(lmax, basis, max_radial):
     hypers = make_hypers(lmax, basis, max_radial)
     source = cg.generate_grad_spec_source(hypers)
-    n_out = cb.output_offsets(hypers)[-1]
+    n_out = common.output_offsets(hypers)[-1]
     body = source.split("struct GradSpec")[1]
     assert "for (" not in body, "spec must be straight-line code"
     targets = [int(o) for o in re.findall(r"out\[(\d+)LL \* stride\]", body)]
@@ -144,13 +138,6 @@ def test_derivative_moment_terms_match_a_normal_law():
                **{f"dS[{k}][{m}]": dS_upper[k, m] for k in range(3) for m in range(k, 3)}}
     formula = [sum(c * factors[f] * E[j] for c, f, j in terms) for terms in cg.derivative_moment_terms(4)]
     np.testing.assert_allclose(formula, fd, rtol=1e-7, atol=1e-7 * np.max(np.abs(fd)))
-
-
-def test_module_import_does_not_import_cupy():
-    code = ("import sys; import einsum_workbench.kernels.cupy.gradients as m; "
-            "m.kernel_source(m.cb.representative_hypers()['lmax6_gto_default']); print('cupy' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
 
 
 # ---------------------------------------------------------------- device arithmetic, host-compiled
@@ -255,7 +242,7 @@ def test_bad_input_names_the_value():
         cg.expand_with_gradients_host_compiled(r, rot, axes, {"lmax": 2})
 
 
-# ---------------------------------------------------------------- availability and compile check
+# ---------------------------------------------------------------- availability, the host harness
 
 def test_registry_reason_when_no_gpu():
     if GPU_REASON is None:
@@ -267,48 +254,11 @@ def test_registry_reason_when_no_gpu():
         cg.expand_with_gradients(*_pairs(1, 0), make_hypers(1, "gto"))
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed: the sm_90 compile check did not run")
-@pytest.mark.parametrize("name", ["lmax6_gto_default", "lmax8_monomial_list"])
-def test_kernel_compiles_for_sm90(tmp_path, name):
-    source = tmp_path / "gradients.cu"
-    source.write_text(cg.kernel_source(cb.representative_hypers()[name]))
-    result = subprocess.run(
-        ["nvcc", "-arch=sm_90", "--cubin", "-std=c++17", "-Xptxas", "-v", "-Werror", "all-warnings",
-         "-o", str(tmp_path / "k.cubin"), str(source)],
-        capture_output=True, text=True,
-    )
-    assert result.returncode == 0, f"nvcc failed:\n{result.stderr[-4000:]}"
-    for kernel in cg.KERNEL_NAMES.values():
-        assert kernel in result.stderr, f"{kernel} missing from the ptxas report"
-
-
-def _cupy_nvrtc_program():
-    """CuPy's NVRTC program class, or a skip naming what is missing (as tests/kernels/cupy/test_pairs.py)."""
-    try:
-        from cupy.cuda import compiler
-
-        compiler._get_nvrtc_version()
-        return compiler._NVRTCProgram
-    except Exception as err:  # cupy absent, or no libnvrtc
-        pytest.skip(f"CuPy's NVRTC is not usable here ({type(err).__name__}: {err}): "
-                    "the NVRTC compile of the gradient RawModule source did not run")
-
-
-def test_rawmodule_source_compiles_with_nvrtc_for_sm90():
-    """What cupy.RawModule does on an sm_90 device (options as CuPy 14 adds them), minus loading the cubin."""
-    program_class = _cupy_nvrtc_program()
-    source = cg.kernel_source(cb.representative_hypers()["lmax6_gto_default"])
-    program = program_class(source, "wb_gradients.cu", (), (), name_expressions=None, method="cubin")
-    cubin, _ = program.compile(cb.nvrtc_options() + ("-arch=sm_90", "--device-as-default-execution-space"))
-    for kernel in cg.KERNEL_NAMES.values():
-        assert kernel.encode() in cubin, f"{kernel} missing from the NVRTC cubin"
-
-
 @needs_gxx
 def test_host_harness_compiles_warning_free(tmp_path):
     source = tmp_path / "host.cpp"
     source.write_text(cg.host_source(make_hypers(0, "gto", 2)))  # degrees 1 and 3 unused: no unused locals
-    result = subprocess.run([cb.host_compiler(), "-std=c++17", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
+    result = subprocess.run([host_build.host_compiler(), "-std=c++17", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
                              str(source)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
 
@@ -324,7 +274,7 @@ def test_gpu_matches_finite_differences_and_host_body(lmax, basis, dtype):
     actual = cg.expand_with_gradients(*arrays, hypers, semiaxes_gradients=True)
     expected = finite_difference_gradients(*arrays, hypers, semiaxes_gradients=True)
     assert_gradients_close(actual, expected, hypers, dtype, "cupy_batched gradients")
-    if cb.host_compiler() is not None and np.dtype(dtype) == np.float64:  # same body, FMA contraction aside
+    if host_build.host_compiler() is not None and np.dtype(dtype) == np.float64:  # same body, FMA contraction aside
         host = cg.expand_with_gradients_host_compiled(*arrays, hypers, semiaxes_gradients=True)
         for quantity in QUANTITIES:
             for a, b in zip(getattr(actual, quantity), getattr(host, quantity)):

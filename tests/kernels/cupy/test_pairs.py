@@ -5,7 +5,7 @@ What runs where
 - Everywhere g++ is installed: the *exact* per-pair device body
   (``kernels/cupy/cuda/pair_expansion.cuh`` + the generated ``wb::Spec``) compiled
   as plain C++ by g++ and called through ctypes, driven by the same chunk loop
-  and output unpacking as the GPU path (``cupy_batched.HostBackend``), against
+  and output unpacking as the GPU path (``kernels.cupy.pairs.HostBackend``), against
   the reference over the configurations of ``tests/kernels/test_pairs_equivalence.py``
   (lmax 0..8 x radial-count forms x both bases, float32, spherical / prolate /
   oblate ellipsoids, empty batch). g++ does not contract multiply-adds into
@@ -14,7 +14,8 @@ What runs where
 - Host logic only (no device involved): the chunk plan and its memory bound,
   chunked vs unchunked results, the keep_on_device output block, error
   messages; "device memory" there is NumPy buffers counted by HostBackend.
-- Where nvcc is installed: the generated kernel compiled for sm_90.
+- Where nvcc or CuPy's NVRTC is installed: the generated kernel compiled for
+  sm_90 (tests/kernels/cupy/test_compile.py).
 - Only with a CUDA device (skipped here, and the skip says so): the RawKernel
   launch through CuPy, device memory chunking and keep_on_device CuPy arrays.
 
@@ -27,54 +28,35 @@ from __future__ import annotations
 
 import functools
 import re
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from einsum_workbench.kernels.cupy import common, host_build
 from einsum_workbench.kernels.cupy import pairs as cb
 from einsum_workbench.kernels.registry import get_variant
 from einsum_workbench.kernels.tables import compact_solid_harmonics, num_monomials
 from einsum_workbench.reference.expansion import pairwise_ellip_expansion
-from einsum_workbench.reference.hypers import ExpansionHypers
-from einsum_workbench.reference.compare import assert_coefficients_close
+from einsum_workbench.reference.compare import assert_coefficients_close, equivalence_hypers, float32_hypers, make_hypers
 from einsum_workbench.reference.random_pairs import random_pair_batch
 
 
 needs_gxx = pytest.mark.skipif(
-    cb.host_compiler() is None,
+    host_build.host_compiler() is None,
     reason="no C++ compiler (g++ / $CXX): the host-compiled device body did not run",
 )
 
 GPU_REASON = get_variant("cupy_batched").unavailable_reason()
 needs_gpu = pytest.mark.skipif(
     GPU_REASON is not None,
-    reason=GPU_REASON if GPU_REASON and cb.NO_DEVICE_PARTS in GPU_REASON
-    else f"no CUDA device: {cb.NO_DEVICE_PARTS} ({GPU_REASON})",
+    reason=GPU_REASON if GPU_REASON and common.NO_DEVICE_PARTS in GPU_REASON
+    else f"no CUDA device: {common.NO_DEVICE_PARTS} ({GPU_REASON})",
 )
 
 
-def make_hypers(lmax, basis, max_radial):
-    if basis == "gto":
-        return ExpansionHypers(lmax, "gto", cutoff=7.0, sigma=1.5, max_radial=max_radial)
-    return ExpansionHypers(lmax, "monomial", cutoff=7.0, max_radial=max_radial)
-
-
-def _radial_forms(lmax):
-    return {"default": None, "int": 2,
-            "list": [(lmax - l) % 3 + (1 if l == 0 else 0) for l in range(lmax + 1)]}
-
-
-def _hyper_cases():
-    """lmax 0..8 x the three radial-count forms, the two bases alternating (as test_equivalence)."""
-    return [
-        pytest.param(lmax, "gto" if (lmax + i) % 2 == 0 else "monomial", max_radial,
-                     id=f"l{lmax}-{'gto' if (lmax + i) % 2 == 0 else 'monomial'}-{form}")
-        for lmax in range(9)
-        for i, (form, max_radial) in enumerate(_radial_forms(lmax).items())
-    ]
+def _hyper_cases(sets=equivalence_hypers):
+    """The equivalence suite's sets (reference.compare, as tests/kernels/test_pairs_equivalence.py)."""
+    return [pytest.param(h.lmax, h.radial_basis, h.max_radial, id=case) for case, h in sets()]
 
 
 @functools.lru_cache(maxsize=None)
@@ -92,8 +74,8 @@ def _reference(hypers, arrays):
 @pytest.mark.parametrize("lmax,basis,max_radial", [(0, "gto", None), (6, "gto", None), (5, "monomial", [2, 0, 1, 3, 0, 1])])
 def test_spec_is_straight_line_and_writes_each_output_once(lmax, basis, max_radial):
     hypers = make_hypers(lmax, basis, max_radial)
-    source = cb.generate_spec_source(hypers)
-    n_out = cb.output_offsets(hypers)[-1]
+    source = common.generate_spec_source(hypers)
+    n_out = common.output_offsets(hypers)[-1]
     assert f"num_moments = {num_monomials(hypers.max_degree)};" in source
     assert f"num_outputs = {n_out};" in source
     moment_targets = [int(i) for i in re.findall(r"^\s*E\[(\d+)\] =", source, re.MULTILINE)]
@@ -109,47 +91,34 @@ def test_spec_is_straight_line_and_writes_each_output_once(lmax, basis, max_radi
 def test_unpack_outputs_layout():
     """Row o = offsets[l] + m n_l + n of the component-major block is (p, m, n) of block l."""
     hypers = make_hypers(3, "gto", [1, 0, 2, 1])
-    n_pairs, offsets = 5, cb.output_offsets(hypers)
+    n_pairs, offsets = 5, common.output_offsets(hypers)
     block = np.arange(offsets[-1] * n_pairs, dtype=np.float64).reshape(offsets[-1], n_pairs)
-    views = cb.unpack_outputs(block, hypers, n_pairs)
+    views = common.unpack_outputs(block, hypers, n_pairs)
     for l, n_l in enumerate(hypers.num_radial):
         assert views[l].shape == (n_pairs, 2 * l + 1, n_l)
         for p, m, n in [(0, 0, 0), (n_pairs - 1, 2 * l, n_l - 1), (2, l, 0)]:
             assert views[l][p, m, n] == block[offsets[l] + m * n_l + n, p]
 
 
-def test_module_import_does_not_import_cupy():
-    code = ("import sys; import einsum_workbench.kernels.cupy.pairs as m; "
-            "m.generate_spec_source(m.representative_hypers()['lmax6_gto_default']); "
-            "print('cupy' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
-
-
 # ---------------------------------------------------------------- device arithmetic, host-compiled
+
+def _check_host_compiled(hypers, dtype, seed, label):
+    """24 mixed pairs drawn with ``seed`` in ``dtype`` through the host-compiled body, against the reference."""
+    arrays = _inputs(24, seed, "mixed", dtype)
+    actual = cb.expand_host_compiled(*arrays, hypers, dtype=dtype)
+    assert_coefficients_close(actual, _reference(hypers, arrays), hypers, dtype, label)
+
 
 @needs_gxx
 @pytest.mark.parametrize("lmax,basis,max_radial", _hyper_cases())
 def test_host_compiled_body_float64(lmax, basis, max_radial):
-    hypers = make_hypers(lmax, basis, max_radial)
-    arrays = _inputs(24, 100 + lmax, "mixed", np.float64)
-    actual = cb.expand_host_compiled(*arrays, hypers, dtype=np.float64)
-    assert_coefficients_close(actual, _reference(hypers, arrays), hypers, np.float64, "host-compiled")
+    _check_host_compiled(make_hypers(lmax, basis, max_radial), np.float64, 100 + lmax, "host-compiled")
 
 
 @needs_gxx
-@pytest.mark.parametrize("lmax,basis,max_radial", [
-    pytest.param(0, "gto", None, id="l0-gto"),
-    pytest.param(3, "monomial", 2, id="l3-monomial-int"),
-    pytest.param(6, "gto", None, id="l6-gto-default"),
-    pytest.param(8, "gto", [3, 2, 2, 1, 1, 1, 0, 0, 0], id="l8-gto-list"),
-    pytest.param(8, "monomial", None, id="l8-monomial-default"),
-])
+@pytest.mark.parametrize("lmax,basis,max_radial", _hyper_cases(float32_hypers))
 def test_host_compiled_body_float32(lmax, basis, max_radial):
-    hypers = make_hypers(lmax, basis, max_radial)
-    arrays = _inputs(24, 200 + lmax, "mixed", np.float32)
-    actual = cb.expand_host_compiled(*arrays, hypers, dtype=np.float32)
-    assert_coefficients_close(actual, _reference(hypers, arrays), hypers, np.float32, "host-compiled f32")
+    _check_host_compiled(make_hypers(lmax, basis, max_radial), np.float32, 200 + lmax, "host-compiled f32")
 
 
 @needs_gxx
@@ -255,9 +224,9 @@ def test_keep_on_device_block_chunked():
     hypers = make_hypers(4, "monomial", 1)
     arrays = _inputs(30, 4, "mixed", np.float64)
     copied = cb.expand_host_compiled(*arrays, hypers)
-    n_out = cb.output_offsets(hypers)[-1]
+    n_out = common.output_offsets(hypers)[-1]
     itemsize = 8
-    bound = 30 * n_out * itemsize + 4 * cb.INPUT_VALUES_PER_PAIR * itemsize  # inputs of 4 pairs
+    bound = 30 * n_out * itemsize + 4 * common.INPUT_VALUES_PER_PAIR * itemsize  # inputs of 4 pairs
     backend = cb.HostBackend(hypers)
     kept = cb.expand_host_compiled(*arrays, hypers, max_gpu_memory=bound, keep_on_device=True,
                                    backend=backend)
@@ -269,11 +238,11 @@ def test_keep_on_device_block_chunked():
 
 
 def test_nvrtc_options_validate_register_cap():
-    assert cb.nvrtc_options() == cb.NVRTC_OPTIONS
-    assert cb.nvrtc_options(168)[-1] == "--maxrregcount=168"
+    assert common.nvrtc_options() == common.NVRTC_OPTIONS
+    assert common.nvrtc_options(168)[-1] == "--maxrregcount=168"
     for bad in (0, 8, 256, 1.5, True):
         with pytest.raises(ValueError, match="max_registers must be None or an int in 16..255"):
-            cb.nvrtc_options(bad)
+            common.nvrtc_options(bad)
 
 
 def test_plan_chunks_errors_name_the_value():
@@ -293,7 +262,7 @@ def test_plan_chunks_errors_name_the_value():
         cb.plan_chunks(1000, hypers, np.float64, 100 * per_pair, True)
 
 
-# ---------------------------------------------------------------- availability and compile check
+# ---------------------------------------------------------------- availability and bench/gpu_validate.py
 
 def test_registry_reason_when_no_gpu():
     reason = GPU_REASON
@@ -308,49 +277,6 @@ def test_registry_reason_when_no_gpu():
 def test_gpu_probe_reason_is_text_or_none():
     reason = cb.gpu_unavailable_reason()
     assert reason is None or (isinstance(reason, str) and reason)
-
-
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed: the sm_90 compile check did not run")
-def test_kernel_compiles_for_sm90(tmp_path):
-    hypers = cb.representative_hypers()["lmax6_gto_default"]
-    source = tmp_path / "kernel.cu"
-    source.write_text(cb.kernel_source(hypers))
-    result = subprocess.run(
-        ["nvcc", "-arch=sm_90", "--cubin", "-std=c++17", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"), str(source)],
-        capture_output=True, text=True,
-    )
-    assert result.returncode == 0, f"nvcc failed:\n{result.stderr[-4000:]}"
-    for kernel in cb.KERNEL_NAMES.values():
-        assert kernel in result.stderr, f"{kernel} missing from ptxas report"
-
-
-def _cupy_nvrtc_program():
-    """CuPy's NVRTC program class and NVRTC's version, or a skip naming what is missing."""
-    try:
-        from cupy.cuda import compiler
-
-        version = compiler._get_nvrtc_version()
-        return compiler._NVRTCProgram, version
-    except Exception as err:  # cupy absent, or no libnvrtc (pip nvidia-cuda-nvrtc-cu12)
-        pytest.skip(f"CuPy's NVRTC is not usable here ({type(err).__name__}: {err}): "
-                    "the NVRTC compile of the RawModule source did not run")
-
-
-@pytest.mark.parametrize("name", ["lmax6_gto_default", "lmax8_monomial_list"])
-def test_rawmodule_source_compiles_with_nvrtc_for_sm90(name):
-    """What cupy.RawModule does on an sm_90 device, minus loading the cubin.
-
-    CuPy 14 compiles RawModule code with NVRTC using the module's options plus
-    ``-arch=sm_<cc>`` and ``--device-as-default-execution-space``
-    (cupy.cuda.compiler._compile_using_nvrtc_no_warning); this calls the same
-    NVRTC program class with those options. No device is needed to compile.
-    """
-    program_class, version = _cupy_nvrtc_program()
-    hypers = cb.representative_hypers()[name]
-    program = program_class(cb.kernel_source(hypers), "wb_kernel.cu", (), (), name_expressions=None, method="cubin")
-    cubin, _ = program.compile(cb.nvrtc_options(168) + ("-arch=sm_90", "--device-as-default-execution-space"))
-    for kernel in cb.KERNEL_NAMES.values():
-        assert kernel.encode() in cubin, f"{kernel} missing from the NVRTC {version} cubin"
 
 
 def test_gpu_validate_without_gpu_says_skipped(capsys):
@@ -422,13 +348,13 @@ def test_gpu_chunking_and_keep_on_device():
     arrays = _inputs(1000, 17, "mixed", np.float64)
     whole = cb.expand(*arrays, hypers)
     chunked = cb.expand(*arrays, hypers, max_gpu_memory=97 * cb.device_bytes_per_pair(hypers, np.float64))
-    bound = 1000 * 8 * cb.output_offsets(hypers)[-1] + 50 * 8 * cb.INPUT_VALUES_PER_PAIR
+    bound = 1000 * 8 * common.output_offsets(hypers)[-1] + 50 * 8 * common.INPUT_VALUES_PER_PAIR
     kept = cb.expand(*arrays, hypers, keep_on_device=True, max_gpu_memory=bound)
     for a, b, c in zip(whole, chunked, kept):
         np.testing.assert_array_equal(a, b)
         assert isinstance(c, cupy.ndarray) and c.shape == a.shape
         np.testing.assert_array_equal(cupy.asnumpy(c), a)
-    if cb.host_compiler() is not None:  # GPU vs the same body compiled for the CPU
+    if host_build.host_compiler() is not None:  # GPU vs the same body compiled for the CPU
         host = cb.expand_host_compiled(*arrays, hypers)
         for a, h in zip(whole, host):
             scale = float(np.max(np.abs(h)))
