@@ -7,9 +7,14 @@
     with use_backend("numba_fused"):
         ...
 
+This package is the switch's Python API. Its modules (the switch imports the
+hook, and the adapters when it patches; none of them imports the switch):
+
+- :mod:`.hook`: the import hook that hands AniSOAP's module to the switch as
+  soon as it is imported (standard library only);
 - :mod:`.switch`: :func:`activate`, :func:`deactivate`, :func:`active_backend`,
-  :func:`use_backend`, the errors, and the import hook that patches AniSOAP
-  when it is imported;
+  :func:`use_backend`, :func:`activate_on_import`, the errors, and the
+  patching of AniSOAP's module;
 - the adapters of upstream's functions: :mod:`.projection`
   (``EllipsoidalDensityProjection.transform`` and ``power_spectrum`` through
   the pipeline), :mod:`.expansion` (``pairwise_ellip_expansion`` by a

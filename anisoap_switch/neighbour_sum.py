@@ -29,18 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-#: "upstream": values n-major under species-major labels (AniSOAP's layout);
-#: "labelled": values species-major, matching the labels.
-PROPERTY_LAYOUTS = ("upstream", "labelled")
-
-
-def check_property_layout(property_layout: str) -> str:
-    """Return ``property_layout`` or raise ValueError naming it and the valid ones."""
-    if property_layout not in PROPERTY_LAYOUTS:
-        raise ValueError(
-            f"property_layout must be one of {PROPERTY_LAYOUTS}, got {property_layout!r}"
-        )
-    return property_layout
+from einsum_workbench.pipeline.layout import check_property_layout
 
 
 def _packed_centres(samples) -> np.ndarray:

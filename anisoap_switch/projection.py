@@ -166,7 +166,7 @@ def make_transform(original, backend: str, flavour: str, property_layout: str):
         if kwargs.get("return_pef"):
             return original(self, frames, show_progress=show_progress, normalize=normalize,
                             rust_moments=rust_moments, **kwargs)
-        from einsum_workbench.pipeline.density import density_tensormap
+        from einsum_workbench.pipeline.tensormaps import density_tensormap
 
         layout, blocks = density_blocks_of(self, frames, backend=backend, flavour=flavour, normalize=normalize,
                                            show_progress=show_progress, property_layout=property_layout)

@@ -1,14 +1,15 @@
 """Make an unmodified AniSOAP use a workbench variant.
 
-Two ways in, one mechanism:
+The Python API is :mod:`einsum_workbench.anisoap_switch` (this module's
+functions and errors, re-exported there). Two ways in, one mechanism:
 
 - **Environment variable.** With the workbench installed, ``ANISOAP_BACKEND=<name>``
   (any registered variant, ``reference`` included) makes AniSOAP use that variant.
   The interpreter-startup hook installed with the package (the
   ``einsum_workbench_anisoap_backend.pth`` file in site-packages, which imports
   :mod:`einsum_workbench._startup` only when the variable is set) calls
-  :func:`activate_on_import`: it puts an import hook on ``sys.meta_path`` and
-  AniSOAP is patched right after its module
+  :func:`activate_on_import`: it puts an import hook on ``sys.meta_path``
+  (:mod:`.hook`) and AniSOAP is patched right after its module
   ``anisoap.representations.ellipsoidal_density_projection`` is executed.
   Unset, empty or blank, nothing is imported and AniSOAP runs untouched.
 - **Explicit API.** :func:`activate`, :func:`deactivate`, :func:`active_backend`
@@ -40,20 +41,18 @@ Importing this module imports only the standard library and the registry.
 from __future__ import annotations
 
 import contextlib
-import importlib.abc
 import logging
 import os
 import sys
 
+from einsum_workbench.anisoap_switch.hook import TARGET_MODULE, install_import_hook, remove_import_hook
 from einsum_workbench.kernels.registry import get_variant, variant_names
 
 ENV_VAR = "ANISOAP_BACKEND"
 LAYOUT_ENV_VAR = "ANISOAP_BACKEND_LAYOUT"
-TARGET_MODULE = "anisoap.representations.ellipsoidal_density_projection"
 PATCHED_FUNCTIONS = ("pairwise_ellip_expansion", "contract_pairwise_feat")
 PROJECTION_CLASS = "EllipsoidalDensityProjection"
 PATCHED_METHODS = ("transform", "power_spectrum")
-PROPERTY_LAYOUTS = ("upstream", "labelled")  # same tuple as .neighbour_sum
 _ORIGINALS_ATTRIBUTE = "_einsum_workbench_originals"
 
 logger = logging.getLogger("einsum_workbench.anisoap")
@@ -69,7 +68,6 @@ class BackendUnavailableError(RuntimeError):
 
 # The one piece of state: which backend is active (None: upstream) and how.
 _active = {"name": None, "layout": "upstream", "expand": None}
-_finder = None
 
 
 def _normalise_name(name) -> str | None:
@@ -81,12 +79,10 @@ def _normalise_name(name) -> str | None:
 
 
 def _check_layout(property_layout) -> str:
-    if property_layout not in PROPERTY_LAYOUTS:
-        raise ValueError(
-            f"property_layout (or {LAYOUT_ENV_VAR}) must be one of {PROPERTY_LAYOUTS}, "
-            f"got {property_layout!r}"
-        )
-    return property_layout
+    # the pipeline's check, imported here: importing the switch must not import NumPy
+    from einsum_workbench.pipeline.layout import check_property_layout
+
+    return check_property_layout(property_layout, what=f"property_layout (or {LAYOUT_ENV_VAR})")
 
 
 def resolve_backend(name: str):
@@ -163,60 +159,8 @@ def _unpatch_module(module) -> None:
         setattr(getattr(module, owner) if owner else module, attribute, original)
 
 
-class _PatchingLoader(importlib.abc.Loader):
-    """Runs the real loader, then patches the freshly executed module."""
-
-    def __init__(self, loader):
-        self._loader = loader
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module):
-        self._loader.exec_module(module)
-        _on_target_imported(module)
-
-    def __getattr__(self, attribute):  # get_source, get_filename, is_package, ...
-        if attribute == "_loader":  # not set yet (copy, pickle): no recursion
-            raise AttributeError(attribute)
-        return getattr(self._loader, attribute)
-
-
-class _AnisoapImportHook(importlib.abc.MetaPathFinder):
-    """Wraps the loader of AniSOAP's projection module when it is imported."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != TARGET_MODULE:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _PatchingLoader(spec.loader)
-        return spec
-
-
-def _install_import_hook() -> None:
-    global _finder
-    if _finder is None:
-        _finder = _AnisoapImportHook()
-        sys.meta_path.insert(0, _finder)
-
-
-def _remove_import_hook() -> None:
-    global _finder
-    if _finder is not None:
-        with contextlib.suppress(ValueError):
-            sys.meta_path.remove(_finder)
-        _finder = None
-
-
 def _on_target_imported(module) -> None:
+    """The import hook's callback: AniSOAP's module was just executed."""
     pending = _active.get("pending")
     if pending is not None:
         # environment-variable path: resolve now, loudly. On failure "pending"
@@ -261,7 +205,7 @@ def activate(name: str, *, property_layout: str = "upstream") -> None:
     variant, expand = resolve_backend(normalised)
     _active.pop("pending", None)
     _active.update(name=variant.name, layout=property_layout, expand=expand)
-    _install_import_hook()
+    install_import_hook(_on_target_imported)
     module = sys.modules.get(TARGET_MODULE)
     if module is not None:
         _patch_module(module)
@@ -275,7 +219,7 @@ def deactivate() -> None:
     """Give AniSOAP its own functions back and stop patching future imports."""
     _active.update(name=None, layout="upstream", expand=None)
     _active.pop("pending", None)
-    _remove_import_hook()
+    remove_import_hook()
     module = sys.modules.get(TARGET_MODULE)
     if module is not None:
         _unpatch_module(module)
@@ -328,4 +272,4 @@ def activate_on_import(name: str | None = None, property_layout: str | None = No
         activate(name, property_layout=property_layout)
         return
     _active["pending"] = (name, property_layout)
-    _install_import_hook()
+    install_import_hook(_on_target_imported)

@@ -1,5 +1,5 @@
 """Interpreter-startup hook for ``ANISOAP_BACKEND`` (see
-:mod:`einsum_workbench.anisoap_switch.switch`).
+:mod:`einsum_workbench.anisoap_switch`).
 
 The ``einsum_workbench_anisoap_backend.pth`` file installed in site-packages
 with the package imports this module only when ``ANISOAP_BACKEND`` is set to a

@@ -12,6 +12,11 @@ Both take ``gradients=["positions", "orientations"]`` (:mod:`.gradients`);
 :mod:`.torch_features` (imports Torch) gives the power spectrum as a Torch
 function with forces by ``backward()``.
 
+Modules, each importing only those above it: :mod:`.stages` (timing),
+:mod:`.layout` (segments: each pair's output row), :mod:`.gradients` (the
+density's), :mod:`.tensormaps` (arrays to TensorMaps), :mod:`.density`,
+:mod:`.power_spectrum` (with its chain rule), :mod:`.torch_features`.
+
 Usable without upstream AniSOAP installed (metatensor is needed for TensorMaps
 only). Importing this package imports NumPy only.
 """
@@ -19,15 +24,15 @@ only). Importing this package imports NumPy only.
 from einsum_workbench.pipeline.density import (
     centre_density,
     density_blocks,
-    density_layout,
     density_of_frames,
     density_of_pairs,
     density_of_table,
-    density_tensormap,
 )
-from einsum_workbench.pipeline.gradients import DensityGradients, StructureGradients, density_gradients_of_frames
-from einsum_workbench.pipeline.power_spectrum import PowerSpectrum, power_spectrum, power_spectrum_tensormap
+from einsum_workbench.pipeline.gradients import DensityGradients, density_gradients_of_frames
+from einsum_workbench.pipeline.layout import density_layout
+from einsum_workbench.pipeline.power_spectrum import PowerSpectrum, StructureGradients, power_spectrum, power_spectrum_tensormap
 from einsum_workbench.pipeline.stages import record_stages
+from einsum_workbench.pipeline.tensormaps import density_tensormap
 
 __all__ = [
     "DensityGradients",

@@ -1,4 +1,4 @@
-"""Gradients of the centre density and the power spectrum, from the pairs' gradients.
+"""Gradients of the centre density, from the pairs' gradients.
 
 The pair coefficients' derivatives (contract and formulas:
 :mod:`einsum_workbench.reference.gradients`; one gradient variant call for
@@ -12,8 +12,9 @@ every atom's position and orientation:
   frame about each lab axis, ``R_j -> (I + [dtheta]_x) R_j``) under atom j.
 
 The orthonormalisation along n is linear, so it is applied to the gradients
-as to the values. The power spectrum's gradients follow by the chain rule,
-``dp_l[(q_a, q_b)] = const_l sum_m (drho[m, q_a] rho[m, q_b] + rho[m, q_a] drho[m, q_b])``.
+as to the values. The power spectrum's gradients follow by the chain rule
+(:mod:`einsum_workbench.pipeline.power_spectrum`); the gradient blocks of the
+TensorMaps are built by :mod:`einsum_workbench.pipeline.tensormaps`.
 
 Convention (featomic's for position gradients): a gradient block's samples
 are ``("sample", "system", "atom")`` (the row of the values block, its
@@ -37,8 +38,9 @@ from einsum_workbench.reference.density import segment_sum
 from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.frames import AtomsTable
 from einsum_workbench.reference.radial import orthonormalization_matrix
+from einsum_workbench.reference.validation import check_hypers
 
-from einsum_workbench.pipeline.density import DensityLayout, check_property_layout, table_pairs
+from einsum_workbench.pipeline.layout import DensityLayout, table_pairs
 from einsum_workbench.pipeline.stages import stage
 
 #: What the pipeline differentiates with respect to (metatensor's gradient parameter names).
@@ -67,7 +69,9 @@ def check_gradients(gradients) -> tuple[str, ...]:
 
 @dataclass
 class GradientRows:
-    """One gradient parameter of one centre species' density blocks.
+    """The rows of one gradient parameter: which (row, atom) each is, and its derivatives.
+
+    As held by :class:`DensityGradients`, for one centre species' density blocks:
 
     Attributes
     ----------
@@ -77,6 +81,9 @@ class GradientRows:
     values : list over l of (G, 3, 2l+1, E_c, num_radial[l]) float64
         The derivative of the row's density, per neighbour species e of the
         centre species, along each lab axis.
+
+    The power spectrum's per-structure rows are
+    :class:`einsum_workbench.pipeline.power_spectrum.StructureGradients`.
     """
 
     samples: np.ndarray
@@ -203,42 +210,6 @@ def density_gradients_of_table(table: AtomsTable, hypers: ExpansionHypers, *, ba
     return DensityGradients(layout=layout, density=density, gradients=result)
 
 
-def gradient_block_values(values: np.ndarray, property_layout: str) -> np.ndarray:
-    """(G, 3, 2l+1, E_c, n) -> (G, 3, 2l+1, n * E_c): the values block's column order.
-
-    ``"labelled"``: species-major (``e * n_l + n``), ``"upstream"``: n-major
-    (``n * E_c + e``), as :meth:`DensityLayout.block_values`.
-    """
-    check_property_layout(property_layout)
-    if property_layout == "upstream":
-        values = values.transpose(0, 1, 2, 4, 3)
-    g, _, n_m = values.shape[:3]
-    return np.ascontiguousarray(values).reshape(g, 3, n_m, -1)
-
-
-def power_spectrum_gradient(block: np.ndarray, gradient: np.ndarray, sample_rows: np.ndarray, l: int):
-    """Chain rule of one l's power spectrum.
-
-    Parameters
-    ----------
-    block : (S, 2l+1, Q) the density block (labelled or upstream columns)
-    gradient : (G, 3, 2l+1, Q) its gradient rows, in the same column order
-    sample_rows : (G,) int, the values row of each gradient row
-    l : int
-
-    Returns
-    -------
-    (G, 3, Q * Q) float64: ``const_l sum_m (drho[m, a] rho[m, b] + rho[m, a] drho[m, b])``,
-    columns (a, b) a-major as :func:`einsum_workbench.pipeline.power_spectrum.species_power_spectrum`.
-    """
-    from einsum_workbench.pipeline.power_spectrum import coupling_constant
-
-    rho = block[sample_rows]                                       # (G, 2l+1, Q)
-    half = np.swapaxes(gradient, 2, 3) @ rho[:, None]               # (G, 3, Q, Q): sum over m
-    both = half + half.transpose(0, 1, 3, 2)
-    return coupling_constant(l) * both.reshape(len(gradient), 3, -1)
-
-
 def density_gradients_of_frames(frames, hypers: ExpansionHypers, *, backend: str = "numba_fused",
                                 orthonormal: bool = True, self_pairs: bool = True, semiaxes=None,
                                 rotation_key: str | None = "c_q", rotation_type: str = "quaternion",
@@ -247,102 +218,9 @@ def density_gradients_of_frames(frames, hypers: ExpansionHypers, *, backend: str
     :func:`einsum_workbench.pipeline.density.centre_density`)."""
     from einsum_workbench.reference.frames import atoms_table
 
-    from einsum_workbench.pipeline.density import check_hypers
-
     check_hypers(hypers)
     gradients = check_gradients(gradients)
     with stage("frames"):
         table = atoms_table(frames, semiaxes=semiaxes, rotation_key=rotation_key, rotation_type=rotation_type)
     return density_gradients_of_table(table, hypers, backend=backend, orthonormal=orthonormal,
                                       self_pairs=self_pairs, gradients=gradients)
-
-
-def tensormap_gradients(result: DensityGradients, property_layout: str) -> dict:
-    """Gradient rows in the values blocks' column order: what
-    :func:`einsum_workbench.pipeline.density.density_tensormap` takes.
-
-    Returns dict parameter -> list over centre species of (samples (G, 3)
-    int32, list over l of (G, 3, 2l+1, num_radial[l] * E_c) float64).
-    """
-    return {
-        parameter: [(rows.samples, [gradient_block_values(v, property_layout) for v in rows.values])
-                    for rows in per_species]
-        for parameter, per_species in result.gradients.items()
-    }
-
-
-def species_power_spectrum_gradients(blocks_c, gradients_c) -> dict:
-    """Power-spectrum gradients of one centre species.
-
-    Parameters
-    ----------
-    blocks_c : list over l of (S, 2l+1, Q_l) density blocks of the species
-    gradients_c : dict parameter -> (samples (G, 3), list over l of (G, 3, 2l+1, Q_l))
-
-    Returns
-    -------
-    dict parameter -> (samples (G, 3) int32, values (G, 3, F)) with F the
-    columns of :func:`einsum_workbench.pipeline.power_spectrum.species_power_spectrum`.
-    """
-    out = {}
-    for parameter, (samples, per_l) in gradients_c.items():
-        rows = samples[:, 0]
-        values = [power_spectrum_gradient(block, g, rows, l) for l, (block, g) in enumerate(zip(blocks_c, per_l))]
-        out[parameter] = (samples, np.concatenate(values, axis=2))
-    return out
-
-
-@dataclass
-class StructureGradients:
-    """Gradients of per-structure features with respect to one parameter.
-
-    Attributes
-    ----------
-    samples : (G, 2) int32
-        ``(system, atom)``: the structure and the atom (index within it) that moves.
-    values : (G, 3, n_features) float64
-        Derivative of the structure's features along each lab axis
-        (positions: angstrom^-1; orientations: per radian of rotation of the
-        atom's body frame about that axis).
-    """
-
-    samples: np.ndarray
-    values: np.ndarray
-
-
-def structure_gradients(per_species, n_centres_per_system, column_offsets, n_features: int) -> StructureGradients:
-    """Per-structure (mean over centres) gradients from per-centre ones.
-
-    Parameters
-    ----------
-    per_species : list over centre species c of (samples (G_c, 3) ``(sample, system, atom)``, values (G_c, 3, F_c))
-    n_centres_per_system : list over c of (n_frames,) int, the centres of species c per frame
-    column_offsets : list over c of the first column of species c's features
-    n_features : int
-
-    Returns
-    -------
-    StructureGradients, rows sorted by (system, atom).
-    """
-    keys, columns, values = [], [], []
-    n_atoms_key = 1 + max((int(s[:, 2].max()) for s, _ in per_species if len(s)), default=0)
-    for c, (samples, grad) in enumerate(per_species):
-        system, atom = samples[:, 1].astype(np.int64), samples[:, 2].astype(np.int64)
-        keys.append(system * n_atoms_key + atom)
-        values.append(grad / n_centres_per_system[c][system][:, None, None])
-        columns.append(np.full(len(samples), c))
-    if not keys:
-        return StructureGradients(np.zeros((0, 2), np.int32), np.zeros((0, 3, n_features)))
-    keys = np.concatenate(keys)
-    unique, inverse = np.unique(keys, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    out = np.zeros((len(unique), 3, n_features))
-    start = 0
-    for c, grad in enumerate(values):
-        rows = inverse[start:start + len(grad)]
-        start += len(grad)
-        block = np.zeros((len(unique), 3, grad.shape[2]))
-        np.add.at(block, rows, grad)
-        out[:, :, column_offsets[c]:column_offsets[c] + grad.shape[2]] += block
-    samples = np.stack([unique // n_atoms_key, unique % n_atoms_key], axis=1).astype(np.int32)
-    return StructureGradients(samples=samples, values=out)

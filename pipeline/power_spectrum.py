@@ -18,6 +18,14 @@ Per structure, upstream's ``mean_over_samples`` averages over the centres.
 :func:`power_spectrum` returns that for any number of centre species: the
 per-species means side by side (zeros where a structure has no centre of a
 species), with labels that describe the values.
+
+Gradients (``gradients=["positions", "orientations"]``) follow from the
+density's (:mod:`einsum_workbench.pipeline.gradients`) by the chain rule,
+
+    dp_l[(q_a, q_b)] = const_l sum_m (drho[m, q_a] rho[m, q_b] + rho[m, q_a] drho[m, q_b])
+
+(:func:`power_spectrum_gradient`), and per structure as the mean over its
+centres (:func:`structure_gradients`).
 """
 
 from __future__ import annotations
@@ -28,11 +36,16 @@ import numpy as np
 
 from einsum_workbench.reference.hypers import ExpansionHypers
 
-from einsum_workbench.pipeline.density import DensityLayout, density_blocks, density_of_frames
+from einsum_workbench.pipeline.density import density_blocks, density_of_frames
+from einsum_workbench.pipeline.gradients import GradientRows, check_gradients, density_gradients_of_frames
+from einsum_workbench.pipeline.layout import DensityLayout
 from einsum_workbench.pipeline.stages import stage
-
-#: Property names of upstream's power-spectrum blocks (after ``standardize_keys``).
-PROPERTY_NAMES = ("n_1_a", "neighbor_types_1_a", "k_2", "n_1_b", "neighbor_types_1_b", "l_2")
+from einsum_workbench.pipeline.tensormaps import (
+    POWER_SPECTRUM_PROPERTIES,
+    power_spectrum_block,
+    power_spectrum_map,
+    tensormap_gradients,
+)
 
 
 def coupling_constant(l: int) -> float:
@@ -55,7 +68,8 @@ def species_power_spectrum(layout: DensityLayout, blocks, c: int):
     -------
     values : (S_c, F_c) float64, F_c = sum_l (num_radial[l] * E_c)^2
     properties : (F_c, 6) int32 rows ``(n_a, e_a, l, n_b, e_b, l)`` built
-        from the density's labels (species-major), as upstream builds them.
+        from the density's labels (species-major), as upstream builds them
+        (names: ``tensormaps.POWER_SPECTRUM_PROPERTIES``).
     """
     values, properties = [], []
     n_types = len(layout.neighbour_types[c])
@@ -71,6 +85,48 @@ def species_power_spectrum(layout: DensityLayout, blocks, c: int):
     return np.hstack(values), np.vstack(properties).astype(np.int32)
 
 
+def power_spectrum_gradient(block: np.ndarray, gradient: np.ndarray, sample_rows: np.ndarray, l: int):
+    """Chain rule of one l's power spectrum.
+
+    Parameters
+    ----------
+    block : (S, 2l+1, Q) the density block (labelled or upstream columns)
+    gradient : (G, 3, 2l+1, Q) its gradient rows, in the same column order
+    sample_rows : (G,) int, the values row of each gradient row
+    l : int
+
+    Returns
+    -------
+    (G, 3, Q * Q) float64: ``const_l sum_m (drho[m, a] rho[m, b] + rho[m, a] drho[m, b])``,
+    columns (a, b) a-major as :func:`species_power_spectrum`.
+    """
+    rho = block[sample_rows]                                       # (G, 2l+1, Q)
+    half = np.swapaxes(gradient, 2, 3) @ rho[:, None]               # (G, 3, Q, Q): sum over m
+    both = half + half.transpose(0, 1, 3, 2)
+    return coupling_constant(l) * both.reshape(len(gradient), 3, -1)
+
+
+def species_power_spectrum_gradients(blocks_c, gradients_c) -> dict:
+    """Power-spectrum gradients of one centre species.
+
+    Parameters
+    ----------
+    blocks_c : list over l of (S, 2l+1, Q_l) density blocks of the species
+    gradients_c : dict parameter -> (samples (G, 3), list over l of (G, 3, 2l+1, Q_l))
+
+    Returns
+    -------
+    dict parameter -> (samples (G, 3) int32, values (G, 3, F)) with F the
+    columns of :func:`species_power_spectrum`.
+    """
+    out = {}
+    for parameter, (samples, per_l) in gradients_c.items():
+        rows = samples[:, 0]
+        values = [power_spectrum_gradient(block, g, rows, l) for l, (block, g) in enumerate(zip(blocks_c, per_l))]
+        out[parameter] = (samples, np.concatenate(values, axis=2))
+    return out
+
+
 def power_spectrum_tensormap(layout: DensityLayout, blocks, gradients=None):
     """Upstream's ``mvg_nu2`` (``power_spectrum(..., mean_over_samples=False)``).
 
@@ -79,7 +135,7 @@ def power_spectrum_tensormap(layout: DensityLayout, blocks, gradients=None):
     layout : DensityLayout
     blocks : ``density_blocks(layout, density, ...)``
     gradients : None or the density's gradient rows in the same column order
-        (``pipeline.gradients.tensormap_gradients``): adds gradient blocks by
+        (``pipeline.tensormaps.tensormap_gradients``): adds gradient blocks by
         the chain rule (samples ``sample, system, atom``, components ``xyz``
         then ``spherical_harmonics_m``).
 
@@ -89,11 +145,6 @@ def power_spectrum_tensormap(layout: DensityLayout, blocks, gradients=None):
     (2, 0, c); per centre species one block, samples ("type", "center"),
     components ``spherical_harmonics_m`` = [0], values (S_c, 1, F_c).
     """
-    from metatensor import Labels, TensorBlock, TensorMap
-
-    from einsum_workbench.pipeline.density import gradient_block
-    from einsum_workbench.pipeline.gradients import species_power_spectrum_gradients
-
     tensor_blocks = []
     for c in range(len(layout.centre_types)):
         with stage("power_spectrum"):
@@ -101,20 +152,9 @@ def power_spectrum_tensormap(layout: DensityLayout, blocks, gradients=None):
             derivatives = species_power_spectrum_gradients(
                 blocks[c], {p: rows[c] for p, rows in (gradients or {}).items()})
         with stage("tensormap"):
-            block = TensorBlock(
-                values=values.reshape(len(values), 1, -1),
-                samples=Labels(["type", "center"], layout.samples[c]),
-                components=[Labels(["spherical_harmonics_m"], np.zeros((1, 1), dtype=np.int32))],
-                properties=Labels(list(PROPERTY_NAMES), properties),
-            )
-            for parameter, (samples, grad) in derivatives.items():
-                block.add_gradient(parameter, gradient_block(block, samples, grad.reshape(len(grad), 3, 1, -1)))
-            tensor_blocks.append(block)
-    keys = np.stack([np.full(len(layout.centre_types), 2), np.zeros(len(layout.centre_types)),
-                     layout.centre_types], axis=1).astype(np.int32)
+            tensor_blocks.append(power_spectrum_block(layout.samples[c], values, properties, derivatives))
     with stage("tensormap"):
-        return TensorMap(Labels(["order_nu", "angular_channel", "types_center"], keys.reshape(-1, 3)),
-                         tensor_blocks)
+        return power_spectrum_map(layout.centre_types, tensor_blocks)
 
 
 def mean_over_centres(values: np.ndarray, systems: np.ndarray, n_frames: int):
@@ -141,6 +181,57 @@ def mean_over_centres(values: np.ndarray, systems: np.ndarray, n_frames: int):
 
 
 @dataclass
+class StructureGradients(GradientRows):
+    """Gradients of per-structure features with respect to one parameter.
+
+    :class:`~einsum_workbench.pipeline.gradients.GradientRows` whose rows are
+    structures: ``samples`` (G, 2) int32 ``(system, atom)``, the structure and
+    the atom (index within it) that moves; ``values`` (G, 3, n_features)
+    float64, the derivative of the structure's features along each lab axis
+    (positions: angstrom^-1; orientations: per radian of rotation of the
+    atom's body frame about that axis).
+    """
+
+
+def structure_gradients(per_species, n_centres_per_system, column_offsets, n_features: int) -> StructureGradients:
+    """Per-structure (mean over centres) gradients from per-centre ones.
+
+    Parameters
+    ----------
+    per_species : list over centre species c of (samples (G_c, 3) ``(sample, system, atom)``, values (G_c, 3, F_c))
+    n_centres_per_system : list over c of (n_frames,) int, the centres of species c per frame
+    column_offsets : list over c of the first column of species c's features
+    n_features : int
+
+    Returns
+    -------
+    StructureGradients, rows sorted by (system, atom).
+    """
+    keys, columns, values = [], [], []
+    n_atoms_key = 1 + max((int(s[:, 2].max()) for s, _ in per_species if len(s)), default=0)
+    for c, (samples, grad) in enumerate(per_species):
+        system, atom = samples[:, 1].astype(np.int64), samples[:, 2].astype(np.int64)
+        keys.append(system * n_atoms_key + atom)
+        values.append(grad / n_centres_per_system[c][system][:, None, None])
+        columns.append(np.full(len(samples), c))
+    if not keys:
+        return StructureGradients(np.zeros((0, 2), np.int32), np.zeros((0, 3, n_features)))
+    keys = np.concatenate(keys)
+    unique, inverse = np.unique(keys, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    out = np.zeros((len(unique), 3, n_features))
+    start = 0
+    for c, grad in enumerate(values):
+        rows = inverse[start:start + len(grad)]
+        start += len(grad)
+        block = np.zeros((len(unique), 3, grad.shape[2]))
+        np.add.at(block, rows, grad)
+        out[:, :, column_offsets[c]:column_offsets[c] + grad.shape[2]] += block
+    samples = np.stack([unique // n_atoms_key, unique % n_atoms_key], axis=1).astype(np.int32)
+    return StructureGradients(samples=samples, values=out)
+
+
+@dataclass
 class PowerSpectrum:
     """Per-structure power spectrum features.
 
@@ -152,8 +243,8 @@ class PowerSpectrum:
     properties : (n_features, 7) int32
         ``names`` of each column; values match them for any number of species.
     names : tuple of str
-        ``("types_center",) + PROPERTY_NAMES``.
-    gradients : dict parameter -> :class:`einsum_workbench.pipeline.gradients.StructureGradients`
+        ``("types_center",) + POWER_SPECTRUM_PROPERTIES``.
+    gradients : dict parameter -> :class:`StructureGradients`
         Present when asked (``gradients=["positions", "orientations"]``): the
         derivatives of each structure's ``values`` row with respect to each
         atom's position and orientation.
@@ -161,7 +252,7 @@ class PowerSpectrum:
 
     values: np.ndarray
     properties: np.ndarray
-    names: tuple = ("types_center",) + PROPERTY_NAMES
+    names: tuple = ("types_center",) + POWER_SPECTRUM_PROPERTIES
     gradients: dict = field(default_factory=dict)
 
 
@@ -186,16 +277,14 @@ def power_spectrum(frames, hypers: ExpansionHypers, *, backend: str = "numba_fus
     ------
     As :func:`einsum_workbench.pipeline.density.centre_density`.
     """
-    from einsum_workbench.pipeline import gradients as grad_module
-
-    wanted = grad_module.check_gradients(gradients)
+    wanted = check_gradients(gradients)
     options = dict(backend=backend, orthonormal=orthonormal, self_pairs=self_pairs, semiaxes=semiaxes,
                    rotation_key=rotation_key, rotation_type=rotation_type)
     density_gradients = None
     if wanted:
-        result = grad_module.density_gradients_of_frames(frames, hypers, gradients=wanted, **options)
+        result = density_gradients_of_frames(frames, hypers, gradients=wanted, **options)
         layout, density = result.layout, result.density
-        density_gradients = grad_module.tensormap_gradients(result, "labelled")
+        density_gradients = tensormap_gradients(result, "labelled")
     else:
         layout, density = density_of_frames(frames, hypers, **options)
     columns, labels, per_centre = [], [], {p: [] for p in wanted}
@@ -207,7 +296,7 @@ def power_spectrum(frames, hypers: ExpansionHypers, *, backend: str = "numba_fus
             columns.append(means)
             labels.append(np.hstack([np.full((len(properties), 1), centre_type, dtype=np.int32), properties]))
             if wanted:
-                derivatives = grad_module.species_power_spectrum_gradients(
+                derivatives = species_power_spectrum_gradients(
                     blocks[c], {p: rows[c] for p, rows in density_gradients.items()})
                 for parameter, derivative in derivatives.items():
                     per_centre[parameter].append(derivative)
@@ -219,5 +308,5 @@ def power_spectrum(frames, hypers: ExpansionHypers, *, backend: str = "numba_fus
         counts = [np.bincount(s[:, 0], minlength=n_frames) for s in layout.samples]
         offsets = np.concatenate([[0], np.cumsum([c.shape[1] for c in columns])]).astype(int)
         for parameter, per_species in per_centre.items():
-            structure[parameter] = grad_module.structure_gradients(per_species, counts, offsets, values.shape[1])
+            structure[parameter] = structure_gradients(per_species, counts, offsets, values.shape[1])
     return PowerSpectrum(values=values, properties=properties, gradients=structure)

@@ -31,7 +31,7 @@ from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.frames import AtomsTable
 from einsum_workbench.reference.radial import orthonormalization_matrix
 
-from einsum_workbench.pipeline.density import table_pairs
+from einsum_workbench.pipeline.layout import table_pairs
 from einsum_workbench.pipeline.power_spectrum import coupling_constant
 
 #: ``[e_alpha]_x``: the generators of rotations about the lab axes.

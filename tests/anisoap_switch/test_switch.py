@@ -305,10 +305,16 @@ def test_activate_unavailable_variant_says_why(name):
 
 
 def test_layout_names_agree():
-    """The switch keeps its own copy of the layout names (it must not import NumPy)."""
-    from einsum_workbench.anisoap_switch.neighbour_sum import PROPERTY_LAYOUTS
+    """One list of layout names (``pipeline.layout``): the neighbour sum checks
+    against it and the switch accepts each of its names."""
+    from einsum_workbench.anisoap_switch import neighbour_sum
+    from einsum_workbench.pipeline.layout import PROPERTY_LAYOUTS, check_property_layout
 
-    assert switch.PROPERTY_LAYOUTS == PROPERTY_LAYOUTS
+    assert neighbour_sum.check_property_layout is check_property_layout
+    for layout in PROPERTY_LAYOUTS:
+        with switch.use_backend("numpy_einsum", property_layout=layout):
+            assert switch.active_backend() == "numpy_einsum"
+    assert switch.active_backend() is None
 
 
 def test_activate_bad_layout():

@@ -109,7 +109,7 @@ def test_extreme_shapes(own_density, shape):
 
 def test_frame_segments(density):
     """Real frames, several species, segments from the pipeline's layout."""
-    from einsum_workbench.pipeline.density import density_layout
+    from einsum_workbench.pipeline.layout import density_layout
     from einsum_workbench.reference.pairs import frames_to_pairs
     from einsum_workbench.reference.workloads import benzenes
 

@@ -164,8 +164,9 @@ def test_density_gradient_blocks_follow_featomic_convention(backend, property_la
 
 def test_power_spectrum_tensormap_has_gradient_blocks(backend):
     from einsum_workbench.pipeline.density import density_blocks
-    from einsum_workbench.pipeline.gradients import density_gradients_of_frames, tensormap_gradients
+    from einsum_workbench.pipeline.gradients import density_gradients_of_frames
     from einsum_workbench.pipeline.power_spectrum import power_spectrum_tensormap, species_power_spectrum
+    from einsum_workbench.pipeline.tensormaps import tensormap_gradients
 
     frames, hypers = gay_berne_frames(2), ExpansionHypers(lmax=2, radial_basis="gto", cutoff=7.0, sigma=1.5)
     result = density_gradients_of_frames(frames, hypers, backend=backend, rotation_key="quaternions")

@@ -19,7 +19,7 @@ import pytest
 
 from einsum_workbench.anisoap_switch import switch
 from einsum_workbench.pipeline import centre_density, power_spectrum, record_stages
-from einsum_workbench.pipeline.density import density_layout
+from einsum_workbench.pipeline.layout import density_layout
 from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.neighbours import neighbour_pairs
 from einsum_workbench.reference.frames import frame_geometry

@@ -1,0 +1,155 @@
+"""Arrays to metatensor TensorMaps: AniSOAP's density and power-spectrum outputs.
+
+Plain assembly, no arithmetic: the values come from :mod:`.density`,
+:mod:`.gradients` and :mod:`.power_spectrum`, in the column order of their
+labels. metatensor is imported inside the functions, so importing this module
+needs NumPy only.
+
+Gradient blocks follow featomic's convention: samples
+:data:`GRADIENT_SAMPLE_NAMES` (the values row, its system, the atom that
+moves), components ``xyz`` then the values block's, properties the values'.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from einsum_workbench.pipeline.gradients import DensityGradients
+from einsum_workbench.pipeline.layout import DensityLayout, check_property_layout
+from einsum_workbench.pipeline.stages import stage
+
+#: Samples of a gradient block (featomic's convention): the values row, its system, the atom that moves.
+GRADIENT_SAMPLE_NAMES = ("sample", "system", "atom")
+#: Property names of upstream's power-spectrum blocks (after ``standardize_keys``).
+POWER_SPECTRUM_PROPERTIES = ("n_1_a", "neighbor_types_1_a", "k_2", "n_1_b", "neighbor_types_1_b", "l_2")
+
+
+def gradient_block(block, samples, values):
+    """The TensorBlock of one gradient of ``block`` (featomic's convention).
+
+    ``samples`` (G, 3) int32 ``(sample, system, atom)``, ``values`` (G, 3,
+    *block components, properties): components ``xyz`` then the block's.
+    """
+    from metatensor import Labels, TensorBlock
+
+    return TensorBlock(
+        values=values,
+        samples=Labels(list(GRADIENT_SAMPLE_NAMES), samples),
+        components=[Labels(["xyz"], np.arange(3, dtype=np.int32).reshape(-1, 1))] + list(block.components),
+        properties=block.properties,
+    )
+
+
+def density_tensormap(layout: DensityLayout, blocks, gradients=None):
+    """Wrap density block values in AniSOAP's TensorMap (see :mod:`einsum_workbench.pipeline.density`).
+
+    Parameters
+    ----------
+    layout : DensityLayout
+    blocks : ``density_blocks(layout, density, ...)``
+    gradients : None or dict parameter -> list over centre species of
+        (samples (G, 3) int32, list over l of (G, 3, 2l+1, Q) values), added
+        as gradient blocks (:func:`tensormap_gradients`).
+
+    Returns
+    -------
+    metatensor.TensorMap, keys (types_center, angular_channel); one block
+    per centre species and l, values (S_c, 2l+1, num_radial[l] * E_c).
+    """
+    from metatensor import Labels, TensorBlock, TensorMap
+
+    with stage("tensormap"):
+        lmax = len(blocks[0]) - 1 if blocks else -1
+        components = [Labels(["spherical_component_m"], np.arange(-l, l + 1, dtype=np.int32).reshape(-1, 1))
+                      for l in range(lmax + 1)]
+        keys, tensor_blocks = [], []
+        for c, centre_type in enumerate(layout.centre_types):
+            samples = Labels(["type", "center"], layout.samples[c])
+            n_types = len(layout.neighbour_types[c])
+            for l, values in enumerate(blocks[c]):
+                keys.append((int(centre_type), l))
+                block = TensorBlock(
+                    values=values,
+                    samples=samples,
+                    components=[components[l]],
+                    properties=Labels(["n", "neighbor_types"], layout.property_rows(c, values.shape[2] // n_types)),
+                )
+                for parameter, per_species in (gradients or {}).items():
+                    gradient_samples, gradient_values = per_species[c]
+                    block.add_gradient(parameter, gradient_block(block, gradient_samples, gradient_values[l]))
+                tensor_blocks.append(block)
+        key_values = np.asarray(keys, dtype=np.int32).reshape(-1, 2)
+        return TensorMap(Labels(["types_center", "angular_channel"], key_values), tensor_blocks)
+
+
+def gradient_block_values(values: np.ndarray, property_layout: str) -> np.ndarray:
+    """(G, 3, 2l+1, E_c, n) -> (G, 3, 2l+1, n * E_c): the values block's column order.
+
+    ``"labelled"``: species-major (``e * n_l + n``), ``"upstream"``: n-major
+    (``n * E_c + e``), as :meth:`DensityLayout.block_values`.
+
+    Raises
+    ------
+    ValueError for an unknown ``property_layout``.
+    """
+    check_property_layout(property_layout)
+    if property_layout == "upstream":
+        values = values.transpose(0, 1, 2, 4, 3)
+    g, _, n_m = values.shape[:3]
+    return np.ascontiguousarray(values).reshape(g, 3, n_m, -1)
+
+
+def tensormap_gradients(result: DensityGradients, property_layout: str) -> dict:
+    """Gradient rows in the values blocks' column order: what
+    :func:`density_tensormap` and the power spectrum's chain rule take.
+
+    Returns dict parameter -> list over centre species of (samples (G, 3)
+    int32, list over l of (G, 3, 2l+1, num_radial[l] * E_c) float64).
+    """
+    return {
+        parameter: [(rows.samples, [gradient_block_values(v, property_layout) for v in rows.values])
+                    for rows in per_species]
+        for parameter, per_species in result.gradients.items()
+    }
+
+
+def power_spectrum_block(samples, values, properties, derivatives):
+    """One centre species' block of upstream's ``mvg_nu2``.
+
+    Parameters
+    ----------
+    samples : (S, 2) int32 ``("type", "center")``: (system, centre atom)
+    values : (S, F) float64
+    properties : (F, 6) int32 rows labelled :data:`POWER_SPECTRUM_PROPERTIES`
+    derivatives : dict parameter -> (samples (G, 3) int32, values (G, 3, F))
+
+    Returns
+    -------
+    metatensor.TensorBlock, components ``spherical_harmonics_m`` = [0], values
+    (S, 1, F), with a gradient block per parameter (components ``xyz`` then
+    ``spherical_harmonics_m``).
+    """
+    from metatensor import Labels, TensorBlock
+
+    block = TensorBlock(
+        values=values.reshape(len(values), 1, -1),
+        samples=Labels(["type", "center"], samples),
+        components=[Labels(["spherical_harmonics_m"], np.zeros((1, 1), dtype=np.int32))],
+        properties=Labels(list(POWER_SPECTRUM_PROPERTIES), properties),
+    )
+    for parameter, (gradient_samples, grad) in derivatives.items():
+        block.add_gradient(parameter, gradient_block(block, gradient_samples, grad.reshape(len(grad), 3, 1, -1)))
+    return block
+
+
+def power_spectrum_map(centre_types, blocks):
+    """The TensorMap of :func:`power_spectrum_block` blocks, one per centre species.
+
+    Keys ``(order_nu, angular_channel, types_center)`` = (2, 0, c) for each of
+    ``centre_types`` ((C,) int atomic numbers, in the blocks' order).
+    """
+    from metatensor import Labels, TensorMap
+
+    keys = np.stack([np.full(len(centre_types), 2), np.zeros(len(centre_types)), centre_types],
+                    axis=1).astype(np.int32)
+    return TensorMap(Labels(["order_nu", "angular_channel", "types_center"], keys.reshape(-1, 3)), blocks)
