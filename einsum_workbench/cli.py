@@ -17,7 +17,7 @@
   cluster (``--workers N``) or an existing one (``--scheduler ADDRESS``)
   (:mod:`einsum_workbench.featurize`);
 - ``featurize-bench``: frames per second of ``featurize`` against workers and
-  its peak memory against trajectory length (:mod:`.featurize_bench`).
+  its peak memory against trajectory length (:mod:`einsum_workbench.bench.featurize_bench`).
 
 Exit status: 0 done, 1 a profiler failed or chunks failed to featurize, 2 usage error (one line naming the
 option and the value), 3 the thread pinning does not hold. Only the standard
@@ -50,7 +50,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     Returns
     -------
     argparse.ArgumentParser
-        Usage errors are one line (:class:`.options.ArgumentParser`).
+        Usage errors are one line (:class:`einsum_workbench.bench.options.ArgumentParser`).
     """
     from einsum_workbench.profiles.__main__ import add_commands as add_profile_commands
 
@@ -213,11 +213,12 @@ def _cmd_run(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
+    from einsum_workbench.bench import inputs
     from einsum_workbench.bench import measure
     from einsum_workbench.bench import report
     from einsum_workbench.bench import runner
 
-    inp = options.workload_from(args)
+    inp = inputs.workload_from(args)
     allocator = measure.keep_freed_memory()
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     print(f"{inp.label}; {args.threads} thread(s) pinned; {args.dtype}", file=sys.stderr)

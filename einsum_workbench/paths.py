@@ -14,7 +14,7 @@ delete; rebuilt or fetched again on the next use), under one root:
   compiled for the CPU by g++ (``<root>/cuda_host``).
 
 The functions read the environment on every call (a test may change it) and
-create nothing unless asked (``create=True``). README.md lists every
+create nothing unless asked (``create=True``). docs/limits.md lists every
 environment variable the workbench reads.
 """
 

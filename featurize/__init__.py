@@ -10,7 +10,8 @@ Needs the ``distributed`` extra (dask[distributed], zarr). Importing this
 package imports NumPy only.
 """
 
-from einsum_workbench.featurize.run import ChunkError, FeaturizeError, FeaturizeReport, featurize
+from einsum_workbench.featurize.chunk import ChunkError
+from einsum_workbench.featurize.run import FeaturizeError, FeaturizeReport, featurize
 from einsum_workbench.featurize.store import StoredFeatures, StoreMismatchError, iter_chunks, open_store
 from einsum_workbench.featurize.trajectory import FrameError
 

@@ -84,7 +84,7 @@ def run_command(args) -> int:
         (one line: unknown variant, no line-profiling target, missing or
         unreadable file, ``--out`` not a folder).
     """
-    py, spy, kp = sys.executable, recipes._tool("py-spy"), recipes._tool("kernprof")
+    py, spy, kp = sys.executable, recipes.tool_path("py-spy"), recipes.tool_path("kernprof")
     try:
         if args.command == "breakdown":
             print(recipes.breakdown_text(recipes.breakdown(args.path, args.function), args.function))

@@ -34,7 +34,7 @@ OUT_DIR = Path("profiles") / "out"
 RATE = 250
 
 
-def _tool(name: str) -> str:
+def tool_path(name: str) -> str:
     """The tool installed beside this interpreter (the venv's), else the one on PATH, else the bare name."""
     beside = Path(sys.executable).with_name(name)
     if beside.exists():

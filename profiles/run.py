@@ -60,10 +60,10 @@ def main(argv=None) -> int:
     except pinning.PinningError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    from einsum_workbench.bench import runner
+    from einsum_workbench.bench import inputs, runner
 
     try:
-        inp = options.workload_from(args)
+        inp = inputs.workload_from(args)
         variant, function = runner.load_pinned(args.variant, args.threads)
     except (KeyError, options.OptionError, RuntimeError) as err:
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)

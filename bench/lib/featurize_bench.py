@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -95,44 +94,10 @@ def repeat_trajectory(source, n_frames: int, target) -> Path:
     return Path(target)
 
 
-class PeakRSS:
-    """Largest sum of RSS over a process and its descendants, sampled in a thread."""
-
-    def __init__(self, pid: int, interval: float = 0.05):
-        import psutil
-
-        self.process, self.interval, self.peak = psutil.Process(pid), interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        import psutil
-
-        while not self._stop.is_set():
-            try:
-                tree = [self.process] + self.process.children(recursive=True)
-                total = 0
-                for p in tree:
-                    try:
-                        total += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                self.peak = max(self.peak, total)
-            except psutil.Error:
-                return
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
 def run_featurize(xyz, out, summary, *, workers, semiaxes, lmax, chunk_frames) -> dict:
     """One ``einsum-workbench featurize`` in a fresh process; its report plus ``peak_rss_bytes`` and ``wall_seconds``."""
+    from einsum_workbench.bench.measure import RssSampler  # imports NumPy: not when the parser is built
+
     command = [sys.executable, "-m", "einsum_workbench.bench", "featurize", str(xyz), "--out", str(out),
                "--semiaxes", semiaxes, "--lmax", str(lmax), "--chunk-frames", str(chunk_frames),
                "--summary", str(summary), "--no-progress"]
@@ -141,7 +106,7 @@ def run_featurize(xyz, out, summary, *, workers, semiaxes, lmax, chunk_frames) -
     load_before = os.getloadavg()[0]
     began = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    with PeakRSS(process.pid) as peak:
+    with RssSampler(process.pid, interval=0.05, descendants=True) as peak:
         output, _ = process.communicate()
     if process.returncode != 0:
         raise RuntimeError(f"featurize failed ({process.returncode}): {' '.join(command)}\n{output}")

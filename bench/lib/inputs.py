@@ -1,5 +1,7 @@
 """The pair batches the bench measures: a generated workload, any extxyz file
-of ellipsoid frames, or a workload tiled to an exact pair count (scaling).
+of ellipsoid frames, or a workload tiled to an exact pair count (scaling);
+:func:`workload_from` builds the one a tool's parsed options
+(:mod:`.options`) name.
 
 Import only after the threads are pinned (imports NumPy).
 """
@@ -12,7 +14,7 @@ import numpy as np
 
 from einsum_workbench.reference.hypers import ExpansionHypers
 
-from einsum_workbench.bench.options import DEFAULT_XYZ_FRAMES, parse_semiaxes  # noqa: F401  (re-exported: checked once, in .options)
+from einsum_workbench.bench.options import DEFAULT_XYZ_FRAMES, OptionError, parse_semiaxes
 
 #: hyper-parameters of the default workload (issue 2): GTO, sigma 1.5, cutoff 7
 DEFAULT_LMAX = 6
@@ -34,7 +36,7 @@ class BenchInput:
         JSON-serialisable metadata (workload, frames, pairs, hyper-parameters).
     segment : (P,) int64 or None
         Each pair's centre-density row (centre, neighbour species), as the
-        pipeline assigns it (``pipeline.density.density_layout``); None for
+        pipeline assigns it (``pipeline.layout.density_layout``); None for
         batches that are not frames (tiled).
     n_segments : int
     """
@@ -103,7 +105,7 @@ class BenchInput:
 
 
 def _from_pairs(label: str, hypers: ExpansionHypers, pairs, description: dict) -> BenchInput:
-    from einsum_workbench.pipeline.density import density_layout
+    from einsum_workbench.pipeline.layout import density_layout
 
     layout, segment = density_layout(pairs)
     return BenchInput(label, hypers, pairs.r_ij, pairs.rotations, pairs.semiaxes,
@@ -163,3 +165,45 @@ def xyz_input(path, semiaxes=None, frames: int | None = DEFAULT_XYZ_FRAMES, lmax
     label = f"{name}: {len(atoms)} frames, semi-axes {axes}, lmax {lmax}, {len(pairs)} pairs"
     return _from_pairs(label, hypers, pairs, _describe(name, len(atoms), hypers, len(pairs), path=str(path),
                                                        semiaxes=None if semiaxes is None else list(semiaxes)))
+
+
+# ----------------------------------------------------------------- options to a workload
+
+
+def _one_line(err) -> str:
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    return " ".join(str(text).split())
+
+
+def workload_from(options) -> BenchInput:
+    """The pair batch the options name.
+
+    ``options`` is the parsed namespace of any tool that added
+    :func:`.options.add_workload_options` (``config.option`` under pytest):
+    ``--xyz`` reads ``--xyz-frames`` (else ``--frames``, else
+    ``DEFAULT_XYZ_FRAMES``) frames of the file; otherwise ``--workload`` is
+    generated with ``--frames`` frames (None: the workload's default). A
+    ``pairs`` attribute that is set tiles the batch to exactly that many
+    pairs. Call it after the threads are pinned (this module imports NumPy).
+
+    Raises
+    ------
+    options.OptionError
+        one line naming the option and why, when the workload cannot be built
+        (a file that is not extxyz, frames without orientations, ...).
+    """
+    xyz = getattr(options, "xyz", None)
+    lmax = getattr(options, "lmax", 6)
+    try:
+        if xyz:
+            frames = getattr(options, "xyz_frames", None) or getattr(options, "frames", None) or DEFAULT_XYZ_FRAMES
+            inp = xyz_input(xyz, getattr(options, "semiaxes", None), frames=frames, lmax=lmax)
+        else:
+            inp = generated_input(getattr(options, "workload", "benzenes"), getattr(options, "frames", None), lmax=lmax)
+    except (KeyError, ValueError, IndexError, OSError) as err:  # ase's XYZError is an OSError
+        source = f"--xyz {xyz}" if xyz else f"--workload {getattr(options, 'workload', 'benzenes')}"
+        raise OptionError(f"cannot build the workload of {source}: {type(err).__name__}: {_one_line(err)}") from None
+    if inp.n_pairs == 0:
+        raise OptionError(f"the workload {inp.label!r} has no neighbour pair: nothing to measure")
+    pairs = getattr(options, "pairs", None)
+    return inp.tiled(pairs) if pairs else inp

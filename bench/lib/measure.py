@@ -159,21 +159,59 @@ def _reset_rss_high_water_mark() -> bool:
         return False
 
 
-class _RssSampler:
-    """Fallback peak-RSS probe: samples psutil's RSS every millisecond in a thread."""
+class RssSampler:
+    """Peak RSS of a process, sampled in a thread while the ``with`` block runs.
 
-    def __init__(self):
+    Parameters
+    ----------
+    pid : int or None
+        The process (None: this one).
+    interval : float
+        Seconds between samples (default 1 ms).
+    descendants : bool
+        Sum the RSS of the process and all its descendants (a process tree:
+        a Dask cluster's scheduler, nannies and workers) in each sample.
+
+    Attributes
+    ----------
+    peak : int
+        Largest sample so far, bytes; sampled also on entry and on exit.
+        Sampling stops once the process's descendants cannot be listed (it
+        has ended); the peak so far stays.
+    """
+
+    def __init__(self, pid: int | None = None, *, interval: float = 0.001, descendants: bool = False):
         import psutil
 
-        self._process = psutil.Process()
-        self.peak = self._process.memory_info().rss
+        self._process = psutil.Process(pid)
+        self.interval, self.descendants = interval, descendants
+        self.peak = self.sample() or 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def sample(self) -> int | None:
+        """RSS now, bytes (summed over the descendants when asked); None once the process has ended."""
+        import psutil
+
+        try:
+            tree = [self._process] + (self._process.children(recursive=True) if self.descendants else [])
+        except psutil.Error:
+            return None
+        total = 0
+        for p in tree:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:  # a child that ended meanwhile
+                pass
+        return total
+
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._process.memory_info().rss)
-            time.sleep(0.001)
+            total = self.sample()
+            if total is None:
+                return
+            self.peak = max(self.peak, total)
+            time.sleep(self.interval)
 
     def __enter__(self):
         self._thread.start()
@@ -182,7 +220,7 @@ class _RssSampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
+        self.peak = max(self.peak, self.sample() or 0)
 
 
 def measure_peak_memory(call, *, device: str | None = None, traced: bool = True) -> dict:
@@ -228,7 +266,7 @@ def measure_peak_memory(call, *, device: str | None = None, traced: bool = True)
         import psutil
 
         before = psutil.Process().memory_info().rss
-        with _RssSampler() as sampler:
+        with RssSampler() as sampler:
             call()
         result["rss_peak_bytes"] = max(0, sampler.peak - before)
         result["rss_method"] = "psutil RSS sampled every 1 ms, above RSS before the call"

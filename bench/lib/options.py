@@ -1,16 +1,17 @@
 """The command-line options every tool shares, defined once.
 
-``pytest bench`` (:mod:`.plugin`), ``einsum-workbench run`` (:mod:`.cli`) and
-the profiling driver and recipes (:mod:`einsum_workbench.profiles`) add their
-workload, thread and measuring options with the helpers below, so that the
-names, checks and help texts agree; :func:`workload_from` turns the parsed
-options into the pair batch measured (one function for every tool).
+``pytest bench`` (:mod:`.plugin`), ``einsum-workbench run``
+(:mod:`einsum_workbench.cli`) and the profiling driver and recipes
+(:mod:`einsum_workbench.profiles`) add their workload, thread and measuring
+options with the helpers below, so that the names, checks and help texts
+agree; :func:`.inputs.workload_from` turns the parsed options into the pair
+batch measured (one function for every tool).
 
 Every value is checked when it is parsed: a bad one is a usage error naming
 the option and the value (argparse: exit status 2; pytest: its usage error,
 exit status 4), never a traceback. Only the standard library is imported
-here: the options are parsed before the threads are pinned, that is before
-NumPy loads.
+here, and nothing of the bench (a leaf): the options are parsed before the
+threads are pinned, that is before NumPy loads.
 """
 
 from __future__ import annotations
@@ -42,26 +43,24 @@ class ArgumentParser(argparse.ArgumentParser):
 # ----------------------------------------------------------------- value types
 
 
-def positive_int(text) -> int:
-    """``text`` as an int >= 1, else :class:`argparse.ArgumentTypeError` naming it."""
+def _int_at_least(text, low: int) -> int:
     try:
         value = int(str(text).strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+        value = None
+    if value is None or value < low:
+        raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {text!r}")
     return value
+
+
+def positive_int(text) -> int:
+    """``text`` as an int >= 1, else :class:`argparse.ArgumentTypeError` naming it."""
+    return _int_at_least(text, 1)
 
 
 def non_negative_int(text) -> int:
     """``text`` as an int >= 0, else :class:`argparse.ArgumentTypeError` naming it."""
-    try:
-        value = int(str(text).strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}")
-    return value
+    return _int_at_least(text, 0)
 
 
 def positive_seconds(text) -> float:
@@ -164,48 +163,3 @@ def add_measure_options(parser, *, max_rounds_default: int) -> None:
         help="seconds of steady-state calls per variant (rounds clamped to [3, --max-rounds]; default 3)")
     add("--max-rounds", type=positive_int, default=max_rounds_default,
         help=f"most steady-state rounds per variant (default {max_rounds_default})")
-
-
-# ----------------------------------------------------------------- options to a workload
-
-
-def _one_line(err) -> str:
-    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    return " ".join(str(text).split())
-
-
-def workload_from(options):
-    """The pair batch the options name (a :class:`.inputs.BenchInput`).
-
-    ``options`` is the parsed namespace of any tool that added
-    :func:`add_workload_options` (``config.option`` under pytest): ``--xyz``
-    reads ``--xyz-frames`` (else ``--frames``, else ``DEFAULT_XYZ_FRAMES``)
-    frames of the file; otherwise ``--workload`` is generated with
-    ``--frames`` frames (None: the workload's default). A ``pairs`` attribute
-    that is set tiles the batch to exactly that many pairs. Imports NumPy:
-    call it after the threads are pinned.
-
-    Raises
-    ------
-    OptionError
-        one line naming the option and why, when the workload cannot be built
-        (a file that is not extxyz, frames without orientations, ...).
-    """
-    from einsum_workbench.bench import inputs
-
-    xyz = getattr(options, "xyz", None)
-    lmax = getattr(options, "lmax", 6)
-    try:
-        if xyz:
-            frames = getattr(options, "xyz_frames", None) or getattr(options, "frames", None) or DEFAULT_XYZ_FRAMES
-            inp = inputs.xyz_input(xyz, getattr(options, "semiaxes", None), frames=frames, lmax=lmax)
-        else:
-            inp = inputs.generated_input(getattr(options, "workload", "benzenes"), getattr(options, "frames", None),
-                                         lmax=lmax)
-    except (KeyError, ValueError, IndexError, OSError) as err:  # ase's XYZError is an OSError
-        source = f"--xyz {xyz}" if xyz else f"--workload {getattr(options, 'workload', 'benzenes')}"
-        raise OptionError(f"cannot build the workload of {source}: {type(err).__name__}: {_one_line(err)}") from None
-    if inp.n_pairs == 0:
-        raise OptionError(f"the workload {inp.label!r} has no neighbour pair: nothing to measure")
-    pairs = getattr(options, "pairs", None)
-    return inp.tiled(pairs) if pairs else inp

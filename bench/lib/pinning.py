@@ -14,7 +14,9 @@ already loaded); :func:`pin` applies 2-4 (call it again after a variant loads
 Torch or Numba); :func:`verify` lists what does not hold, and
 :func:`pinning_state` reports the whole state with every result.
 
-This module imports neither NumPy, Torch nor Numba at import time.
+The thread variables and the threadpoolctl view are the product's
+(:mod:`einsum_workbench.threads`); this module adds the bench's enforcement.
+It imports neither NumPy, Torch nor Numba at import time.
 """
 
 from __future__ import annotations
@@ -22,15 +24,7 @@ from __future__ import annotations
 import os
 import sys
 
-#: environment variables fixing the size of a library's thread pool at load time
-THREAD_ENV_VARS = (
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-    "NUMBA_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-)
+from einsum_workbench.threads import THREAD_ENV_VARS, check_thread_count, thread_env_vars, thread_pools
 
 #: modules whose thread pools the environment variables must reach before they load
 _POOL_MODULES = ("numpy", "scipy", "torch", "numba", "numexpr")
@@ -47,13 +41,6 @@ _ALLOWED_CPUS: list[int] | None = None
 
 class PinningError(RuntimeError):
     """Raised when thread pinning cannot be set up or does not hold."""
-
-
-def check_thread_count(threads) -> int:
-    """``threads`` as a positive int, else ValueError naming the value."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"thread count must be an int >= 1, got {threads!r}")
-    return threads
 
 
 def threads_from_argv(argv, default: int = 1, option: str = "--threads") -> int:
@@ -104,8 +91,7 @@ def set_thread_env(threads: int, numba_pool: int | None = None) -> list[str]:
     if _LOADED_BEFORE_ENV is None:
         _LOADED_BEFORE_ENV = [m for m in _POOL_MODULES if m in sys.modules]
         allowed_cpus()  # remember them before anything is pinned
-    for name in THREAD_ENV_VARS:
-        os.environ[name] = str(threads)
+    os.environ.update(thread_env_vars(threads))
     if "numba" in sys.modules:  # its pool is fixed: keep the variable telling its true size
         os.environ["NUMBA_NUM_THREADS"] = str(sys.modules["numba"].config.NUMBA_NUM_THREADS)
     else:
@@ -207,15 +193,6 @@ def pin(threads: int) -> dict:
     return pinning_state(threads)
 
 
-def _blas_info() -> list[dict]:
-    from threadpoolctl import threadpool_info
-
-    return [
-        {k: info.get(k) for k in ("user_api", "internal_api", "prefix", "version", "num_threads")}
-        for info in threadpool_info()
-    ]
-
-
 def verify(threads: int) -> list[str]:
     """What does not hold of the pinning to ``threads`` threads (empty: all holds).
 
@@ -232,7 +209,7 @@ def verify(threads: int) -> list[str]:
                 problems.append(f"environment: {name}={value!r}, expected a pool of at least {threads}")
         elif value != str(threads):
             problems.append(f"environment: {name}={value!r}, expected {threads!r}")
-    for info in _blas_info():
+    for info in thread_pools():
         if info["num_threads"] != threads:
             problems.append(
                 f"threadpoolctl: {info['internal_api']} ({info['prefix']}) runs "
@@ -274,7 +251,7 @@ def pinning_state(threads: int) -> dict:
         "problems": problems,
         "env": {name: os.environ.get(name) for name in THREAD_ENV_VARS},
         "affinity": sorted(os.sched_getaffinity(0)),
-        "blas": _blas_info(),
+        "blas": thread_pools(),
         "torch_threads": torch.get_num_threads() if torch is not None else None,
         "numba_threads": (
             numba.get_num_threads() if numba is not None and hasattr(numba, "get_num_threads") else None

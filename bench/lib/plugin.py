@@ -37,6 +37,7 @@ import pytest
 from einsum_workbench.bench import options
 from einsum_workbench.bench import pinning
 from einsum_workbench.bench import report
+from einsum_workbench.threads import THREAD_ENV_VARS
 
 session_key = pytest.StashKey[dict]()
 
@@ -194,10 +195,12 @@ def bench_state(pytestconfig) -> dict:
 @pytest.fixture(scope="session")
 def bench_input(pytestconfig):
     """The pair batch of this session's ranking (generated workload or ``--xyz`` file,
-    :func:`.options.workload_from`); a workload that cannot be built stops the
+    :func:`.inputs.workload_from`); a workload that cannot be built stops the
     session once, as a usage error naming the option."""
+    from einsum_workbench.bench import inputs
+
     try:
-        return options.workload_from(pytestconfig.option)
+        return inputs.workload_from(pytestconfig.option)
     except options.OptionError as err:
         pytest.exit(f"usage error: {err}", returncode=pytest.ExitCode.USAGE_ERROR)
 
@@ -249,7 +252,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "versions": measure.package_versions(),
         "cpu_model": measure.cpu_model(),
         "threads": state.get("threads"),
-        "thread_env": {name: os.environ.get(name) for name in pinning.THREAD_ENV_VARS},
+        "thread_env": {name: os.environ.get(name) for name in THREAD_ENV_VARS},
         "allocator": state.get("allocator"),
     }
 

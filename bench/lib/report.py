@@ -335,6 +335,16 @@ def scaling_series(records) -> dict:
     }
 
 
+def _finish_axes(ax, xlabel, ylabel, title):
+    """Log y axis, labels, title, and a legend when anything is plotted."""
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ax.lines:
+        ax.legend(fontsize=7)
+
+
 def scaling_figure(records):
     """matplotlib Figure: log-log call time (fastest) against pairs, one line per
     (variant, lmax, threads), and time per pair against lmax; None when there
@@ -348,21 +358,11 @@ def scaling_figure(records):
         pairs, times = zip(*points)
         ax_pairs.plot(pairs, times, "-o" if len(points) > 1 else "s", label=f"{variant}, lmax {lmax}, {threads} thr")
     ax_pairs.set_xscale("log")
-    ax_pairs.set_yscale("log")
-    ax_pairs.set_xlabel("pairs")
-    ax_pairs.set_ylabel("call time, fastest of the rounds (s)")
-    ax_pairs.set_title("time against pairs (log-log)")
-    if ax_pairs.lines:
-        ax_pairs.legend(fontsize=7)
+    _finish_axes(ax_pairs, "pairs", "call time, fastest of the rounds (s)", "time against pairs (log-log)")
     for (variant, n, threads), points in series["lmax"].items():
         lmaxes, per_pair = zip(*points)
         ax_lmax.plot(lmaxes, [t * 1e6 for t in per_pair], "-o", label=f"{variant}, {n} pairs, {threads} thr")
-    ax_lmax.set_yscale("log")
-    ax_lmax.set_xlabel("lmax")
-    ax_lmax.set_ylabel("time per pair (us)")
-    ax_lmax.set_title("time per pair against lmax")
-    if ax_lmax.lines:
-        ax_lmax.legend(fontsize=7)
+    _finish_axes(ax_lmax, "lmax", "time per pair (us)", "time per pair against lmax")
     fig.tight_layout()
     return fig
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from einsum_workbench.bench import inputs, measure, report
+from einsum_workbench.bench import inputs, measure, options, report
 from einsum_workbench.kernels.registry import availability_table
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ def test_choose_rounds_clamps():
 @pytest.mark.parametrize("text", ["4,4", "4,4,0", "a,b,c", "4,4,-1", "4,4,nan"])
 def test_parse_semiaxes_names_bad_text(text):
     with pytest.raises(ValueError, match=repr(text)):
-        inputs.parse_semiaxes(text)
+        options.parse_semiaxes(text)
 
 
 def test_tiled_input_repeats_pairs_exactly():
@@ -219,13 +219,18 @@ def assert_one_line_error(proc, code, *words):
     assert all(w in lines[0] for w in words), lines[0]
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--budget", "inf"], ["--budget", "'inf'"]),
-    (["--budget", "nan"], ["--budget", "'nan'"]),
-    (["--budget", "-1"], ["--budget", "'-1'"]),
+#: bad values that ``einsum-workbench run`` and ``pytest bench`` refuse alike, and the words their error names
+BAD_MEASURING_VALUES = [
     (["--frames", "0"], ["--frames", "'0'"]),
     (["--lmax", "-1"], ["--lmax", "'-1'"]),
     (["--threads", "0"], ["--threads", "'0'"]),
+    (["--budget", "inf"], ["--budget", "'inf'"]),
+]
+
+
+@pytest.mark.parametrize("args, words", BAD_MEASURING_VALUES + [
+    (["--budget", "nan"], ["--budget", "'nan'"]),
+    (["--budget", "-1"], ["--budget", "'-1'"]),
     (["--xyz", "/nonexistent/frames.xyz"], ["--xyz", "/nonexistent/frames.xyz"]),
     (["--xyz", str(REPO / "README.md")], ["--xyz", "README.md", "XYZError"]),
 ])
@@ -282,12 +287,8 @@ def test_console_script_runs_the_same_commands(tmp_path):
     assert_one_line_error(proc, 2, "einsum-workbench profile breakdown", "/nonexistent.txt")
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--frames", "0"], ["--frames", "'0'"]),
-    (["--lmax", "-1"], ["--lmax", "'-1'"]),
+@pytest.mark.parametrize("args, words", BAD_MEASURING_VALUES + [
     (["--xyz", "/nonexistent/frames.xyz"], ["--xyz", "'/nonexistent/frames.xyz'"]),
-    (["--threads", "0"], ["--threads", "'0'"]),
-    (["--budget", "inf"], ["--budget", "'inf'"]),
     (["--variant", "no_such_variant"], ["--variant", "no_such_variant", "numpy_einsum"]),
 ])
 def test_pytest_bench_bad_values_are_usage_errors(args, words):

@@ -1,4 +1,4 @@
-"""Thread pinning (bench/pinning.py): set, verified, and refused when it does not hold.
+"""Thread pinning (bench/lib/pinning.py, on einsum_workbench/threads.py): set, verified, and refused when it does not hold.
 
 Each check that touches thread pools runs in a fresh interpreter, since a
 pool is sized once, when its library loads.
@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from einsum_workbench import threads
 from einsum_workbench.bench import pinning
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def run_python(code: str, timeout=300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in pinning.THREAD_ENV_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in threads.THREAD_ENV_VARS}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO, env=env)
 
@@ -47,7 +48,7 @@ def test_threads_from_argv_rejects_bad_value(bad):
 @pytest.mark.parametrize("bad", [0, -2, 1.0, True, "1"])
 def test_check_thread_count_names_value(bad):
     with pytest.raises(ValueError, match="thread count"):
-        pinning.check_thread_count(bad)
+        threads.check_thread_count(bad)
 
 
 def test_pinned_before_numpy_holds_everywhere():
@@ -63,7 +64,7 @@ def test_pinned_before_numpy_holds_everywhere():
     """)
     assert state["verified"] and state["problems"] == []
     assert state["early"] == [] and state["loaded_before_env"] == []
-    assert all(state["env"][name] == "1" for name in pinning.THREAD_ENV_VARS)
+    assert all(state["env"][name] == "1" for name in threads.THREAD_ENV_VARS)
     assert len(state["affinity"]) == 1
     assert state["blas"], "threadpoolctl saw no BLAS/OpenMP library after a matrix product"
     assert all(lib["num_threads"] == 1 for lib in state["blas"])

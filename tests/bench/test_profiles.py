@@ -14,8 +14,8 @@ from einsum_workbench.profiles import recipes
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "profiles" / "README.md"
-PY_SPY = recipes._tool("py-spy")
-KERNPROF = recipes._tool("kernprof")
+PY_SPY = recipes.tool_path("py-spy")
+KERNPROF = recipes.tool_path("kernprof")
 
 
 def run_recipe(cmd, stdout_path=None):

@@ -132,7 +132,7 @@ def test_worker_killed_mid_write_loses_and_duplicates_nothing(trajectory, embedd
     from distributed import Client, LocalCluster
     from distributed.diagnostics.plugin import WorkerPlugin
 
-    from einsum_workbench.featurize.run import thread_env
+    from einsum_workbench.featurize.chunk import thread_env
 
     victim = store_module.chunk_name(3 * CHUNK, 4 * CHUNK)
     marker = tmp_path / "killed.json"
@@ -173,9 +173,9 @@ def test_worker_killed_mid_write_loses_and_duplicates_nothing(trajectory, embedd
 def test_interrupted_run_resumes_with_only_the_missing_chunks(trajectory, embedded_store, tmp_path, monkeypatch):
     import importlib
 
-    featurize_module = importlib.import_module("einsum_workbench.featurize.run")  # the module, not the function
+    chunk_module = importlib.import_module("einsum_workbench.featurize.chunk")  # the worker's task, run embedded
     out = tmp_path / "resumed"
-    real = featurize_module.compute_chunk
+    real = chunk_module.compute_chunk
     calls = []
 
     def interrupted(task):
@@ -184,10 +184,10 @@ def test_interrupted_run_resumes_with_only_the_missing_chunks(trajectory, embedd
         calls.append(task.start)
         return real(task)
 
-    monkeypatch.setattr(featurize_module, "compute_chunk", interrupted)
+    monkeypatch.setattr(chunk_module, "compute_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _run(trajectory, out)
-    monkeypatch.setattr(featurize_module, "compute_chunk", real)
+    monkeypatch.setattr(chunk_module, "compute_chunk", real)
     assert len(_chunk_names(out)) == 2
     assert open_store(out).missing == store_module.planned_chunks(N_FRAMES, CHUNK)[2:]
     # a chunk left half-written by a killed process is cleaned, not counted

@@ -131,13 +131,17 @@ def test_bad_option_values_are_one_line_usage_errors(args, words, capsys):
 
 
 def test_workload_from_names_a_file_that_is_not_extxyz():
+    from einsum_workbench.bench import inputs
+
     ns = _parse("--xyz", str(REPO / "README.md"), "--frames", "1")
     with pytest.raises(options.OptionError, match="--xyz .*README.md"):
-        options.workload_from(ns)
+        inputs.workload_from(ns)
 
 
 def test_workload_from_builds_the_options_workload():
-    inp = options.workload_from(argparse.Namespace(workload="benzenes", frames=1, lmax=2, xyz=None, pairs=100))
+    from einsum_workbench.bench import inputs
+
+    inp = inputs.workload_from(argparse.Namespace(workload="benzenes", frames=1, lmax=2, xyz=None, pairs=100))
     assert inp.n_pairs == 100 and inp.hypers.lmax == 2
 
 

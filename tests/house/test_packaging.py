@@ -18,16 +18,15 @@ from pathlib import Path
 
 import pytest
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    tomllib = pytest.importorskip("tomli", reason="reading pyproject.toml on Python 3.10 needs tomli")
+
 REPO = Path(__file__).resolve().parents[2]
-# the wheel's top-level folders and the repository folders they come from (pyproject.toml)
-PACKAGE_DIRS = {
-    "einsum_workbench": "einsum_workbench",
-    "einsum_workbench/reference": "reference",
-    "einsum_workbench/kernels": "kernels",
-    "einsum_workbench/bench": "bench/lib",
-    "einsum_workbench/profiles": "profiles",
-    "einsum_workbench/pipeline": "pipeline",
-}
+# the wheel's top-level folders and the repository folders they come from (pyproject.toml's package-dir)
+PACKAGE_DIRS = {package.replace(".", "/"): folder for package, folder in
+                tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].items()}
 IMPORT_CHECK = (
     "import sys, einsum_workbench.kernels as k, einsum_workbench.reference as r, einsum_workbench.bench;"
     "import einsum_workbench.anisoap_switch;"

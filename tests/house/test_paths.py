@@ -64,10 +64,10 @@ def test_host_build_caches_under_the_root(clean_env, tmp_path):
 
 
 def test_write_sources_command_line(tmp_path):
-    from einsum_workbench.kernels.cupy.pairs import representative_hypers
+    from einsum_workbench.kernels.cupy.compile_check import representative_hypers
 
     result = subprocess.run(
-        [sys.executable, "-m", "einsum_workbench.kernels.cupy.host_build", "write-sources", str(tmp_path)],
+        [sys.executable, "-m", "einsum_workbench.kernels.cupy.compile_check", "write-sources", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -75,7 +75,7 @@ def test_write_sources_command_line(tmp_path):
     expected = {f"{prefix}{name}{suffix}" for prefix in ("", "density_", "gradients_") for name in representative_hypers()
                 for suffix in (".cu", "_host.cpp")}
     assert written == expected == {p.name for p in tmp_path.iterdir()}
-    usage = subprocess.run([sys.executable, "-m", "einsum_workbench.kernels.cupy.host_build"],
+    usage = subprocess.run([sys.executable, "-m", "einsum_workbench.kernels.cupy.compile_check"],
                            capture_output=True, text=True, timeout=300)
     assert usage.returncode == 2 and "write-sources" in usage.stderr
 

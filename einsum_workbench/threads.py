@@ -1,0 +1,95 @@
+"""Thread-count variables and the primitives that limit a process's thread pools.
+
+Used by the product (``featurize`` pins every chunk task and its Dask workers)
+and by the bench (:mod:`einsum_workbench.bench.pinning`, which adds CPU affinity
+and the checks that a measurement's pinning holds):
+
+- :data:`THREAD_ENV_VARS` and :func:`thread_env_vars`: the environment
+  variables that size a library's thread pool when it loads;
+- :func:`thread_pools` and :func:`thread_counts`: what threadpoolctl (and
+  Numba) say is in force;
+- :func:`limited_threads`: Numba and BLAS/OpenMP limited to a thread count
+  inside a block.
+
+Imports only the standard library at import time (threadpoolctl and Numba
+when a function needs them): the variables must be set before NumPy loads.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+#: environment variables fixing the size of a library's thread pool at load time
+THREAD_ENV_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
+
+
+def check_thread_count(threads) -> int:
+    """``threads`` as a positive int, else ValueError naming the value."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"thread count must be an int >= 1, got {threads!r}")
+    return threads
+
+
+def thread_env_vars(threads: int) -> dict[str, str]:
+    """Every variable of :data:`THREAD_ENV_VARS` set to ``threads`` (str values, for ``os.environ``
+    or a child process's environment); no check of ``threads``."""
+    return {name: str(threads) for name in THREAD_ENV_VARS}
+
+
+def thread_pools() -> list[dict]:
+    """threadpoolctl's view of the BLAS/OpenMP libraries loaded in this process.
+
+    Returns
+    -------
+    list of dict with user_api, internal_api, prefix, version, num_threads (int).
+    """
+    from threadpoolctl import threadpool_info
+
+    return [
+        {k: info.get(k) for k in ("user_api", "internal_api", "prefix", "version", "num_threads")}
+        for info in threadpool_info()
+    ]
+
+
+def thread_counts() -> dict[str, int]:
+    """Thread counts in force: ``{"numba": n}`` when Numba is loaded, and for each threadpoolctl
+    library kind (``"openblas"``, ``"openmp"``, ...) the largest count among its loaded libraries."""
+    counts = {}
+    numba = sys.modules.get("numba")
+    if numba is not None and hasattr(numba, "get_num_threads"):
+        counts["numba"] = numba.get_num_threads()
+    for pool in thread_pools():
+        counts[pool["internal_api"]] = max(counts.get(pool["internal_api"], 0), pool["num_threads"])
+    return counts
+
+
+@contextmanager
+def limited_threads(threads: int):
+    """Numba's threads (at most the pool it launched, ``NUMBA_NUM_THREADS``) and every loaded
+    BLAS/OpenMP library (threadpoolctl) limited to ``threads`` inside the block; the previous
+    counts are restored at its end. Imports Numba. Yields :func:`thread_counts`.
+
+    Raises
+    ------
+    ValueError
+        ``threads`` not an int >= 1.
+    """
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    threads = check_thread_count(threads)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        with threadpool_limits(limits=threads):
+            yield thread_counts
+    finally:
+        numba.set_num_threads(previous)
