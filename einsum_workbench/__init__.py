@@ -6,11 +6,17 @@ Subpackages (installed from the repository's top-level folders):
 - ``einsum_workbench.reference``: what the problem is (hyper-parameters, radial
   bases, solid-harmonic tensors, Gaussian moments, frames to neighbour pairs,
   workloads, the per-pair reference loop).
-- ``einsum_workbench.kernels``: the variant registry and one module per variant.
-- ``einsum_workbench.bench``: the bench's pytest plugin, thread pinning, the
-  measuring path, the report and the ``einsum-workbench`` command line.
-- ``einsum_workbench.profiles``: profiling recipes.
+- ``einsum_workbench.kernels``: the variant registry, the contracts, and one
+  subpackage per library family (numpy, opt_einsum, torch, numba, cupy).
 - ``einsum_workbench.pipeline``: frames to AniSOAP's features with any variant.
+- ``einsum_workbench.anisoap_switch``: ``ANISOAP_BACKEND`` and its Python API.
+- ``einsum_workbench.featurize``: trajectories into a resumable store, on Dask.
+- ``einsum_workbench.bench``: the bench's pytest plugin, thread pinning, the
+  measuring path and the report.
+- ``einsum_workbench.profiles``: profiling recipes.
+- :mod:`einsum_workbench.cli`: the ``einsum-workbench`` command line;
+  :mod:`einsum_workbench.threads`: thread variables and limits;
+  :mod:`einsum_workbench.paths`: cache paths.
 
 The most used names are re-exported here, lazily (each is imported on first
 use)::
