@@ -245,11 +245,12 @@ def _torch_core_only(tensors, hypers):
     """torch_einsum's chunk loop on tensors, no NumPy at either end."""
     import torch
 
+    from einsum_workbench.kernels.torch import common as torch_common
     from einsum_workbench.kernels.torch import pairs as torch_einsum
 
     n_pairs = tensors[0].shape[0]
     with torch.no_grad():
-        return [torch_einsum._chunk_core(*(t[s: s + torch_einsum.DEFAULT_CHUNK] for t in tensors), hypers=hypers)
+        return [torch_common.chunk_core(*(t[s: s + torch_einsum.DEFAULT_CHUNK] for t in tensors), hypers=hypers)
                 for s in range(0, n_pairs, torch_einsum.DEFAULT_CHUNK)]
 
 

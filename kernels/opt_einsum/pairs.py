@@ -220,12 +220,12 @@ def _moments_numpy(r_ij, rotations, semiaxes, hypers):
 def _moments_torch(r_ij, rotations, semiaxes, hypers):
     import torch
 
-    from einsum_workbench.kernels.torch import pairs as torch_einsum
+    from einsum_workbench.kernels.torch import common as torch_common
 
     with torch.no_grad():
         args = [torch.from_numpy(a) for a in (r_ij, rotations, semiaxes)]
-        covariance, centre, scale = torch_einsum.body_frame_gaussians(*args, hypers)
-        moments = torch_einsum.normal_moments_t(covariance, centre, hypers.max_degree)
+        covariance, centre, scale = torch_common.body_frame_gaussians(*args, hypers)
+        moments = torch_common.normal_moments_t(covariance, centre, hypers.max_degree)
         return moments, scale
 
 

@@ -57,13 +57,13 @@ from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.validation import check_pair_arrays
 
 from einsum_workbench.kernels.tables import num_monomials
-from einsum_workbench.kernels.torch.pairs import (
-    _TORCH_DTYPES,
-    _chunk_core,
-    _contraction_groups,
-    _layer_plan,
-    _resolve_device,
-    _to_tensor,
+from einsum_workbench.kernels.torch.common import (
+    TORCH_DTYPES,
+    chunk_core,
+    contraction_groups,
+    layer_plan,
+    resolve_device,
+    to_tensor,
 )
 
 with warnings.catch_warnings():
@@ -126,15 +126,15 @@ def _chunk_with_tangents(r_ij, rotations, semiaxes, hypers: ExpansionHypers, sem
     tuple over contraction groups of (values (P, Q), derivatives (directions, P, Q)).
     """
     dtype, device = r_ij.dtype, str(r_ij.device)
-    plan = _layer_plan(hypers.max_degree, dtype, device)
-    groups = _contraction_groups(hypers, dtype, device)
+    plan = layer_plan(hypers.max_degree, dtype, device)
+    groups = contraction_groups(hypers, dtype, device)
     eps = _levi_civita(dtype, device)
     theta0 = torch.zeros_like(r_ij)
 
     def coefficients(r, theta, axes):
         # R(theta) = (I + [theta]_x) R: at theta = 0 the rotation itself, its tangent W R
         rot = rotations + torch.einsum("ijk,pj,pkl->pil", eps, theta, rotations)
-        return _chunk_core(r, rot, axes, hypers=hypers, plan=plan, groups=groups, functional=True)
+        return chunk_core(r, rot, axes, hypers=hypers, plan=plan, groups=groups, functional=True)
 
     def one_direction(dr, dtheta, dl):
         return torch.func.jvp(coefficients, (r_ij, theta0, semiaxes), (dr, dtheta, dl))
@@ -191,16 +191,16 @@ def expand_with_gradients(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *,
     elif isinstance(chunk, bool) or int(chunk) <= 0:
         raise ValueError(f"chunk must be a positive number of pairs, got {chunk!r}")
     chunk = int(chunk)
-    device = _resolve_device(device)
-    tdtype = _TORCH_DTYPES[np.dtype(dtype)]
+    device = resolve_device(device)
+    tdtype = TORCH_DTYPES[np.dtype(dtype)]
     n_pairs = r_ij.shape[0]
     shapes = [(2 * l + 1, n) for l, n in enumerate(hypers.num_radial)]
     values = [np.empty((n_pairs, *s), dtype=dtype) for s in shapes]
     quantities = ("positions", "orientations", "semiaxes")[: 3 if semiaxes_gradients else 2]
     grads = {q: [np.empty((n_pairs, 3, *s), dtype=dtype) for s in shapes] for q in quantities}
     if n_pairs:
-        inputs = [_to_tensor(a, device) for a in (r_ij, rotations, semiaxes)]
-        groups = _contraction_groups(hypers, tdtype, str(device))
+        inputs = [to_tensor(a, device) for a in (r_ij, rotations, semiaxes)]
+        groups = contraction_groups(hypers, tdtype, str(device))
         chunk = -(-n_pairs // -(-n_pairs // chunk))  # equal chunks: no small last one paying the fixed costs
         with torch.no_grad():  # forward mode needs no tape
             for start in range(0, n_pairs, chunk):

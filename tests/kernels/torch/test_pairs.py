@@ -13,6 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed: the Torch variants did not run")
 
+from einsum_workbench.kernels.torch import common as torch_common  # noqa: E402
 from einsum_workbench.kernels.torch import pairs as torch_einsum  # noqa: E402
 from einsum_workbench.kernels.registry import load_variant  # noqa: E402
 from einsum_workbench.reference.expansion import pairwise_ellip_expansion  # noqa: E402
@@ -40,9 +41,9 @@ def test_eager_matches_reference(lmax, basis, max_radial, dtype):
 
 def test_gemm_grouping():
     wide = ExpansionHypers(6, "gto", cutoff=7.0, sigma=1.5)
-    assert len(torch_einsum._contraction_groups(wide, torch.float64, "cpu")) == 1
+    assert len(torch_common.contraction_groups(wide, torch.float64, "cpu")) == 1
     lopsided = ExpansionHypers(3, "gto", cutoff=7.0, sigma=1.5, max_radial=[6, 0, 0, 0])
-    groups = torch_einsum._contraction_groups(lopsided, torch.float64, "cpu")
+    groups = torch_common.contraction_groups(lopsided, torch.float64, "cpu")
     assert [[l for l, _, _ in g.columns] for g in groups] == [[0], [1], [2], [3]]
 
 
