@@ -69,50 +69,51 @@ def upstream_flavour(module) -> str:
         return "0.1.1"
 
 
-def _rotation_matrices(edp, frames, n_atoms, show_progress: bool):
-    """(N, 3, 3) rotations as upstream builds them, and upstream's warnings."""
+def _rotation_matrices(edp, read, n_frames: int):
+    """(N, 3, 3) rotations as upstream builds them from what ``gather_frames``
+    read, and upstream's warnings (once per atom of a frame without them)."""
     from scipy.spatial.transform import Rotation
-    from tqdm.auto import tqdm
 
-    stored, have = [], np.ones(len(frames), dtype=bool)
-    key = edp.rotation_key
-    for k, frame in enumerate(tqdm(frames, disable=not show_progress, desc="Computing neighborlist")):
-        arrays = frame.arrays
-        if key in arrays:
-            stored.append(arrays[key])
-        elif n_atoms[k]:
-            have[k] = False
-            for _ in range(n_atoms[k]):  # upstream warns once per atom
-                warnings.warn(f"Frame {k} does not have rotations stored, this may cause errors down the line.")
+    n_atoms = read.n_atoms
+    for k in read.without_rotation:
+        for _ in range(n_atoms[k]):  # upstream warns once per atom
+            warnings.warn(f"Frame {k} does not have rotations stored, this may cause errors down the line.")
     rotations = np.zeros((int(n_atoms.sum()), 3, 3))
-    if not stored:
+    values = read.rotations
+    if not len(values):
         return rotations
-    values = np.concatenate(stored).astype(np.float64, copy=False)
     matrix_mode = getattr(edp, "rotation_maker", None) == Rotation.from_matrix
     try:  # all atoms in one scipy call
-        if not matrix_mode and values.ndim == 2 and values.shape[1] == 4:
+        if not matrix_mode and values.shape[1] == 4:
             matrices = Rotation.from_quat(values[:, [1, 2, 3, 0]]).as_matrix()  # stored (w, x, y, z)
-        elif matrix_mode and values.shape[1:] == (3, 3):
-            matrices = Rotation.from_matrix(values).as_matrix()
+        elif matrix_mode and values.shape[1] == 9:
+            matrices = Rotation.from_matrix(values.reshape(-1, 3, 3)).as_matrix()
         else:
             raise ValueError(f"rotations stored with shape {values.shape}")
     except ValueError:  # upstream's own per-atom call, for upstream's own error
         matrices = np.stack([edp.rotation_maker(v).as_matrix() for v in values])
+    have = np.ones(n_frames, dtype=bool)
+    have[read.without_rotation] = False
     rotations[np.repeat(have, n_atoms)] = matrices.reshape(-1, 3, 3)
     return rotations
 
 
 def _atoms_table(edp, frames, show_progress: bool):
-    """The :class:`AtomsTable` of ``frames`` read as upstream reads them."""
-    from einsum_workbench.reference.frames import AtomsTable, frame_geometry
+    """The :class:`AtomsTable` of ``frames`` read as upstream reads them, in the
+    product's one pass over the frames (``reference.frames.gather_frames``)."""
+    from tqdm.auto import tqdm
 
-    n_atoms, positions, numbers, cells, pbc = frame_geometry(frames)
-    rotations = _rotation_matrices(edp, frames, n_atoms, show_progress)
-    # one concatenation per diameter; a frame without them raises upstream's KeyError
-    semiaxes = np.stack([np.concatenate([f.arrays[key] for f in frames]) if len(frames) else np.zeros(0)
-                         for key in DIAMETERS], axis=1).astype(np.float64, copy=False) / 2
-    return AtomsTable(n_atoms=n_atoms, positions=positions, numbers=numbers, rotations=rotations,
-                      semiaxes=semiaxes, cells=cells, pbc=pbc)
+    from einsum_workbench.reference.frames import AtomsTable, check_positions, gather_frames
+
+    progress = (lambda it: tqdm(it, desc="Computing neighborlist")) if show_progress else None
+    read = gather_frames(frames, rotation_key=edp.rotation_key, diameter_keys=(DIAMETERS,), progress=progress)
+    if read.without_diameters:  # upstream's KeyError, naming the first array the frame lacks
+        arrays = frames[read.without_diameters[0]].arrays
+        raise KeyError(next(key for key in DIAMETERS if key not in arrays))
+    check_positions(read.positions, read.n_atoms)
+    rotations = _rotation_matrices(edp, read, len(frames))
+    return AtomsTable(n_atoms=read.n_atoms, positions=read.positions, numbers=read.numbers, rotations=rotations,
+                      semiaxes=read.diameters / 2, cells=read.cells, pbc=read.pbc)
 
 
 def _record_attributes(edp, frames, table) -> None:

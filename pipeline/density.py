@@ -33,7 +33,8 @@ from einsum_workbench.reference.pairs import PairBatch
 from einsum_workbench.reference.validation import check_hypers
 
 from einsum_workbench.pipeline.gradients import density_gradients_of_frames
-from einsum_workbench.pipeline.layout import DensityLayout, check_property_layout, density_layout, table_pairs
+from einsum_workbench.pipeline.grouping import group_pairs
+from einsum_workbench.pipeline.layout import DensityLayout, check_property_layout, density_layout
 from einsum_workbench.pipeline.stages import stage
 from einsum_workbench.pipeline.tensormaps import density_tensormap, tensormap_gradients
 
@@ -114,7 +115,8 @@ def density_of_table(table: AtomsTable, hypers: ExpansionHypers, *, backend: str
 
     One neighbour-list pass over all frames, each pair's segment, the pairs
     grouped by segment with the neighbour's rotation and semi-axes gathered
-    once in that order, one density variant call.
+    once in that order (:func:`einsum_workbench.pipeline.grouping.group_pairs`,
+    one compiled pass), one density variant call.
 
     Parameters
     ----------
@@ -138,15 +140,16 @@ def density_of_table(table: AtomsTable, hypers: ExpansionHypers, *, backend: str
     As :func:`density_of_pairs`, and ValueError for a bad cutoff or cell.
     """
     from einsum_workbench.kernels.registry import density_function
+    from einsum_workbench.reference.neighbours import neighbour_pairs
 
     centre_density = density_function(backend)
     with stage("neighbour_list"):
-        pairs = table_pairs(table, hypers.cutoff, self_pairs=self_pairs)
-        layout, segment, r_ij, gj = pairs.layout, pairs.segment, pairs.r_ij, pairs.neighbour
-        order = sorted_by_segment(segment)
-        if order is not None:
-            segment, r_ij, gj = segment[order], r_ij[order], gj[order]
-        rotations, semiaxes = table.rotations[gj], table.semiaxes[gj]
+        frame, i, j, _, r_ij = neighbour_pairs(table.positions, table.n_atoms, table.cells, table.pbc,
+                                               hypers.cutoff, self_pairs=self_pairs)
+    with stage("grouping"):
+        grouped = group_pairs(frame, i, j, r_ij, table)
+    layout, segment, gj = grouped.layout, grouped.segment, grouped.neighbour
+    r_ij, rotations, semiaxes = grouped.r_ij, grouped.rotations, grouped.semiaxes
     general = None
     if any_matrix and len(table.rotations):
         bad_atom = ~is_rotation(table.rotations)
@@ -197,9 +200,10 @@ def centre_density(frames, hypers: ExpansionHypers, *, backend: str = "numba_fus
 
     Parameters
     ----------
-    frames : ase.Atoms or sequence of ase.Atoms
+    frames : ase.Atoms, sequence of ase.Atoms, or AtomsTable
         Ellipsoids: positions (angstrom), orientations in ``rotation_key``,
-        semi-axes from ``c_diameter[k] / 2`` unless ``semiaxes`` is given.
+        semi-axes from ``c_diameter[k] / 2`` unless ``semiaxes`` is given;
+        or frames already read into a ``reference.frames.AtomsTable``.
     hypers : ExpansionHypers
         lmax, radial basis, cutoff (angstrom), sigma, radial counts.
     backend : str
@@ -227,7 +231,8 @@ def centre_density(frames, hypers: ExpansionHypers, *, backend: str = "numba_fus
     Raises
     ------
     TypeError
-        ``hypers`` is not an ExpansionHypers (``reference.validation.check_hypers``).
+        ``hypers`` is not an ExpansionHypers (``reference.validation.check_hypers``);
+        ``frames`` is not an ase.Atoms, a sequence of them or an AtomsTable.
     ValueError
         malformed frames (frame and atom named), bad hyper-parameters or layout.
     KeyError, RuntimeError
@@ -251,9 +256,9 @@ def density_of_frames(frames, hypers: ExpansionHypers, *, backend: str = "numba_
                       rotation_type: str = "quaternion"):
     """(DensityLayout, density arrays) of frames: :func:`centre_density` before
     the TensorMap (parameters and errors the same)."""
-    from einsum_workbench.reference.frames import atoms_table
+    from einsum_workbench.reference.frames import as_atoms_table
 
     check_hypers(hypers)
     with stage("frames"):
-        table = atoms_table(frames, semiaxes=semiaxes, rotation_key=rotation_key, rotation_type=rotation_type)
+        table = as_atoms_table(frames, semiaxes=semiaxes, rotation_key=rotation_key, rotation_type=rotation_type)
     return density_of_table(table, hypers, backend=backend, orthonormal=orthonormal, self_pairs=self_pairs)

@@ -216,11 +216,11 @@ def density_gradients_of_frames(frames, hypers: ExpansionHypers, *, backend: str
                                 gradients=GRADIENT_PARAMETERS) -> DensityGradients:
     """:func:`density_gradients_of_table` of frames (parameters as
     :func:`einsum_workbench.pipeline.density.centre_density`)."""
-    from einsum_workbench.reference.frames import atoms_table
+    from einsum_workbench.reference.frames import as_atoms_table
 
     check_hypers(hypers)
     gradients = check_gradients(gradients)
     with stage("frames"):
-        table = atoms_table(frames, semiaxes=semiaxes, rotation_key=rotation_key, rotation_type=rotation_type)
+        table = as_atoms_table(frames, semiaxes=semiaxes, rotation_key=rotation_key, rotation_type=rotation_type)
     return density_gradients_of_table(table, hypers, backend=backend, orthonormal=orthonormal,
                                       self_pairs=self_pairs, gradients=gradients)

@@ -88,9 +88,14 @@ class DensityLayout:
 
     def property_rows(self, c: int, n_radial: int) -> np.ndarray:
         """(n_radial * E_c, 2) int32 labels ``(n, neighbor_types)``, species-major."""
-        types = self.neighbour_types[c]
-        return np.stack([np.tile(np.arange(n_radial), len(types)), np.repeat(types, n_radial)],
-                        axis=1).astype(np.int32)
+        return property_rows(self.neighbour_types[c], n_radial)
+
+
+def property_rows(types, n_radial: int) -> np.ndarray:
+    """(n_radial * len(types), 2) int32 labels ``(n, neighbor_types)``, species-major."""
+    types = np.asarray(types, dtype=np.int32)
+    return np.stack([np.tile(np.arange(n_radial), len(types)), np.repeat(types, n_radial)],
+                    axis=1).astype(np.int32)
 
 
 def density_layout(pairs: PairBatch):

@@ -7,7 +7,8 @@ timer argument. Outside such a block :func:`stage` costs one context-variable
 lookup.
 
 Stage names: ``frames`` (reading the frames into flat arrays), ``neighbour_list``,
-``kernel`` (the density variant), ``tensormap`` (metatensor objects),
+``grouping`` (each pair's segment, the pairs grouped by it with the neighbour's
+rotation and semi-axes gathered), ``kernel`` (the density variant), ``tensormap`` (metatensor objects),
 ``power_spectrum`` (the contraction and the mean over centres).
 """
 

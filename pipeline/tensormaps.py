@@ -12,16 +12,44 @@ moves), components ``xyz`` then the values block's, properties the values'.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from einsum_workbench.pipeline.gradients import DensityGradients
-from einsum_workbench.pipeline.layout import DensityLayout, check_property_layout
+from einsum_workbench.pipeline.layout import DensityLayout, check_property_layout, property_rows
 from einsum_workbench.pipeline.stages import stage
 
 #: Samples of a gradient block (featomic's convention): the values row, its system, the atom that moves.
 GRADIENT_SAMPLE_NAMES = ("sample", "system", "atom")
 #: Property names of upstream's power-spectrum blocks (after ``standardize_keys``).
 POWER_SPECTRUM_PROPERTIES = ("n_1_a", "neighbor_types_1_a", "k_2", "n_1_b", "neighbor_types_1_b", "l_2")
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_labels(names: tuple, rows: tuple):
+    """Labels that recur in every call (components, properties): built once per process
+    (metatensor copies labels into each block, so one object serves them all)."""
+    from metatensor import Labels
+
+    return Labels(list(names), np.asarray(rows, dtype=np.int32).reshape(len(rows), len(names)))
+
+
+def components_labels(l: int):
+    """``spherical_component_m`` = -l..l."""
+    return _fixed_labels(("spherical_component_m",), tuple((m,) for m in range(-l, l + 1)))
+
+
+def properties_labels(layout: DensityLayout, c: int, n_radial: int):
+    """``(n, neighbor_types)`` of centre species ``c`` (species-major, ``DensityLayout.property_rows``)."""
+    return _properties_labels(tuple(layout.neighbour_types[c].tolist()), n_radial)
+
+
+@functools.lru_cache(maxsize=256)
+def _properties_labels(types: tuple, n_radial: int):
+    from metatensor import Labels
+
+    return Labels(["n", "neighbor_types"], property_rows(types, n_radial).reshape(-1, 2))
 
 
 def gradient_block(block, samples, values):
@@ -59,20 +87,18 @@ def density_tensormap(layout: DensityLayout, blocks, gradients=None):
     from metatensor import Labels, TensorBlock, TensorMap
 
     with stage("tensormap"):
-        lmax = len(blocks[0]) - 1 if blocks else -1
-        components = [Labels(["spherical_component_m"], np.arange(-l, l + 1, dtype=np.int32).reshape(-1, 1))
-                      for l in range(lmax + 1)]
         keys, tensor_blocks = [], []
         for c, centre_type in enumerate(layout.centre_types):
-            samples = Labels(["type", "center"], layout.samples[c])
+            # unique by construction (DensityLayout.samples): no hashing of every row
+            samples = Labels(["type", "center"], layout.samples[c], assume_unique=True)
             n_types = len(layout.neighbour_types[c])
             for l, values in enumerate(blocks[c]):
                 keys.append((int(centre_type), l))
                 block = TensorBlock(
                     values=values,
                     samples=samples,
-                    components=[components[l]],
-                    properties=Labels(["n", "neighbor_types"], layout.property_rows(c, values.shape[2] // n_types)),
+                    components=[components_labels(l)],
+                    properties=properties_labels(layout, c, values.shape[2] // n_types),
                 )
                 for parameter, per_species in (gradients or {}).items():
                     gradient_samples, gradient_values = per_species[c]

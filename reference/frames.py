@@ -130,100 +130,6 @@ def rotations_from_matrices(flat, *, what="atom") -> np.ndarray:
     return m
 
 
-def frame_rotations(frame, frame_index, rotation_key="c_q", rotation_type="quaternion") -> np.ndarray:
-    """(N, 3, 3) body-to-lab rotations of one frame's atoms.
-
-    ``rotation_key=None`` gives identity rotations (e.g. spheres).
-
-    Raises
-    ------
-    ValueError
-        unknown ``rotation_type``, missing array, or bad values (frame and
-        atom named).
-    """
-    n = len(frame)
-    if rotation_type not in ROTATION_TYPES:
-        raise ValueError(f"rotation_type must be one of {ROTATION_TYPES}, got {rotation_type!r}")
-    if rotation_key is None:
-        return np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
-    if rotation_key not in frame.arrays:
-        raise ValueError(
-            f"frame {frame_index} has no {rotation_key!r} array holding rotations; "
-            f"its arrays are {sorted(frame.arrays)}"
-        )
-    stored = frame.arrays[rotation_key]
-    try:
-        if rotation_type == "quaternion":
-            return rotations_from_quaternions(np.asarray(stored).reshape(n, -1), what="atom")
-        return rotations_from_matrices(np.asarray(stored).reshape(n, -1), what="atom")
-    except ValueError as err:
-        raise ValueError(f"frame {frame_index}: {err}") from None
-
-
-def _check_semiaxes(values, where) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64)
-    flat = values.reshape(-1, 3)
-    for k, row in enumerate(flat):
-        if not (np.isfinite(row).all() and (row > 0).all()):
-            raise ValueError(f"semi-axes must be finite and > 0; {where(k)} has {row.tolist()}")
-    return values
-
-
-def frame_semiaxes(frame, frame_index, semiaxes=None) -> np.ndarray:
-    """(N, 3) semi-axes of one frame's atoms, angstrom.
-
-    Parameters
-    ----------
-    frame : ase.Atoms
-    frame_index : int
-        Used in error messages.
-    semiaxes : None, (3,) array_like or dict
-        None: ``c_diameter[k] / 2`` (or ASE's renamed ``c_diameterk``) from the
-        frame's arrays; a (3,) constant for every atom; or a dict from atomic
-        number (int) or chemical symbol (str) to (3,) semi-axes.
-
-    Raises
-    ------
-    ValueError
-        missing diameters or species, or a zero, negative or non-finite
-        semi-axis (the value, frame and atom are named).
-    """
-    n = len(frame)
-    if semiaxes is None:
-        for keys in DIAMETER_KEYS:
-            if all(k in frame.arrays for k in keys):
-                diam = np.stack([np.asarray(frame.arrays[k], dtype=np.float64).reshape(n) for k in keys], axis=1)
-                return _check_semiaxes(diam / 2.0, lambda k: f"frame {frame_index} atom {k} (c_diameter / 2)")
-        raise ValueError(
-            f"frame {frame_index} stores no diameters (looked for {DIAMETER_KEYS[0]} and "
-            f"{DIAMETER_KEYS[1]}); pass semiaxes=(l1, l2, l3) or a per-species dict"
-        )
-    if isinstance(semiaxes, dict):
-        numbers_ = frame.numbers
-        symbols = frame.get_chemical_symbols()
-        out = np.empty((n, 3))
-        for k in range(n):
-            if int(numbers_[k]) in semiaxes:
-                value = semiaxes[int(numbers_[k])]
-            elif symbols[k] in semiaxes:
-                value = semiaxes[symbols[k]]
-            else:
-                raise ValueError(
-                    f"semiaxes dict has no entry for species {symbols[k]} (Z = {int(numbers_[k])}) "
-                    f"of frame {frame_index} atom {k}; keys: {list(semiaxes)}"
-                )
-            value = np.asarray(value, dtype=np.float64)
-            if value.shape != (3,):
-                raise ValueError(f"semiaxes for species {symbols[k]} must have shape (3,), got {value.tolist()}")
-            out[k] = value
-        return _check_semiaxes(out, lambda k: f"frame {frame_index} atom {k} ({symbols[k]})")
-    value = np.asarray(semiaxes, dtype=np.float64)
-    if value.shape != (3,):
-        raise ValueError(f"semiaxes must be None, a (3,) constant or a per-species dict, got {semiaxes!r}")
-    _check_semiaxes(value, lambda k: "the constant semiaxes")
-    return np.broadcast_to(value, (n, 3)).copy()
-
-
 @dataclass
 class AtomsTable:
     """Every atom of every frame in flat arrays: what the neighbour list and
@@ -263,6 +169,149 @@ class AtomsTable:
         return frame, int(atom - self.first_atom[frame])
 
 
+def as_frame_list(frames) -> list:
+    """``frames`` as a list of ``ase.Atoms``: one ``Atoms`` is one frame.
+
+    Raises
+    ------
+    TypeError
+        a path or string (read it first: :func:`read_frames`), anything that
+        is not a sequence, or an element that is not an ``ase.Atoms`` (its
+        index and type named).
+    """
+    from ase import Atoms
+
+    if isinstance(frames, Atoms):
+        return [frames]
+    if isinstance(frames, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"frames must be an ase.Atoms or a sequence of ase.Atoms, got the {type(frames).__name__} "
+            f"{os.fspath(frames)!r}; read the file first, e.g. "
+            "einsum_workbench.reference.frames.read_frames(path)"
+        )
+    try:
+        frames = list(frames)
+    except TypeError:
+        raise TypeError(f"frames must be an ase.Atoms or a sequence of ase.Atoms, got {type(frames).__name__} "
+                        f"{frames!r:.80}") from None
+    for k, frame in enumerate(frames):
+        if not isinstance(frame, Atoms):
+            raise TypeError(f"frames[{k}] is a {type(frame).__name__}, not an ase.Atoms: {frame!r:.80}")
+    return frames
+
+
+@dataclass
+class FrameArrays:
+    """Everything read from a list of frames, in one pass, before any conversion.
+
+    Attributes
+    ----------
+    n_atoms : (F,) int64
+    positions : (N, 3) float64, angstrom
+    numbers : (N,) int32
+    cells : (F, 3, 3) float64, angstrom (rows are lattice vectors)
+    pbc : (F, 3) bool
+    rotations : (M, ...) float64 or None
+        The stored rotation array of the frames that have it (all atoms of
+        those frames, frame after frame); None when no rotation key was asked.
+    diameters : (M', 3) float64 or None
+        The stored diameters, likewise; None when not asked.
+    without_rotation, without_diameters : list of int
+        Frames holding atoms but not the array (in frame order).
+    """
+
+    n_atoms: np.ndarray
+    positions: np.ndarray
+    numbers: np.ndarray
+    cells: np.ndarray
+    pbc: np.ndarray
+    rotations: np.ndarray | None = None
+    diameters: np.ndarray | None = None
+    without_rotation: list = None
+    without_diameters: list = None
+
+    @property
+    def first_atom(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.n_atoms)[:-1]]).astype(np.int64)
+
+
+def _concatenate(parts, width, dtype=np.float64) -> np.ndarray:
+    return (np.concatenate(parts) if parts else np.zeros((0,) + width)).astype(dtype, copy=False)
+
+
+def _stored_rotations(parts, n_atoms, without) -> np.ndarray:
+    """(M, k) float64: the rotation arrays of the frames that hold one, one row per atom."""
+    if not parts:
+        return np.zeros((0, 4))
+    rows = int(n_atoms.sum()) - int(n_atoms[without].sum())
+    try:
+        return np.concatenate(parts).astype(np.float64, copy=False).reshape(rows, -1)
+    except ValueError:  # frames storing different shapes (e.g. (n, 9) and (n, 3, 3)): one row per atom each
+        return np.concatenate([np.asarray(p, dtype=np.float64).reshape(len(p), -1) for p in parts])
+
+
+def gather_frames(frames, *, rotation_key: str | None = None, diameter_keys=(), progress=None) -> FrameArrays:
+    """Read each frame's arrays once: positions, numbers, cell, pbc, the rotation
+    array ``rotation_key`` and the diameters (the first of ``diameter_keys``,
+    names of three arrays, that the frame holds), concatenated over all frames.
+
+    Parameters
+    ----------
+    frames : list of ase.Atoms (see :func:`as_frame_list`)
+    rotation_key : str or None
+    diameter_keys : sequence of 3-tuples of str
+        e.g. :data:`DIAMETER_KEYS`; empty: diameters not read.
+    progress : callable or None
+        Wraps the iteration over the frames (e.g. a tqdm bar).
+
+    Returns
+    -------
+    FrameArrays (frames without atoms contribute no rotation or diameters and
+    are never counted as lacking them).
+    """
+    positions, numbers, cells, pbc, rotations, d1, d2, d3 = [], [], [], [], [], [], [], []
+    without_rotation, without_diameters = [], []
+    iterator = enumerate(frames) if progress is None else enumerate(progress(frames))
+    for k, frame in iterator:
+        arrays = frame.arrays  # ASE keeps positions and numbers there: no property calls
+        position = arrays["positions"]
+        positions.append(position)
+        numbers.append(arrays["numbers"])
+        cells.append(frame.cell.array)
+        pbc.append(frame.pbc)
+        if not len(position):
+            continue
+        if rotation_key is not None:
+            stored = arrays.get(rotation_key)
+            if stored is None:
+                without_rotation.append(k)
+            else:
+                rotations.append(stored)
+        for names in diameter_keys:
+            try:
+                found = arrays[names[0]], arrays[names[1]], arrays[names[2]]
+            except KeyError:
+                continue
+            d1.append(found[0])
+            d2.append(found[1])
+            d3.append(found[2])
+            break
+        else:
+            if diameter_keys:
+                without_diameters.append(k)
+    # lists first, one concatenation each: 5x cheaper than writing into preallocated arrays frame by frame
+    n_atoms = np.fromiter(map(len, positions), dtype=np.int64, count=len(positions))
+    return FrameArrays(
+        n_atoms=n_atoms,
+        positions=_concatenate(positions, (3,)).reshape(-1, 3),
+        numbers=_concatenate(numbers, (), np.int32),
+        cells=_concatenate(cells, (3,)).reshape(-1, 3, 3), pbc=_concatenate(pbc, (), bool).reshape(-1, 3),
+        rotations=_stored_rotations(rotations, n_atoms, without_rotation) if rotation_key is not None else None,
+        diameters=(np.stack([_concatenate(d, ()) for d in (d1, d2, d3)], axis=1) if diameter_keys else None),
+        without_rotation=without_rotation, without_diameters=without_diameters,
+    )
+
+
 def frame_geometry(frames):
     """n_atoms (F,), positions (N, 3), numbers (N,), cells (F, 3, 3), pbc (F, 3)
     of a list of ``ase.Atoms``, read once per frame.
@@ -272,71 +321,209 @@ def frame_geometry(frames):
     ValueError
         a non-finite position (frame and atom named).
     """
-    arrays = [f.arrays for f in frames]  # ASE keeps positions and numbers there: no property calls
-    n_atoms = np.fromiter((len(a["numbers"]) for a in arrays), dtype=np.int64, count=len(frames))
-    positions = np.concatenate([a["positions"] for a in arrays]) if len(frames) else np.zeros((0, 3))
-    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
-    numbers = (np.concatenate([a["numbers"] for a in arrays]) if len(frames) else np.zeros(0)).astype(np.int32)
-    cells = np.array([f.cell.array for f in frames], dtype=np.float64).reshape(-1, 3, 3)
-    pbc = np.array([f.pbc for f in frames], dtype=bool).reshape(-1, 3)
+    read = gather_frames(as_frame_list(frames))
+    check_positions(read.positions, read.n_atoms)
+    return read.n_atoms, read.positions, read.numbers, read.cells, read.pbc
+
+
+def _locate(atom: int, n_atoms) -> tuple[int, int]:
+    """(frame, atom within the frame) of global atom index ``atom``."""
+    first = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
+    frame = int(np.searchsorted(first, atom, side="right") - 1)
+    while n_atoms[frame] == 0:  # empty frames share their first index with the next one
+        frame += 1
+    return frame, int(atom - first[frame])
+
+
+def check_positions(positions, n_atoms) -> None:
+    """Raise ValueError naming the first non-finite position (frame and atom)."""
     bad = ~np.isfinite(positions).all(axis=1)
     if bad.any():
         atom = int(np.argmax(bad))
-        first = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
-        frame = int(np.searchsorted(first, atom, side="right") - 1)
-        raise ValueError(f"frame {frame} atom {atom - first[frame]} has a non-finite position: "
-                         f"{positions[atom].tolist()}")
-    return n_atoms, positions, numbers, cells, pbc
+        frame, local = _locate(atom, n_atoms)
+        raise ValueError(f"frame {frame} atom {local} has a non-finite position: {positions[atom].tolist()}")
+
+
+def _convert_rotations(stored, n_atoms, rotation_type) -> np.ndarray:
+    """(N, 3, 3) rotations of every atom from the stored array; on a bad value
+    the culprit's frame is found by converting frame by frame (error path only)."""
+    convert = rotations_from_quaternions if rotation_type == "quaternion" else rotations_from_matrices
+    try:
+        return convert(stored, what="atom").reshape(-1, 3, 3)
+    except ValueError:
+        first = np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64)
+        for k in np.flatnonzero(n_atoms):
+            try:
+                convert(stored[first[k]:first[k + 1]], what="atom")
+            except ValueError as err:
+                raise ValueError(f"frame {k}: {err}") from None
+        raise
+
+
+def _checked_semiaxes(values, n_atoms, what: str) -> np.ndarray:
+    """``values`` (N, 3) after checking every one is finite and > 0 (frame and atom named)."""
+    bad = ~(np.isfinite(values) & (values > 0)).all(axis=1)
+    if bad.any():
+        atom = int(np.argmax(bad))
+        frame, local = _locate(atom, n_atoms)
+        raise ValueError(f"semi-axes must be finite and > 0; frame {frame} atom {local} ({what}) has "
+                         f"{values[atom].tolist()}")
+    return values
+
+
+def _species_semiaxes(semiaxes: dict, numbers, n_atoms) -> np.ndarray:
+    """(N, 3) semi-axes looked up per species (atomic number or chemical symbol keys)."""
+    from ase.data import chemical_symbols
+
+    species, inverse = np.unique(numbers, return_inverse=True)
+    table = np.empty((len(species), 3))
+    for s, z in enumerate(species.tolist()):
+        symbol = chemical_symbols[z] if 0 <= z < len(chemical_symbols) else str(z)
+        if z in semiaxes:
+            value = semiaxes[z]
+        elif symbol in semiaxes:
+            value = semiaxes[symbol]
+        else:
+            frame, local = _locate(int(np.argmax(numbers == z)), n_atoms)
+            raise ValueError(f"semiaxes dict has no entry for species {symbol} (Z = {z}) of frame {frame} "
+                             f"atom {local}; keys: {list(semiaxes)}")
+        value = np.asarray(value, dtype=np.float64)
+        if value.shape != (3,):
+            raise ValueError(f"semiaxes for species {symbol} must have shape (3,), got {np.asarray(value).tolist()}")
+        if not (np.isfinite(value).all() and (value > 0).all()):
+            raise ValueError(f"semi-axes must be finite and > 0; species {symbol} has {value.tolist()}")
+        table[s] = value
+    return table[inverse.reshape(-1)]
+
+
+def _table(read: FrameArrays, *, semiaxes, rotation_key, rotation_type) -> AtomsTable:
+    """The AtomsTable of what :func:`gather_frames` read, every conversion over all atoms at once."""
+    n_atoms, n_total = read.n_atoms, len(read.positions)
+    check_positions(read.positions, n_atoms)
+    if rotation_key is None:
+        rotations = np.broadcast_to(np.eye(3), (n_total, 3, 3)).copy()
+    else:
+        rotations = _convert_rotations(read.rotations, n_atoms, rotation_type)
+    if semiaxes is None:
+        lengths = _checked_semiaxes(read.diameters / 2.0, n_atoms, "c_diameter / 2")
+    elif isinstance(semiaxes, dict):
+        lengths = _species_semiaxes(semiaxes, read.numbers, n_atoms)
+    else:
+        value = np.asarray(semiaxes, dtype=np.float64)
+        if value.shape != (3,):
+            raise ValueError(f"semiaxes must be None, a (3,) constant or a per-species dict, got {semiaxes!r}")
+        if not (np.isfinite(value).all() and (value > 0).all()):
+            raise ValueError(f"semi-axes must be finite and > 0; the constant semiaxes has {value.tolist()}")
+        lengths = np.broadcast_to(value, (n_total, 3)).copy()
+    return AtomsTable(n_atoms=n_atoms, positions=read.positions, numbers=read.numbers, rotations=rotations,
+                      semiaxes=lengths, cells=read.cells, pbc=read.pbc)
+
+
+def _check_rotation_type(rotation_type) -> None:
+    if rotation_type not in ROTATION_TYPES:
+        raise ValueError(f"rotation_type must be one of {ROTATION_TYPES}, got {rotation_type!r}")
 
 
 def atoms_table(frames, *, semiaxes=None, rotation_key: str | None = "c_q",
                 rotation_type: str = "quaternion") -> AtomsTable:
-    """Read every frame's atoms into one :class:`AtomsTable` (one pass over
-    the frames, rotations converted for all atoms at once).
+    """Read every frame's atoms into one :class:`AtomsTable`: one pass over the
+    frames (:func:`gather_frames`), every conversion vectorised over all atoms.
 
     Parameters
     ----------
     frames : ase.Atoms or sequence of ase.Atoms
     semiaxes, rotation_key, rotation_type
-        As :func:`frames_to_pairs`.
+        As :func:`einsum_workbench.reference.pairs.frames_to_pairs`:
+        ``semiaxes`` None (``c_diameter[k] / 2`` or ASE's renamed
+        ``c_diameterk``), a (3,) constant, or a dict from atomic number or
+        chemical symbol to (3,) semi-axes (angstrom).
+
+    Raises
+    ------
+    TypeError
+        ``frames`` is not an ``ase.Atoms`` or a sequence of them (:func:`as_frame_list`).
+    ValueError
+        a missing rotation array or diameters, a bad quaternion or matrix, a
+        zero, negative or non-finite semi-axis, a non-finite position (frame
+        and atom named).
+    """
+    _check_rotation_type(rotation_type)
+    frames = as_frame_list(frames)
+    read = gather_frames(frames, rotation_key=rotation_key, diameter_keys=DIAMETER_KEYS if semiaxes is None else ())
+    if read.without_rotation:
+        k = read.without_rotation[0]
+        raise ValueError(f"frame {k} has no {rotation_key!r} array holding rotations; its arrays are "
+                         f"{sorted(frames[k].arrays)}")
+    if read.without_diameters:
+        raise ValueError(
+            f"frame {read.without_diameters[0]} stores no diameters (looked for {DIAMETER_KEYS[0]} and "
+            f"{DIAMETER_KEYS[1]}); pass semiaxes=(l1, l2, l3) or a per-species dict"
+        )
+    return _table(read, semiaxes=semiaxes, rotation_key=rotation_key, rotation_type=rotation_type)
+
+
+def table_from_arrays(n_atoms, positions, numbers, cells, pbc, arrays: dict, *, semiaxes=None,
+                      rotation_key: str | None = "c_q", rotation_type: str = "quaternion") -> AtomsTable:
+    """The :class:`AtomsTable` of frames already read into flat arrays (e.g. by a
+    parser that builds no ``ase.Atoms``), with the conversions of :func:`atoms_table`.
+
+    Parameters
+    ----------
+    n_atoms : (F,) int
+    positions : (N, 3) float, angstrom, frame after frame
+    numbers : (N,) int, atomic numbers
+    cells : (F, 3, 3) float, angstrom (rows are lattice vectors)
+    pbc : (F, 3) bool
+    arrays : dict from str to (N, ...) arrays
+        Per-atom arrays concatenated over all frames: ``rotation_key`` and,
+        when ``semiaxes`` is None, the diameters (``c_diameter[k]`` or ``c_diameterk``).
+    semiaxes, rotation_key, rotation_type : as :func:`atoms_table`
 
     Raises
     ------
     ValueError
-        as :func:`frame_rotations` and :func:`frame_semiaxes` (frame and
-        atom named), or a non-finite position.
+        inconsistent shapes, a missing array (the available ones named), and
+        as :func:`atoms_table`.
     """
-    if rotation_type not in ROTATION_TYPES:
-        raise ValueError(f"rotation_type must be one of {ROTATION_TYPES}, got {rotation_type!r}")
-    if hasattr(frames, "positions"):
-        frames = [frames]
-    frames = list(frames)
-    n_atoms, positions, numbers, cells, pbc = frame_geometry(frames)
-    filled = [(k, f) for k, f in enumerate(frames) if len(f)]
-    if rotation_key is None:
-        rotations = np.broadcast_to(np.eye(3), (len(positions), 3, 3)).copy()
-    else:
-        stored = []
-        for k, f in filled:
-            if rotation_key not in f.arrays:
-                raise ValueError(
-                    f"frame {k} has no {rotation_key!r} array holding rotations; its arrays are {sorted(f.arrays)}"
-                )
-            stored.append(np.asarray(f.arrays[rotation_key], dtype=np.float64).reshape(len(f), -1))
-        stored = np.concatenate(stored) if stored else np.zeros((0, 4 if rotation_type == "quaternion" else 9))
-        try:
-            convert = rotations_from_quaternions if rotation_type == "quaternion" else rotations_from_matrices
-            rotations = convert(stored, what="atom").reshape(-1, 3, 3)
-        except ValueError:
-            # locate the culprit with the per-frame reader (its message names frame and atom)
-            for k, f in filled:
-                frame_rotations(f, k, rotation_key, rotation_type)
-            raise
-    if semiaxes is None or isinstance(semiaxes, dict):
-        lengths = [frame_semiaxes(f, k, semiaxes) for k, f in filled]
-        lengths = np.concatenate(lengths) if lengths else np.zeros((0, 3))
-    else:
-        lengths = np.broadcast_to(frame_semiaxes(frames[filled[0][0]], filled[0][0], semiaxes)[:1]
-                                  if filled else np.ones((1, 3)), (len(positions), 3)).copy()
-    return AtomsTable(n_atoms=n_atoms, positions=positions, numbers=numbers, rotations=rotations,
-                      semiaxes=lengths, cells=cells, pbc=pbc)
+    _check_rotation_type(rotation_type)
+    n_atoms = np.asarray(n_atoms, dtype=np.int64).reshape(-1)
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    n_total = int(n_atoms.sum())
+    if len(positions) != n_total:
+        raise ValueError(f"positions hold {len(positions)} atoms but n_atoms sums to {n_total}")
+    cells = np.asarray(cells, dtype=np.float64).reshape(len(n_atoms), 3, 3)
+    pbc = np.asarray(pbc, dtype=bool).reshape(len(n_atoms), 3)
+    rotations = diameters = None
+    if rotation_key is not None:
+        if rotation_key not in arrays:
+            raise ValueError(f"no {rotation_key!r} array holding rotations; the arrays are {sorted(arrays)}")
+        rotations = np.asarray(arrays[rotation_key], dtype=np.float64).reshape(n_total, -1)
+    if semiaxes is None:
+        names = next((keys for keys in DIAMETER_KEYS if all(k in arrays for k in keys)), None)
+        if names is None:
+            raise ValueError(f"no diameters (looked for {DIAMETER_KEYS[0]} and {DIAMETER_KEYS[1]}); the arrays "
+                             f"are {sorted(arrays)}; pass semiaxes=(l1, l2, l3) or a per-species dict")
+        diameters = np.stack([np.asarray(arrays[k], dtype=np.float64).reshape(n_total) for k in names], axis=1)
+    read = FrameArrays(n_atoms=n_atoms, positions=positions, numbers=np.asarray(numbers).astype(np.int32).reshape(-1),
+                       cells=cells, pbc=pbc, rotations=rotations, diameters=diameters)
+    return _table(read, semiaxes=semiaxes, rotation_key=rotation_key, rotation_type=rotation_type)
+
+
+def as_atoms_table(frames, *, semiaxes=None, rotation_key: str | None = "c_q",
+                   rotation_type: str = "quaternion") -> AtomsTable:
+    """``frames`` itself when it is already an :class:`AtomsTable` (e.g. read by
+    ``reference.readers``), else :func:`atoms_table` of it.
+
+    Raises
+    ------
+    ValueError
+        ``semiaxes`` given with an AtomsTable (the table holds its semi-axes already).
+    TypeError, ValueError
+        as :func:`atoms_table`.
+    """
+    if isinstance(frames, AtomsTable):
+        if semiaxes is not None:
+            raise ValueError(f"semiaxes={semiaxes!r} was given with an AtomsTable, which holds its own semi-axes; "
+                             "pass the semi-axes when the table is built")
+        return frames
+    return atoms_table(frames, semiaxes=semiaxes, rotation_key=rotation_key, rotation_type=rotation_type)

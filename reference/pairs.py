@@ -178,7 +178,9 @@ def frames_to_pairs(
         ``subtract_center_contribution`` is False (its default). Images of i
         itself in other cells are always present.
     semiaxes : None, (3,) array_like or dict
-        See :func:`frame_semiaxes`.
+        None (``c_diameter[k] / 2``), a (3,) constant (angstrom) or a dict from
+        atomic number or chemical symbol to (3,) semi-axes
+        (:func:`einsum_workbench.reference.frames.atoms_table`).
     rotation_key : str or None
         Per-atom array holding the orientations (None: identity rotations).
     rotation_type : {"quaternion", "matrix"}
