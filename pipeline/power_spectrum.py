@@ -30,6 +30,7 @@ centres (:func:`structure_gradients`).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +39,7 @@ from einsum_workbench.reference.hypers import ExpansionHypers
 
 from einsum_workbench.pipeline.density import density_blocks, density_of_frames
 from einsum_workbench.pipeline.gradients import GradientRows, check_gradients, density_gradients_of_frames
-from einsum_workbench.pipeline.layout import DensityLayout
+from einsum_workbench.pipeline.layout import DensityLayout, property_rows
 from einsum_workbench.pipeline.stages import stage
 from einsum_workbench.pipeline.tensormaps import (
     POWER_SPECTRUM_PROPERTIES,
@@ -72,17 +73,25 @@ def species_power_spectrum(layout: DensityLayout, blocks, c: int):
         (names: ``tensormaps.POWER_SPECTRUM_PROPERTIES``).
     """
     values, properties = [], []
-    n_types = len(layout.neighbour_types[c])
+    types = tuple(layout.neighbour_types[c].tolist())
     for l, block in enumerate(blocks[c]):
-        # sum over m of the outer products; broadcasting beats a batched matmul of tiny matrices
-        products = (block[:, :, :, None] * block[:, :, None, :]).sum(axis=1)   # (S, Q, Q)
+        # sum over m of the outer products, one batched product: (S, Q, 2l+1) @ (S, 2l+1, Q)
+        products = np.matmul(np.swapaxes(block, 1, 2), block)   # (S, Q, Q)
         values.append(coupling_constant(l) * products.reshape(len(block), -1))
-        labels = layout.property_rows(c, block.shape[2] // n_types)      # (Q, 2) species-major
-        q = len(labels)
-        a, b = np.repeat(labels, q, axis=0), np.tile(labels, (q, 1))
-        lcol = np.full((q * q, 1), l, dtype=np.int32)
-        properties.append(np.hstack([a, lcol, b, lcol]))
-    return np.hstack(values), np.vstack(properties).astype(np.int32)
+        properties.append(_power_spectrum_properties(types, block.shape[2] // len(types), l))
+    return np.hstack(values), np.vstack(properties)
+
+
+@functools.lru_cache(maxsize=1024)
+def _power_spectrum_properties(types: tuple, n_radial: int, l: int) -> np.ndarray:
+    """(Q * Q, 6) int32 rows ``(n_a, e_a, l, n_b, e_b, l)`` of one l (the same in every call: built once)."""
+    labels = property_rows(types, n_radial)      # (Q, 2) species-major
+    q = len(labels)
+    a, b = np.repeat(labels, q, axis=0), np.tile(labels, (q, 1))
+    lcol = np.full((q * q, 1), l, dtype=np.int32)
+    rows = np.hstack([a, lcol, b, lcol]).astype(np.int32)
+    rows.flags.writeable = False  # shared between calls
+    return rows
 
 
 def power_spectrum_gradient(block: np.ndarray, gradient: np.ndarray, sample_rows: np.ndarray, l: int):
