@@ -247,7 +247,27 @@ def _stored_rotations(parts, n_atoms, without) -> np.ndarray:
     try:
         return np.concatenate(parts).astype(np.float64, copy=False).reshape(rows, -1)
     except ValueError:  # frames storing different shapes (e.g. (n, 9) and (n, 3, 3)): one row per atom each
-        return np.concatenate([np.asarray(p, dtype=np.float64).reshape(len(p), -1) for p in parts])
+        return np.concatenate([np.asarray(p, dtype=np.float64).reshape(len(p), -1) for p in parts if len(p)])
+
+
+def _gather_uniform(frames, rotation_key, diameter_keys) -> FrameArrays:
+    """:func:`gather_frames` when every frame holds every array asked for under the
+    same names (the common case): one comprehension per array, no per-frame
+    bookkeeping. Raises KeyError otherwise."""
+    arrays = [frame.arrays for frame in frames]
+    positions = _concatenate([a["positions"] for a in arrays], (3,)).reshape(-1, 3)
+    numbers = _concatenate([a["numbers"] for a in arrays], (), np.int32)
+    n_atoms = np.fromiter(map(len, (a["numbers"] for a in arrays)), dtype=np.int64, count=len(arrays))
+    cells = _concatenate([frame.cell.array for frame in frames], (3,)).reshape(-1, 3, 3)
+    pbc = _concatenate([frame.pbc for frame in frames], (), bool).reshape(-1, 3)
+    rotations = diameters = None
+    if rotation_key is not None:
+        rotations = _stored_rotations([a[rotation_key] for a in arrays], n_atoms, [])
+    if diameter_keys:
+        names = next((keys for keys in diameter_keys if all(k in arrays[0] for k in keys)), diameter_keys[0])
+        diameters = np.stack([_concatenate([a[key] for a in arrays], ()) for key in names], axis=1)
+    return FrameArrays(n_atoms=n_atoms, positions=positions, numbers=numbers, cells=cells, pbc=pbc,
+                       rotations=rotations, diameters=diameters, without_rotation=[], without_diameters=[])
 
 
 def gather_frames(frames, *, rotation_key: str | None = None, diameter_keys=(), progress=None) -> FrameArrays:
@@ -269,6 +289,11 @@ def gather_frames(frames, *, rotation_key: str | None = None, diameter_keys=(), 
     FrameArrays (frames without atoms contribute no rotation or diameters and
     are never counted as lacking them).
     """
+    if progress is None and frames:
+        try:
+            return _gather_uniform(frames, rotation_key, diameter_keys)
+        except KeyError:  # a frame lacks an array, or names its diameters otherwise: frame by frame below
+            pass
     positions, numbers, cells, pbc, rotations, d1, d2, d3 = [], [], [], [], [], [], [], []
     without_rotation, without_diameters = [], []
     iterator = enumerate(frames) if progress is None else enumerate(progress(frames))

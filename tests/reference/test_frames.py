@@ -121,3 +121,16 @@ def test_flat_arrays_missing_or_inconsistent_are_named():
         table_from_arrays(read.n_atoms + 1, read.positions, read.numbers, read.cells, read.pbc, {})
     with pytest.raises(ValueError, match="semiaxes=.* was given with an AtomsTable"):
         as_atoms_table(atoms_table(workloads.benzenes(1)), semiaxes=(1, 1, 1))
+
+
+@pytest.mark.parametrize("frames", [workloads.benzenes(3, seed=7), workloads.ellipsoids(5, seed=8, n_species=2)],
+                         ids=["benzenes", "ellipsoids"])
+def test_uniform_frames_path_equals_frame_by_frame_path(frames):
+    from einsum_workbench.reference.frames import DIAMETER_KEYS
+
+    fast = gather_frames(frames, rotation_key="c_q", diameter_keys=DIAMETER_KEYS)
+    loop = gather_frames(frames, rotation_key="c_q", diameter_keys=DIAMETER_KEYS, progress=lambda it: it)
+    for name in ("n_atoms", "positions", "numbers", "cells", "pbc", "rotations", "diameters"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(loop, name), err_msg=name)
+        assert getattr(fast, name).dtype == getattr(loop, name).dtype, name
+    assert fast.without_rotation == loop.without_rotation == []
