@@ -80,3 +80,4 @@ def test_two_threads_give_the_same_grouping():
     finally:
         numba.set_num_threads(before)
     assert_same_grouping(two, one)
+

@@ -343,3 +343,16 @@ def test_head_flavour(upstream):
     per_species = make_power_spectrum("numpy_einsum", "head", "upstream")(calc, frames, mean_over_samples=False)
     stacked = np.hstack([mean_over_centres(b.values[:, 0], b.samples.values[:, 0], 2)[0] for b in per_species])
     np.testing.assert_allclose(means, stacked, rtol=1e-14)
+
+
+def test_is_rotation_flags_what_is_not_a_rotation():
+    from einsum_workbench.pipeline.density import is_rotation
+    from einsum_workbench.reference.workloads import random_rotations
+    from einsum_workbench.reference.limits import ORTHONORMAL_TOL
+
+    matrices = random_rotations(np.random.default_rng(1), 8)
+    matrices[1] = 0.0                      # upstream's zero matrix for a frame without rotations
+    matrices[2, 0, 0] = np.nan
+    matrices[3] *= 1 + 10 * ORTHONORMAL_TOL[np.dtype(np.float64)]
+    matrices[4] = -matrices[4]             # a reflection is orthonormal: accepted, as before
+    assert is_rotation(matrices).tolist() == [True, False, False, False, True, True, True, True]
