@@ -265,7 +265,7 @@ def centre_density(r_ij, rotations, semiaxes, hypers: ExpansionHypers, segment, 
             segment, r, rot, ax = segment[order], r[order], rot[order], ax[order]
             numba_generic.segment_starts(segment, starts)
         weights = _weights(hypers, bool(orthonormal))
-        module = numba_dispatch.specialised("density", hypers, dtype, options, mode)
+        module = numba_dispatch.specialised("density", hypers, dtype, options, mode, n_pairs=n_pairs)
         if module is None:
             # about 2,048 pairs per chunk of tasks (SEGMENTS_PER_TASK segments each)
             chunk = max(1, (2048 * n_segments) // (numba_generic.SEGMENTS_PER_TASK * n_pairs))

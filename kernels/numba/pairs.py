@@ -170,7 +170,7 @@ def expand(r_ij, rotations, semiaxes, hypers: ExpansionHypers, *, dtype=None, th
         if n_pairs == 0:
             check_pair_arrays(r_ij, rotations, semiaxes, dtype, hypers=hypers)
             return [np.empty((0, 2 * l + 1, n), dtype=dtype) for l, n in enumerate(hypers.num_radial)]
-        module = numba_dispatch.specialised("pairs", hypers, dtype, {}, mode)
+        module = numba_dispatch.specialised("pairs", hypers, dtype, {}, mode, n_pairs=n_pairs)
         if module is not None:
             out = _output_blocks(hypers, n_pairs, module.LANES, dtype)
             with dynamic_schedule(), parallel_guard():
