@@ -121,6 +121,8 @@ def add_featurize_command(sub) -> None:
     fz.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress bar (default: when stderr is a terminal)")
     fz.add_argument("--summary", default=None, metavar="FILE", help="write the run's report as JSON")
+    fz.add_argument("--wait", type=options.positive_seconds, default=0.0, metavar="SECONDS",
+                    help="wait up to SECONDS for another run holding the store's lock (default: refuse at once)")
 
 
 def _cmd_featurize(args) -> int:
@@ -138,7 +140,7 @@ def _cmd_featurize(args) -> int:
                            chunk_frames=args.chunk_frames, out=args.out, workers=args.workers,
                            scheduler=args.scheduler, threads=args.threads, semiaxes=semiaxes,
                            rotation_key=args.rotation_key or None, format=args.format, retries=args.retries,
-                           progress=args.progress)
+                           progress=args.progress, wait=args.wait)
         status = 0
     except FeaturizeError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -83,13 +83,26 @@ def limited_threads(threads: int):
         ``threads`` not an int >= 1.
     """
     import numba
-    from threadpoolctl import threadpool_limits
 
     threads = check_thread_count(threads)
     previous = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
-        with threadpool_limits(limits=threads):
+        with _controller().limit(limits=threads):
             yield thread_counts
     finally:
         numba.set_num_threads(previous)
+
+
+_scanned: list = []  # [(number of imported modules at the scan, ThreadpoolController)]
+
+
+def _controller():
+    """threadpoolctl's view of the loaded BLAS/OpenMP libraries, scanned again only when modules
+    were imported since the last scan (a scan costs ~5 us per loaded library; featurize limits
+    the threads twice per chunk)."""
+    from threadpoolctl import ThreadpoolController
+
+    if not _scanned or _scanned[0][0] != len(sys.modules):
+        _scanned[:] = [(len(sys.modules), ThreadpoolController())]
+    return _scanned[0][1]

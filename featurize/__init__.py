@@ -12,7 +12,13 @@ package imports NumPy only.
 
 from einsum_workbench.featurize.chunk import ChunkError
 from einsum_workbench.featurize.run import FeaturizeError, FeaturizeReport, featurize
-from einsum_workbench.featurize.store import StoredFeatures, StoreMismatchError, iter_chunks, open_store
+from einsum_workbench.featurize.store import (
+    StoredFeatures,
+    StoreLockedError,
+    StoreMismatchError,
+    iter_chunks,
+    open_store,
+)
 from einsum_workbench.featurize.trajectory import FrameError
 
 __all__ = [
@@ -20,6 +26,7 @@ __all__ = [
     "FeaturizeError",
     "FeaturizeReport",
     "FrameError",
+    "StoreLockedError",
     "StoreMismatchError",
     "StoredFeatures",
     "featurize",

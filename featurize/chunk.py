@@ -1,7 +1,8 @@
 """One chunk of frames, the task every worker runs: read its frames, featurize them, store them.
 
 :func:`compute_chunk` reads the chunk's own frame range from the file
-(:mod:`.trajectory`), runs the pipeline (``pipeline.power_spectrum`` or the
+(:mod:`.trajectory`: flat arrays from the C parser for plain extxyz, ASE's
+frames otherwise), runs the pipeline (``pipeline.power_spectrum`` or the
 centre density, :func:`chunk_features`) and writes the chunk to the store
 atomically (:mod:`.store`); :func:`warm` compiles or loads the kernels in a
 process before its first chunk. Every task pins its threads (:func:`pinned`:
@@ -23,7 +24,7 @@ from einsum_workbench.kernels.numba.dispatch import KERNEL_ENV
 from einsum_workbench.threads import limited_threads, thread_env_vars
 
 from einsum_workbench.featurize import store
-from einsum_workbench.featurize.trajectory import FrameError, globalise_frames, read_frames
+from einsum_workbench.featurize.trajectory import FrameError, globalise_frames, read_chunk
 
 #: Frames read and featurized by the client to compile or load the kernels before the chunks run.
 WARM_FRAMES = 4
@@ -92,7 +93,8 @@ def chunk_features(frames, settings: dict, start: int) -> dict:
 
     Parameters
     ----------
-    frames : list of ase.Atoms, the trajectory's frames ``start, start + 1, ...``
+    frames : list of ase.Atoms or reference.readers.ExtxyzArrays
+        The trajectory's frames ``start, start + 1, ...`` (:func:`.trajectory.read_chunk`).
     settings : dict, the run's config (descriptor, backend, hypers, ...)
     start : int, trajectory index of ``frames[0]``
 
@@ -104,11 +106,16 @@ def chunk_features(frames, settings: dict, start: int) -> dict:
     """
     from einsum_workbench.pipeline import density_blocks, density_of_frames, power_spectrum
     from einsum_workbench.reference.hypers import ExpansionHypers
+    from einsum_workbench.reference.readers import ExtxyzArrays
 
     hypers = ExpansionHypers(**settings["hypers"])
+    semiaxes = _semiaxes_value(settings["semiaxes"])
+    rotation = dict(rotation_key=settings["rotation_key"], rotation_type=settings["rotation_type"])
+    if isinstance(frames, ExtxyzArrays):  # the pipeline takes the AtomsTable, which holds the semi-axes
+        frames = frames.table(semiaxes=semiaxes, **rotation)
+        semiaxes = None
     kwargs = dict(backend=settings["backend"], orthonormal=settings["orthonormal"], self_pairs=settings["self_pairs"],
-                  semiaxes=_semiaxes_value(settings["semiaxes"]), rotation_key=settings["rotation_key"],
-                  rotation_type=settings["rotation_type"])
+                  semiaxes=semiaxes, **rotation)
     if settings["descriptor"] == "power_spectrum":
         ps = power_spectrum(frames, hypers, **kwargs)
         return {"values": ps.values, "properties": ps.properties}
@@ -145,8 +152,8 @@ def compute_chunk(task: ChunkTask) -> dict:
     began = time.perf_counter()
     with pinned(task.threads) as seen:
         try:
-            frames = read_frames(task.path, task.start, task.stop, format=task.format,
-                                 byte_range=(task.first_byte, task.end_byte))
+            frames = read_chunk(task.path, task.start, task.stop, format=task.format,
+                                byte_range=(task.first_byte, task.end_byte))
             arrays = chunk_features(frames, task.settings, task.start)
         except FrameError as err:
             raise ChunkError(task.start, task.stop, f"{where}: {err}") from None
@@ -162,15 +169,17 @@ def compute_chunk(task: ChunkTask) -> dict:
 
 def warm(task: ChunkTask) -> float:
     """Featurize the first few frames of a chunk without storing them (compiles or loads the
-    kernels in this process); returns the seconds it took, or NaN if those frames fail (the
-    chunk's own task then reports why)."""
+    kernels in this process, imports the reader) and encode a tiny chunk in memory (imports
+    zarr); returns the seconds it took, or NaN if those frames fail (the chunk's own task then
+    reports why)."""
     began = time.perf_counter()
     stop = min(task.stop, task.start + WARM_FRAMES)
     with pinned(task.threads):
         try:
-            frames = read_frames(task.path, task.start, stop, format=task.format,
-                                 byte_range=(task.first_byte, task.end_byte), max_frames=stop - task.start)
+            frames = read_chunk(task.path, task.start, stop, format=task.format,
+                                byte_range=(task.first_byte, task.end_byte), max_frames=stop - task.start)
             chunk_features(frames, task.settings, task.start)
         except (ValueError, TypeError, KeyError):
             return float("nan")
+    store.warm_writer()
     return time.perf_counter() - began

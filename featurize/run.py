@@ -9,8 +9,10 @@ featurizes it and writes it to the store atomically) where the arguments say
 machine, one thread each), ``scheduler="tcp://host:port"`` or ``client=``
 (an existing Dask cluster). Every task pins its threads and runs the
 deterministic Numba kernels (:mod:`.chunk`), so the store's values do not
-depend on where or when a chunk ran. :class:`FeaturizeReport` says what a
-run did.
+depend on where or when a chunk ran. A run holds the store's lock
+(:func:`.store.locked`) from before it reads the store to its end: a second
+run on it is refused, naming the first, or waits (``wait=``).
+:class:`FeaturizeReport` says what a run did.
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def file_identity(path) -> dict:
 # ---------------------------------------------------------------- the run
 
 
-def _check_arguments(descriptor, chunk_frames, threads, retries, workers, scheduler, client, out):
+def _check_arguments(descriptor, chunk_frames, threads, retries, workers, scheduler, client, out, wait):
     if descriptor not in DESCRIPTORS:
         raise ValueError(f"descriptor must be one of {DESCRIPTORS}, got {descriptor!r}")
     for name, value, low in (("chunk_frames", chunk_frames, 1), ("threads", threads, 1), ("retries", retries, 0)):
@@ -129,13 +131,15 @@ def _check_arguments(descriptor, chunk_frames, threads, retries, workers, schedu
         raise ValueError("give at most one of workers=, scheduler= and client=")
     if out is None:
         raise ValueError("out= is required: the folder of the feature store")
+    store.check_wait(wait)
 
 
 def featurize(trajectory, hypers, descriptor: str = "power_spectrum", backend: str = "numba_fused",
               chunk_frames: int = 500, out=None, client=None, *, workers: int | None = None,
               scheduler: str | None = None, threads: int = 1, semiaxes=None, rotation_key: str | None = "c_q",
               rotation_type: str = "quaternion", orthonormal: bool = True, self_pairs: bool = True,
-              format: str | None = None, retries: int = 1, progress: bool | None = None) -> FeaturizeReport:
+              format: str | None = None, retries: int = 1, progress: bool | None = None,
+              wait: float = 0.0) -> FeaturizeReport:
     """Featurize every frame of a trajectory into a chunked Zarr store, resumably.
 
     Parameters
@@ -175,6 +179,10 @@ def featurize(trajectory, hypers, descriptor: str = "power_spectrum", backend: s
     progress : bool or None
         A tqdm bar over the frames (frames per second, chunks done); None: when
         stderr is a terminal.
+    wait : float >= 0
+        Seconds to wait for another run holding the store's lock
+        (``DIR/featurize.lock``, :func:`.store.locked`); 0 (default): refuse at
+        once; ``math.inf``: wait until that run ends.
 
     Returns
     -------
@@ -186,13 +194,16 @@ def featurize(trajectory, hypers, descriptor: str = "power_spectrum", backend: s
         no trajectory file (its path named).
     store.StoreMismatchError
         ``out`` holds a store written with other settings (each named).
+    store.StoreLockedError
+        another run holds the store (its pid, host, start and command named);
+        nothing in the store was touched.
     FeaturizeError
         some chunks failed after their retries: each is named by its frame range
         and the frame at fault; every other chunk was computed and stored.
     ValueError, TypeError
         bad arguments, named.
     """
-    _check_arguments(descriptor, chunk_frames, threads, retries, workers, scheduler, client, out)
+    _check_arguments(descriptor, chunk_frames, threads, retries, workers, scheduler, client, out, wait)
     from einsum_workbench.kernels.registry import get_variant
 
     get_variant(backend)  # unknown names fail here, listing the valid ones
@@ -204,6 +215,14 @@ def featurize(trajectory, hypers, descriptor: str = "power_spectrum", backend: s
                 "format": index.format, "trajectory": file_identity(path)}
     settings = store.plain(settings)
     out = os.path.abspath(os.fspath(out))
+    with store.locked(out, wait):  # before anything in the store is read, cleaned or written
+        return _run_locked(index, settings, out, chunk_frames=chunk_frames, threads=threads, retries=retries,
+                           client=client, workers=workers, scheduler=scheduler, progress=progress)
+
+
+def _run_locked(index, settings, out, *, chunk_frames, threads, retries, client, workers, scheduler, progress):
+    """The run once it holds the store's lock: prepare, plan, compute, report."""
+    path = index.path
     store.prepare_store(out, settings, index.n_frames)
     store.clean_partial(out)
 

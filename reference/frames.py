@@ -29,7 +29,8 @@ _ROTATION_TOL = 1e-6
 
 
 def read_frames(path, index=":"):
-    """Read extxyz frames with ``ase.io.read``.
+    """Read extxyz frames: libAtoms' C parser where it gives ASE's frames, else
+    ``ase.io.read`` (:func:`einsum_workbench.reference.readers.read_frames_fast`).
 
     Parameters
     ----------
@@ -40,19 +41,19 @@ def read_frames(path, index=":"):
 
     Returns
     -------
-    list of ase.Atoms (always a list, even for a single integer index)
+    list of ase.Atoms (always a list, even for a single integer index), equal
+    to what ``ase.io.read(path, index, format="extxyz")`` gives.
 
     Raises
     ------
     FileNotFoundError
         naming the path if it does not exist.
     """
-    import ase.io
+    from einsum_workbench.reference.readers import read_frames_fast
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"no extxyz file at {os.fspath(path)!r}")
-    frames = ase.io.read(path, index=index, format="extxyz")
-    return frames if isinstance(frames, list) else [frames]
+    return read_frames_fast(path, index=index, format="extxyz")
 
 
 def rotations_from_quaternions(q_wxyz, *, what="atom") -> np.ndarray:

@@ -302,3 +302,161 @@ def test_command_line(trajectory, embedded_store, tmp_path, capsys):
     assert np.array_equal(open_store(out).values, open_store(embedded_store).values)
     assert main(["featurize", str(tmp_path / "missing.xyz"), "--out", str(out)]) == 2
     assert "missing.xyz" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- reading chunks
+
+
+def test_chunks_are_read_by_the_c_parser_as_ase_reads_them(trajectory):
+    from einsum_workbench.featurize.trajectory import index_frames, read_chunk, read_frames
+    from einsum_workbench.reference.frames import gather_frames
+    from einsum_workbench.reference.readers import ExtxyzArrays
+
+    index = index_frames(trajectory)
+    read = read_chunk(trajectory, 120, 160, byte_range=index.byte_range(120, 160))
+    assert isinstance(read, ExtxyzArrays) and read.n_frames == CHUNK
+    ase_arrays = gather_frames(read_frames(trajectory, 120, 160, byte_range=index.byte_range(120, 160)),
+                               rotation_key="c_q")
+    for name in ("n_atoms", "positions", "numbers", "cells", "pbc"):
+        np.testing.assert_array_equal(getattr(read, name), getattr(ase_arrays, name), err_msg=name)
+    np.testing.assert_array_equal(read.arrays["c_q"], ase_arrays.rotations)
+    assert set(read.numbers.tolist()) == {0, 1}  # the second species of the later frames
+
+
+def test_without_the_c_parser_chunks_fall_back_to_ase_bit_for_bit(trajectory, embedded_store, tmp_path, monkeypatch,
+                                                                   caplog):
+    import logging
+    import sys
+
+    monkeypatch.setitem(sys.modules, "extxyz", None)  # the package missing: ASE reads every chunk
+    monkeypatch.setitem(sys.modules, "extxyz.cextxyz", None)
+    with caplog.at_level(logging.DEBUG, logger="einsum_workbench.featurize.trajectory"):
+        _run(trajectory, tmp_path / "ase")
+    assert "read with ASE" in caplog.text and "cannot be imported" in caplog.text
+    assert np.array_equal(open_store(tmp_path / "ase").values, open_store(embedded_store).values)
+
+
+def test_a_density_chunk_read_by_either_reader_is_the_same(trajectory, tmp_path, monkeypatch):
+    import sys
+
+    _run(trajectory, tmp_path / "c", descriptor="density")
+    monkeypatch.setitem(sys.modules, "extxyz", None)
+    monkeypatch.setitem(sys.modules, "extxyz.cextxyz", None)
+    _run(trajectory, tmp_path / "ase", descriptor="density")
+    fast, slow = open_store(tmp_path / "c").blocks, open_store(tmp_path / "ase").blocks
+    assert fast.keys() == slow.keys()
+    for key in fast:
+        for ours, theirs in zip(fast[key], slow[key]):
+            assert np.array_equal(ours, theirs)
+
+
+# ---------------------------------------------------------------- the store's lock
+
+
+def _snapshot(folder):
+    """Every file under ``folder`` with its bytes (the lock file's own content aside)."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, folder)] = None if name == store_module.LOCK_FILE else f.read()
+    return found
+
+
+@pytest.fixture
+def held_store(embedded_store, tmp_path):
+    """A copy of the embedded store whose lock another process holds (with a chunk it is
+    "writing" under partial/) until the test closes that process's stdin."""
+    import shutil
+    import subprocess
+    import sys
+
+    out = tmp_path / "in_use"
+    shutil.copytree(embedded_store, out)
+    (out / "partial" / f"{store_module.chunk_name(0, 40)}.theirs").mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from einsum_workbench.featurize import store\n"
+         f"with store.locked({str(out)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    yield out, holder
+    if holder.poll() is None:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def test_second_run_on_a_store_in_use_is_refused_and_damages_nothing(trajectory, held_store, capsys):
+    import socket
+
+    out, holder = held_store
+    before = _snapshot(out)
+    with pytest.raises(store_module.StoreLockedError) as info:
+        _run(trajectory, out)
+    message = str(info.value)
+    assert str(out) in message and "in use by another featurize run" in message
+    assert f"pid {holder.pid} on {socket.gethostname()}" in message and "store.locked" in message
+    assert info.value.holder["pid"] == holder.pid
+    assert _snapshot(out) == before  # the other run's partial chunk included: nothing cleaned, nothing written
+    with pytest.raises(store_module.StoreLockedError, match=r"\(waited 0.3 s\)"):
+        _run(trajectory, out, wait=0.3)
+    assert _snapshot(out) == before
+    from einsum_workbench.cli import main
+
+    assert main(["featurize", str(trajectory), "--out", str(out), "--lmax", "2", "--semiaxes", "4,4,0.5",
+                 "--chunk-frames", str(CHUNK), "--no-progress"]) == 2
+    assert f"pid {holder.pid}" in capsys.readouterr().err
+    assert _snapshot(out) == before
+
+
+def test_a_run_told_to_wait_goes_on_when_the_other_ends(trajectory, embedded_store, held_store):
+    import threading
+
+    out, holder = held_store
+    timer = threading.Timer(1.0, holder.stdin.close)  # the other run ends after a second
+    timer.start()
+    try:
+        report = _run(trajectory, out, wait=60)
+    finally:
+        timer.cancel()
+    assert holder.wait(timeout=30) == 0
+    assert report.chunks_skipped == N_FRAMES // CHUNK and report.chunks_computed == 0
+    assert os.listdir(out / "partial") == ["zarr.json"]  # its leftovers cleaned once it had ended
+    assert np.array_equal(open_store(out).values, open_store(embedded_store).values)
+
+
+@pytest.mark.parametrize("wait", [-1, "10", float("nan"), True])
+def test_bad_wait_is_named(trajectory, tmp_path, wait):
+    with pytest.raises(ValueError, match=r"wait must be seconds >= 0.*got " + repr(wait).replace("(", r"\(")):
+        _run(trajectory, tmp_path / "out", wait=wait)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_lock_left_by_a_killed_run_does_not_block(trajectory, embedded_store, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    out = tmp_path / "killed_holder"
+    shutil.copytree(embedded_store, out)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import os, signal; from einsum_workbench.featurize import store\n"
+         f"with store.locked({str(out)!r}):\n    os.kill(os.getpid(), signal.SIGKILL)"])
+    assert holder.wait(timeout=60) == -signal.SIGKILL
+    assert json.loads((out / store_module.LOCK_FILE).read_text())["pid"] == holder.pid  # stale content stays
+    assert _run(trajectory, out).chunks_skipped == N_FRAMES // CHUNK
+
+
+def test_a_chunk_with_an_empty_frame_is_read_by_ase(tmp_path, caplog):
+    """The C library crashes on a frame of 0 atoms: such a chunk never reaches it."""
+    import logging
+
+    from einsum_workbench.featurize.trajectory import index_frames, read_chunk
+
+    frame = "1\nProperties=species:S:1:pos:R:3:c_q:R:4\nX 0 0 0 1 0 0 0\n"
+    path = tmp_path / "empty_frame.xyz"
+    path.write_text(frame + "0\nProperties=species:S:1:pos:R:3:c_q:R:4\n" + frame)
+    index = index_frames(path)
+    with caplog.at_level(logging.DEBUG, logger="einsum_workbench.featurize.trajectory"):
+        frames = read_chunk(path, 0, 3, byte_range=index.byte_range(0, 3))
+    assert [len(f) for f in frames] == [1, 0, 1] and "0 atoms" in caplog.text
