@@ -1,6 +1,7 @@
 """Frames to atom arrays: every atom of every frame in one flat table.
 
-Reads extxyz frames with ASE, turns each ellipsoid's stored orientation into a
+Reads ``ase.Atoms`` frames once (:func:`gather_frames`; files are read by
+:mod:`.readers`), turns each ellipsoid's stored orientation into a
 body-to-lab rotation matrix and its stored diameters into semi-axes, and puts
 every atom of every frame into one :class:`AtomsTable` (positions, atomic
 numbers, rotations, semi-axes, cells, periodicity), which the neighbour list
@@ -26,34 +27,6 @@ DIAMETER_KEYS = (
 )
 ROTATION_TYPES = ("quaternion", "matrix")
 _ROTATION_TOL = 1e-6
-
-
-def read_frames(path, index=":"):
-    """Read extxyz frames: libAtoms' C parser where it gives ASE's frames, else
-    ``ase.io.read`` (:func:`einsum_workbench.reference.readers.read_frames_fast`).
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        An extended-XYZ file.
-    index : str, int or slice
-        ASE's frame selection, e.g. ``":"`` (all), ``":20"`` or ``0``.
-
-    Returns
-    -------
-    list of ase.Atoms (always a list, even for a single integer index), equal
-    to what ``ase.io.read(path, index, format="extxyz")`` gives.
-
-    Raises
-    ------
-    FileNotFoundError
-        naming the path if it does not exist.
-    """
-    from einsum_workbench.reference.readers import read_frames_fast
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no extxyz file at {os.fspath(path)!r}")
-    return read_frames_fast(path, index=index, format="extxyz")
 
 
 def rotations_from_quaternions(q_wxyz, *, what="atom") -> np.ndarray:
@@ -176,7 +149,7 @@ def as_frame_list(frames) -> list:
     Raises
     ------
     TypeError
-        a path or string (read it first: :func:`read_frames`), anything that
+        a path or string (read it first: ``reference.readers.read_frames``), anything that
         is not a sequence, or an element that is not an ``ase.Atoms`` (its
         index and type named).
     """
@@ -188,7 +161,7 @@ def as_frame_list(frames) -> list:
         raise TypeError(
             f"frames must be an ase.Atoms or a sequence of ase.Atoms, got the {type(frames).__name__} "
             f"{os.fspath(frames)!r}; read the file first, e.g. "
-            "einsum_workbench.reference.frames.read_frames(path)"
+            "einsum_workbench.reference.readers.read_frames(path)"
         )
     try:
         frames = list(frames)

@@ -699,3 +699,29 @@ def read_frames_fast(path, index=":", format: str | None = None) -> list:
             return frames[selection]
     log.debug("reading %s with ASE: %s", path, why)
     return _frames_with_ase(path, index, fmt if fmt != "xyz" else "extxyz")
+
+
+def read_frames(path, index=":"):
+    """Read extxyz frames: libAtoms' C parser where it gives ASE's frames, else
+    ``ase.io.read`` (:func:`einsum_workbench.reference.readers.read_frames_fast`).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        An extended-XYZ file.
+    index : str, int or slice
+        ASE's frame selection, e.g. ``":"`` (all), ``":20"`` or ``0``.
+
+    Returns
+    -------
+    list of ase.Atoms (always a list, even for a single integer index), equal
+    to what ``ase.io.read(path, index, format="extxyz")`` gives.
+
+    Raises
+    ------
+    FileNotFoundError
+        naming the path if it does not exist.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no extxyz file at {os.fspath(path)!r}")
+    return read_frames_fast(path, index=index, format="extxyz")

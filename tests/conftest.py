@@ -32,7 +32,7 @@ def shared_data_path() -> Path:
 def real_frames(shared_data_path):
     """First 20 frames of the real dataset (coarse-grained benzene, species X,
     quaternions ``c_q``, no diameters stored)."""
-    from einsum_workbench.reference.frames import read_frames
+    from einsum_workbench.reference.readers import read_frames
 
     return read_frames(shared_data_path, index=":20")
 

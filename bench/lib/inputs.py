@@ -150,7 +150,7 @@ def xyz_input(path, semiaxes=None, frames: int | None = DEFAULT_XYZ_FRAMES, lmax
     ------
     FileNotFoundError naming the path; ValueError for bad semi-axes or frames.
     """
-    from einsum_workbench.reference.frames import read_frames
+    from einsum_workbench.reference.readers import read_frames
     from einsum_workbench.reference.pairs import frames_to_pairs
 
     if isinstance(semiaxes, str):

@@ -473,7 +473,7 @@ def upstream_source():
 def frame_sets(shared_data_path):
     """Real frames (first 3 of ellipsoids.xyz) with AniSOAP's two example
     shapes, and a generated benzene frame (species C and H)."""
-    from einsum_workbench.reference.frames import read_frames
+    from einsum_workbench.reference.readers import read_frames
     from einsum_workbench.reference.workloads import benzenes
 
     sets = {}

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from einsum_workbench.reference import workloads
-from einsum_workbench.reference.frames import read_frames, rotations_from_quaternions
+from einsum_workbench.reference.frames import rotations_from_quaternions
+from einsum_workbench.reference.readers import read_frames
 from einsum_workbench.reference.pairs import PairBatch, frames_to_pairs
 
 CUTOFF = 7.0

@@ -17,7 +17,7 @@ import pytest
 from einsum_workbench.reference import workloads
 from einsum_workbench.reference.expansion import pairwise_ellip_expansion
 from einsum_workbench.reference.hypers import ExpansionHypers
-from einsum_workbench.reference.frames import read_frames
+from einsum_workbench.reference.readers import read_frames
 from einsum_workbench.reference.pairs import frames_to_pairs
 from einsum_workbench.reference.radial import orthonormalization_matrix
 from einsum_workbench.reference.solid_harmonics import solid_harmonic_tensors

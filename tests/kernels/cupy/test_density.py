@@ -382,7 +382,7 @@ def test_host_compiled_real_dataset(shared_data_path):
     """
     from einsum_workbench.reference.density import segment_sum
     from einsum_workbench.reference.expansion import pairwise_ellip_expansion
-    from einsum_workbench.reference.frames import read_frames
+    from einsum_workbench.reference.readers import read_frames
     from einsum_workbench.reference.pairs import frames_to_pairs
 
     pairs = frames_to_pairs(read_frames(shared_data_path, ":4"), 7.0, semiaxes=(2.0, 2.0, 0.25))

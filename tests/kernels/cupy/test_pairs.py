@@ -188,7 +188,7 @@ def test_host_compiled_every_frame_in_one_batch():
 @needs_gxx
 def test_host_compiled_real_dataset_sample(shared_data_path):
     """AniSOAP's example frames (../shared/data/ellipsoids.xyz) with diameters (4, 4, 0.5)."""
-    from einsum_workbench.reference.frames import read_frames
+    from einsum_workbench.reference.readers import read_frames
     from einsum_workbench.reference.pairs import frames_to_pairs
 
     pairs = frames_to_pairs(read_frames(shared_data_path, ":2"), 7.0, semiaxes=(2.0, 2.0, 0.25))
