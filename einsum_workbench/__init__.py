@@ -42,6 +42,8 @@ _LAZY = {
     "density_function": "einsum_workbench.kernels.registry",
     "VARIANTS": "einsum_workbench.kernels.registry",
     "DENSITY_VARIANTS": "einsum_workbench.kernels.registry",
+    "GRADIENT_VARIANTS": "einsum_workbench.kernels.registry",
+    "BACKWARD_VARIANTS": "einsum_workbench.kernels.registry",
     "Variant": "einsum_workbench.kernels.registry",
     "ExpansionHypers": "einsum_workbench.reference.hypers",
     "default_workload": "einsum_workbench.reference.workloads",

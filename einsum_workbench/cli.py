@@ -75,8 +75,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                      help="progress bars (default: when stderr is a terminal)")
 
     lst = sub.add_parser("list", help="registered variants, their availability and facts")
-    lst.add_argument("--problem", choices=("pairs", "density", "gradients"), default="pairs",
-                     help="the pair expansion (default), the centre density or the pair gradients")
+    lst.add_argument("--problem", choices=("pairs", "density", "gradients", "backward"), default="pairs",
+                     help="the pair expansion (default), the centre density, the pair gradients or the "
+                          "centre density's backward pass")
 
     rep = sub.add_parser("report", help="markdown ranking and PNG plots from saved runs")
     rep.add_argument("runs", nargs="*", help="saved-run JSON files (default: the latest ranking and scaling runs)")

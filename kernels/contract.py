@@ -1,10 +1,12 @@
-"""The contracts of the registry's three problems, stated once.
+"""The contracts of the registry's four problems, stated once.
 
-DESIGN.md section 4 (the pair expansion), section 3, "Centre density", and
-section 3, "Derivatives" (the gradients).
+DESIGN.md section 4 (the pair expansion), section 3, "Centre density",
+section 3, "Derivatives" (the gradients) and section 3, "Backward pass
+(vector-Jacobian product)" (the backward pass).
 :mod:`einsum_workbench.kernels.registry` lists the implementations
 (``VARIANTS`` for :class:`PairExpansion`, ``DENSITY_VARIANTS`` for
-:class:`CentreDensity`, ``GRADIENT_VARIANTS`` for :class:`PairExpansionGradients`);
+:class:`CentreDensity`, ``GRADIENT_VARIANTS`` for :class:`PairExpansionGradients`,
+``BACKWARD_VARIANTS`` for :class:`CentreDensityBackward`);
 a variant module's docstring names the contract it
 implements and documents only its own keyword options. The protocols are
 structural (``typing.Protocol``): a plain function with this signature
@@ -17,6 +19,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from einsum_workbench.reference.backward import PairCotangents
 from einsum_workbench.reference.gradients import PairGradients
 from einsum_workbench.reference.hypers import ExpansionHypers
 
@@ -150,3 +153,52 @@ class PairExpansionGradients(Protocol):
     def __call__(self, r_ij: np.ndarray, rotations: np.ndarray, semiaxes: np.ndarray,
                  hypers: ExpansionHypers, *, dtype=None, semiaxes_gradients: bool = False,
                  **options) -> PairGradients: ...
+
+
+@runtime_checkable
+class CentreDensityBackward(Protocol):
+    """``centre_density_backward(r_ij, rotations, semiaxes, hypers, segment, n_segments,
+    cotangent, *, dtype=None, orthonormal=False, semiaxes_gradients=False, **options)``.
+
+    The vector-Jacobian product of the centre density (DESIGN.md section 3,
+    "Backward pass (vector-Jacobian product)"; :mod:`einsum_workbench.reference.backward`
+    states the contract, and its
+    :func:`~einsum_workbench.reference.backward.centre_density_backward` is the reference).
+
+    Parameters
+    ----------
+    r_ij, rotations, semiaxes, hypers, dtype
+        As :class:`PairExpansion`.
+    segment, n_segments, orthonormal
+        As :class:`CentreDensity`.
+    cotangent : list over l = 0..lmax of (n_segments, 2l+1, num_radial[l]) float arrays
+        ``dL/drho_l`` of a scalar L of the density rows (on orthonormalised
+        rows when ``orthonormal``).
+    semiaxes_gradients : bool
+        Also ``dL/dl_k`` along each body semi-axis.
+    **options
+        Keyword options of the variant, documented in its module.
+
+    Returns
+    -------
+    PairCotangents
+        ``r`` (P, 3) = dL/dr_ij (L per angstrom); ``theta`` (P, 3) = dL/dtheta
+        along infinitesimal rotations of the neighbour about each lab axis,
+        ``R -> (I + theta_alpha [e_alpha]_x) R`` (L per radian); ``semiaxes``
+        (P, 3) = dL/dl_k (L per angstrom) or None unless asked. Nothing else
+        per pair.
+
+    Raises
+    ------
+    ValueError, TypeError
+        malformed pairs or segments (named as :class:`CentreDensity`), a
+        cotangent of the wrong length or an entry of the wrong shape (the
+        message names the l and the shape), or a bad option.
+    RuntimeError
+        the variant cannot run here: the message says why.
+    """
+
+    def __call__(self, r_ij: np.ndarray, rotations: np.ndarray, semiaxes: np.ndarray,
+                 hypers: ExpansionHypers, segment: np.ndarray, n_segments: int, cotangent: list, *,
+                 dtype=None, orthonormal: bool = False, semiaxes_gradients: bool = False,
+                 **options) -> PairCotangents: ...

@@ -1,6 +1,6 @@
 """The one place that lists every variant.
 
-Two problems, one entry per (name, problem):
+Four problems, one entry per (name, problem):
 
 - ``"pairs"``, the pair expansion (DESIGN.md section 4), in ``VARIANTS``::
 
@@ -31,6 +31,21 @@ Two problems, one entry per (name, problem):
   :mod:`einsum_workbench.reference.gradients` states the contract and the
   formulas.
 
+- ``"backward"``, the vector-Jacobian product of the centre density
+  (DESIGN.md section 3, "Backward pass"), in ``BACKWARD_VARIANTS``::
+
+    centre_density_backward(r_ij, rotations, semiaxes, hypers, segment,
+                            n_segments, cotangent, *, dtype=None,
+                            orthonormal=False, semiaxes_gradients=False,
+                            **options) -> PairCotangents
+
+  ``cotangent`` is a list over l of ``(n_segments, 2l+1, num_radial[l])``
+  arrays, dL/d(density row) (on orthonormalised rows when ``orthonormal``);
+  the result holds per pair only ``r`` (P, 3) = dL/dr_ij, ``theta`` (P, 3) =
+  dL/dtheta along infinitesimal rotations of the neighbour about each lab
+  axis (and ``semiaxes`` (P, 3) when asked);
+  :mod:`einsum_workbench.reference.backward` states the contract.
+
 Each entry says what it needs (importable modules, a GPU) and, when
 unavailable, why, and carries every fact the tools need about it: the device
 it runs on (``device``: timings synchronise it, the GPU validation runs the
@@ -44,7 +59,11 @@ contract's function, the line in ``VARIANTS`` (or ``DENSITY_VARIANTS``) names
 it and its facts. It then joins the equivalence suites, the bench (``pytest
 bench``, ``einsum-workbench run``), the profiles and ``ANISOAP_BACKEND``. A
 pair backend without a density entry still has a centre density:
-:func:`density_function` sums its pair coefficients.
+:func:`density_function` sums its pair coefficients. A ``BACKWARD_VARIANTS``
+line joins the backward equivalence suite (``tests/kernels/test_backward.py``)
+only: the bench, the profiles, the GPU validation and ``einsum-workbench
+list --problem`` do not take that problem yet (docs/gradients.md,
+"Backward pass and forces").
 """
 
 from __future__ import annotations
@@ -55,9 +74,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 _PACKAGE = "einsum_workbench"
-#: The problems a variant solves: the pair expansion, the centre density and
-#: the pair expansion's gradients.
-PROBLEMS = ("pairs", "density", "gradients")
+#: The problems a variant solves: the pair expansion, the centre density,
+#: the pair expansion's gradients and the centre density's backward pass.
+PROBLEMS = ("pairs", "density", "gradients", "backward")
 #: Where a variant computes.
 DEVICES = ("cpu", "cuda")
 
@@ -82,7 +101,7 @@ class Variant:
     description : str
     options : dict
         Keyword options passed on every call (e.g. ``{"compile": True}``).
-    problem : {"pairs", "density", "gradients"}
+    problem : {"pairs", "density", "gradients", "backward"}
         The contract the function implements (module docstring).
     device : str
         Where it computes: ``"cpu"`` or ``"cuda"``. Timings synchronise a
@@ -257,6 +276,19 @@ GRADIENT_VARIANTS: tuple[Variant, ...] = (
 )
 
 
+BACKWARD_VARIANTS: tuple[Variant, ...] = (
+    Variant(
+        "reference", "reference.backward", "centre_density_backward", problem="backward",
+        description="reference gradients (finite differences) contracted with each pair's segment cotangent",
+    ),
+    Variant(
+        "torch_einsum", "kernels.torch.backward", "centre_density_backward", requires=("torch",),
+        problem="backward", native=True,
+        description="Torch reverse-mode autograd through torch_einsum's core, per chunk (a VJP), CPU",
+    ),
+)
+
+
 def _table(problem: str) -> tuple[Variant, ...]:
     if problem == "pairs":
         return VARIANTS
@@ -264,6 +296,8 @@ def _table(problem: str) -> tuple[Variant, ...]:
         return DENSITY_VARIANTS
     if problem == "gradients":
         return GRADIENT_VARIANTS
+    if problem == "backward":
+        return BACKWARD_VARIANTS
     raise ValueError(f"problem must be one of {PROBLEMS}, got {problem!r}")
 
 
@@ -283,7 +317,8 @@ def get_variant(name: str, problem: str = "pairs") -> Variant:
     for v in _table(problem):
         if v.name == name:
             return v
-    kind = {"pairs": "variant", "density": "centre-density variant", "gradients": "gradient variant"}[problem]
+    kind = {"pairs": "variant", "density": "centre-density variant", "gradients": "gradient variant",
+            "backward": "backward variant"}[problem]
     raise KeyError(f"unknown {kind} {name!r}; registered variants: {', '.join(variant_names(problem))}")
 
 

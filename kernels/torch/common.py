@@ -282,3 +282,16 @@ def resolve_device(device) -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"device must be 'cpu' or 'cuda[:index]', got {str(device)!r}")
     return device
+
+
+# Levi-Civita symbol: [v]_x u = v x u, so [v]_x[i, k] = eps[i, j, k] v[j]
+_LEVI_CIVITA = np.zeros((3, 3, 3))
+for _i, _j, _k in ((0, 1, 2), (1, 2, 0), (2, 0, 1)):
+    _LEVI_CIVITA[_i, _j, _k], _LEVI_CIVITA[_i, _k, _j] = 1.0, -1.0
+
+
+@functools.lru_cache(maxsize=16)
+def levi_civita(dtype: torch.dtype, device: str) -> torch.Tensor:
+    """(3, 3, 3) Levi-Civita symbol ``eps[i, j, k]`` as a tensor (``[v]_x[i, k] = eps[i, j, k] v[j]``),
+    one per dtype and device."""
+    return torch.as_tensor(_LEVI_CIVITA, dtype=dtype, device=device)

@@ -46,7 +46,6 @@ everything, derivatives included, in float32).
 
 from __future__ import annotations
 
-import functools
 import warnings
 
 import numpy as np
@@ -62,6 +61,7 @@ from einsum_workbench.kernels.torch.common import (
     chunk_core,
     contraction_groups,
     layer_plan,
+    levi_civita,
     resolve_device,
     to_tensor,
 )
@@ -79,17 +79,6 @@ with warnings.catch_warnings():
 DEFAULT_CHUNK = 4096
 #: default chunks hold at most this many moment values (primal and tangents): 32 MiB in float64
 CHUNK_VALUES = 1 << 22
-
-# Levi-Civita symbol: [v]_x u = v x u, so [v]_x[i, k] = eps[i, j, k] v[j]
-_LEVI_CIVITA = np.zeros((3, 3, 3))
-for _i, _j, _k in ((0, 1, 2), (1, 2, 0), (2, 0, 1)):
-    _LEVI_CIVITA[_i, _j, _k], _LEVI_CIVITA[_i, _k, _j] = 1.0, -1.0
-
-
-@functools.lru_cache(maxsize=16)
-def _levi_civita(dtype: torch.dtype, device: str) -> torch.Tensor:
-    return torch.as_tensor(_LEVI_CIVITA, dtype=dtype, device=device)
-
 
 def _tangents(n_pairs: int, semiaxes_gradients: bool, dtype: torch.dtype, device) -> tuple:
     """Tangent directions, stacked on a leading axis of length 6 (or 9).
@@ -128,7 +117,7 @@ def _chunk_with_tangents(r_ij, rotations, semiaxes, hypers: ExpansionHypers, sem
     dtype, device = r_ij.dtype, str(r_ij.device)
     plan = layer_plan(hypers.max_degree, dtype, device)
     groups = contraction_groups(hypers, dtype, device)
-    eps = _levi_civita(dtype, device)
+    eps = levi_civita(dtype, device)
     theta0 = torch.zeros_like(r_ij)
 
     def coefficients(r, theta, axes):

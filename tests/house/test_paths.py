@@ -84,7 +84,7 @@ def _registered_functions(problem):
     from einsum_workbench.kernels import registry
 
     variants = {"pairs": registry.VARIANTS, "density": registry.DENSITY_VARIANTS,
-                "gradients": registry.GRADIENT_VARIANTS}[problem]
+                "gradients": registry.GRADIENT_VARIANTS, "backward": registry.BACKWARD_VARIANTS}[problem]
     seen = {}
     for variant in variants:
         if any(importlib.util.find_spec(m) is None for m in variant.requires):
@@ -94,13 +94,14 @@ def _registered_functions(problem):
     return seen
 
 
-@pytest.mark.parametrize("problem", ["pairs", "density", "gradients"])
+@pytest.mark.parametrize("problem", ["pairs", "density", "gradients", "backward"])
 def test_registered_functions_have_the_contract_signature(problem):
     """Every registered function takes the contract's parameters (kernels.contract)."""
     from einsum_workbench.kernels import contract
 
     protocol = {"pairs": contract.PairExpansion, "density": contract.CentreDensity,
-                "gradients": contract.PairExpansionGradients}[problem]
+                "gradients": contract.PairExpansionGradients,
+                "backward": contract.CentreDensityBackward}[problem]
     required = list(inspect.signature(protocol.__call__).parameters)[1:]
     positional = [p for p in required if inspect.signature(protocol.__call__).parameters[p].kind
                   is inspect.Parameter.POSITIONAL_OR_KEYWORD]
