@@ -9,7 +9,13 @@ and the checks that a measurement's pinning holds):
 - :func:`thread_pools` and :func:`thread_counts`: what threadpoolctl (and
   Numba) say is in force;
 - :func:`limited_threads`: Numba and BLAS/OpenMP limited to a thread count
-  inside a block.
+  inside a block;
+- :func:`parallel_guard`: the context every call of a parallel Numba kernel
+  runs in (the kernels' and the reference neighbour list's): Numba's
+  ``workqueue`` threading layer (the one left when neither OpenMP nor TBB is
+  available) aborts the process when two Python threads run parallel Numba
+  code at once, so under it the calls are serialised by one process-wide lock
+  (fresh in a forked child).
 
 Imports only the standard library at import time (threadpoolctl and Numba
 when a function needs them): the variables must be set before NumPy loads.
@@ -17,7 +23,10 @@ when a function needs them): the variables must be set before NumPy loads.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+import threading
 from contextlib import contextmanager
 
 #: environment variables fixing the size of a library's thread pool at load time
@@ -106,3 +115,43 @@ def _controller():
     if not _scanned or _scanned[0][0] != len(sys.modules):
         _scanned[:] = [(len(sys.modules), ThreadpoolController())]
     return _scanned[0][1]
+
+
+# ---------------------------------------------------------------------------
+# Parallel Numba calls
+
+_parallel_lock = threading.Lock()
+_layer: list[str] = []  # the active threading layer, once Numba has launched its threads
+
+
+def _fresh_lock_in_child() -> None:
+    """A forked child starts with a free lock (the parent's may be held by a thread the child lacks)."""
+    global _parallel_lock
+    _parallel_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock_in_child)
+
+
+def parallel_guard():
+    """Context for one call of a parallel Numba kernel (``with parallel_guard(): kernel(...)``).
+
+    A process-wide lock under Numba's ``workqueue`` threading layer (not
+    thread-safe: concurrent parallel calls abort the process), also before the
+    layer is known (the first parallel call of a process); a null context
+    otherwise (the OpenMP and TBB layers accept concurrent calls). Imports
+    Numba on its first call.
+
+    Returns
+    -------
+    a context manager (a ``threading.Lock`` or ``contextlib.nullcontext()``).
+    """
+    if not _layer:
+        import numba
+
+        try:
+            _layer.append(numba.threading_layer())
+        except ValueError:  # no parallel region has run yet: the layer is not chosen yet
+            return _parallel_lock
+    return _parallel_lock if _layer[0] == "workqueue" else contextlib.nullcontext()

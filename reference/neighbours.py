@@ -1,21 +1,39 @@
-"""Full neighbour lists of many frames at once.
+"""Full neighbour lists of many frames at once, in one compiled search.
 
-One call for all frames. Frames are split by size:
+:func:`neighbour_pairs` serves every frame of one call with one compiled
+(Numba) search in two parallel passes over blocks of centres (``prange``: a
+batch of frames or one large frame alike): the first counts each centre's
+pairs, the second writes them at the prefix-sum offsets. Per frame, one of two
+inner paths, chosen by a rule on candidate counts (:data:`BRUTE_FORCE_RATIO`):
 
-- **small frames** (few atoms times few periodic images, e.g. the 1 to 3
-  coarse-grained ellipsoids of AniSOAP's ``ellipsoids.xyz``): every candidate
-  (i, j, cell shift) of every such frame is tried in one compiled (Numba)
-  loop over all of them and kept where ``|r_ij| < cutoff``. vesin has no
-  multi-system call and costs 24 to 50 microseconds per call here, which for
-  1,000 tiny frames is more than the whole AniSOAP transform should take;
-  the loop takes about 1 microsecond per such frame;
-- **other frames** go to vesin, one call each (its fixed cost is then small
-  against the pairs it finds).
+- **brute force** (tiny coarse-grained frames, small periodic cells much
+  smaller than the cutoff, small molecules): for each (i, j), only the cell
+  shifts whose fractional separation is within ``cutoff / h_k`` along every
+  axis (``h_k``: distance between lattice planes) are tried, in (j, shift)
+  order, so no sort is needed (about 0.7 us per 2-atom frame);
+- **cell list** (large boxes, open clusters): atoms binned in fractional
+  coordinates (``floor(BIN_SPLIT h_k / cutoff)`` bins across a periodic
+  axis, the atoms' extent along an open one, at most :data:`BINS_PER_ATOM`
+  per atom); a centre visits the bins within ``cutoff / h_k`` of it, periodic
+  images unrolled (a cell smaller than the cutoff is visited several times
+  with different shifts), so the cost grows with atoms x neighbours; each
+  centre's few pairs are sorted by (j, shift).
 
-Both give the same set of pairs as featomic's ``NeighborList`` (which AniSOAP
-uses): full list (i -> j and j -> i), every periodic image within the cutoff,
-self pairs (i, i, shift 0, r = 0) only when asked. Output is sorted by
-(frame, i, j, shift), the order of featomic's samples within a block.
+The rule: brute force when ``n^2 prod_k (2 cutoff / h_k + 1)`` (its
+candidates) is at most :data:`BRUTE_FORCE_RATIO` (4) times ``n x visited bins
+x (1 + atoms per bin)`` (the cell list's); :func:`neighbour_paths` says which
+path each frame takes. vesin (one call per frame, then a sort) stays as
+``method="vesin"``, the tests' oracle: measured slower than the compiled search
+on every workload once its output is put in upstream's order (1.6x on a
+10,000-atom box, 8 to 25x on small frames; docs/pipeline.md, "Neighbour list").
+
+Every path gives the same pairs as featomic's ``NeighborList`` (which AniSOAP
+uses): full list (i -> j and j -> i), every periodic image within the cutoff
+(atoms need not be wrapped into the cell), mixed periodicity, self pairs (i,
+i, shift 0, r = 0) only when asked. Output is in upstream's order, (frame, i,
+j, shift) lexicographic with the shift compared component by component, with
+no sort over all pairs; it does not depend on the thread count. Parallel calls
+run under :func:`einsum_workbench.threads.parallel_guard`.
 
 Before anything is allocated the number of pairs is estimated
 (:func:`estimate_pairs`: atoms x atom density x the cutoff sphere's volume);
@@ -25,13 +43,17 @@ neighbour list until the machine runs out of memory (a periodic 2-atom frame
 with cutoff 1e4 used to reach 23.5 GB, or crash vesin under a memory limit).
 """
 
+
 from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numba
 import numpy as np
+
+from einsum_workbench.threads import parallel_guard
 
 #: Largest estimated number of neighbour pairs (all frames of one call
 #: together, self pairs included) a neighbour list is built for. A pair costs
@@ -46,26 +68,32 @@ MAX_PAIRS = 20_000_000
 #: quoted in the refusal message (see ``MAX_PAIRS``).
 BYTES_PER_PAIR = 284
 
-#: Frames with at most this many candidate (i, j, shift) triples (counted over
-#: the whole shift box, see :func:`image_ranges`) take the compiled path; above
-#: it one vesin call per frame is cheaper. Measured here (Xeon, AVX-512): at
-#: 38,000 candidates (a 12-atom benzene cell, cutoff 7) the compiled path took
-#: 3 ms for 16 frames against vesin's 7; it grows with atoms squared, vesin
-#: linearly.
+#: The old split's threshold (deprecated ``small_frame_candidates``): frames with at
+#: most this many candidate (i, j, shift) triples (over the whole shift box,
+#: :func:`image_ranges`) by brute force, the others by vesin. Not used by default.
 SMALL_FRAME_CANDIDATES = 65536
 
 
 def _inverse_cells(cells, pbc):
     """(F, 3, 3) inverses of the cells and (F, 3) distances between lattice
     planes; along a non-periodic axis a unit vector stands in for the cell
-    vector (it never shifts), which keeps every cell invertible."""
+    vector (it never shifts), which keeps every cell invertible.
+
+    From cross products (``inv[:, k]`` = cross of the other two rows / det):
+    10x faster than ``np.linalg.inv`` on a thousand 3x3 cells."""
     cell = cells.copy()
-    flat = ~pbc | (np.linalg.norm(cells, axis=2) == 0)
+    flat = ~pbc | ~(cells != 0).any(axis=2)
     cell[flat] = np.eye(3)[np.nonzero(flat)[1]]
-    volume = np.abs(np.linalg.det(cell))
-    heights = np.stack([volume / np.linalg.norm(np.cross(cell[:, (k + 1) % 3], cell[:, (k + 2) % 3]), axis=1)
-                        for k in range(3)], axis=1)
-    return np.linalg.inv(cell), heights
+    a, b, c = cell[:, 0], cell[:, 1], cell[:, 2]
+
+    def cross(u, v):
+        return np.stack([u[:, 1] * v[:, 2] - u[:, 2] * v[:, 1], u[:, 2] * v[:, 0] - u[:, 0] * v[:, 2],
+                         u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]], axis=1)
+
+    normals = np.stack([cross(b, c), cross(c, a), cross(a, b)], axis=2)  # (F, 3 xyz, 3 k)
+    det = (a * normals[:, :, 0]).sum(axis=1)
+    heights = np.abs(det)[:, None] / np.sqrt((normals * normals).sum(axis=1))
+    return normals / det[:, None, None], heights
 
 
 def estimate_pairs(positions, n_atoms, cells, pbc, cutoff: float, *, self_pairs: bool = True) -> np.ndarray:
@@ -193,53 +221,76 @@ def image_ranges(positions, n_atoms, cells, pbc, cutoff: float) -> np.ndarray:
     return ranges
 
 
-@numba.njit(cache=True)
-def _small_frames_kernel(positions, first_atom, n_atoms, cells, inverse_cells, reach, frames, cutoff,
-                         self_pairs, out_frame, out_i, out_j, out_shift, out_r):
-    """Every (i, j, shift) of ``frames`` within the cutoff, in (frame, i, j, shift)
-    order; writes them when the outputs are large enough and returns the count.
+#: Cell-list bins per axis: ``floor(BIN_SPLIT / reach_k)`` bins across the cell
+#: (``reach_k = cutoff / h_k`` in fractional units), so a bin is at least
+#: ``reach_k / BIN_SPLIT`` wide; 2 (half-reach bins) visits 5^3 / 8 = 15.6
+#: reach^3 per centre against 27 with reach-wide bins.
+BIN_SPLIT = 2
+#: At most this many bins per atom of a frame (sparse boxes and open clusters
+#: far apart would otherwise get mostly empty bins).
+BINS_PER_ATOM = 1.0
+#: A frame takes the brute-force search when its candidate (i, j, shift)
+#: count ``n^2 prod_k (2 reach_k + 1)`` is at most this many times the cell
+#: list's cost ``n x visited bins x (1 + atoms per bin)``: a cell-list
+#: candidate costs about 4 brute-force ones (binning, bin loop, per-centre
+#: sort). Measured on AMD EPYC, one thread, periodic boxes at 0.1 atoms/A^3,
+#: cutoff 7 (4,000 atoms per call): the two break even at 400 atoms (ratio
+#: 3.96: 72.8 ms brute force against 69.3 for 10 frames); at 200 atoms (ratio
+#: 2.75) brute force is 1.6x faster, at 800 (5.83) the cell list 2.0x.
+BRUTE_FORCE_RATIO = 4.0
+#: Centres per work item of the parallel loops.
+CENTRES_PER_BLOCK = 32
 
-    For each (i, j) only the shifts S whose fractional separation
-    ``f_j - f_i + S`` is within ``reach_k = cutoff / h_k`` along every axis
-    are tried (a pair beyond that is beyond the cutoff).
-    """
+BRUTE_FORCE, CELL_LIST = 1, 2
+#: Path names as :func:`neighbour_paths` reports them, by path code.
+PATH_NAMES = {BRUTE_FORCE: "brute_force", CELL_LIST: "cell_list"}
+
+
+@numba.njit(cache=True, inline="always")
+def _accept(i, j, s0, s1, s2, d0, d1, d2, cell, cutoff2, self_pairs):
+    """(kept, r0, r1, r2) of the candidate (i, j, shift)."""
+    if i == j and s0 == 0 and s1 == 0 and s2 == 0:
+        return self_pairs, 0.0, 0.0, 0.0
+    r0 = d0 + s0 * cell[0, 0] + s1 * cell[1, 0] + s2 * cell[2, 0]
+    r1 = d1 + s0 * cell[0, 1] + s1 * cell[1, 1] + s2 * cell[2, 1]
+    r2 = d2 + s0 * cell[0, 2] + s1 * cell[1, 2] + s2 * cell[2, 2]
+    return r0 * r0 + r1 * r1 + r2 * r2 < cutoff2, r0, r1, r2
+
+
+@numba.njit(cache=True)
+def _centre_pairs(a, positions, owner, first_atom, n_atoms, mode, cells, inverse_cells, reach, periodic,
+                  fractional, wrap, origin, width, n_bins, bin_base, bin_start, bin_atoms,
+                  binned_positions, binned_wrap, half_widths,
+                  cutoff2, self_pairs, write, out_j, out_shift, out_r, keys):
+    """Neighbour pairs of centre ``a`` (global atom index): their count, and when ``write``
+    their j, shift, r_ij (and for cell-list frames the sort keys) in the buffers, in (j, shift)
+    order for brute-force frames and in visit order (``keys`` then sort) for cell-list ones."""
+    f = owner[a]
+    base = first_atom[f]
+    i = a - base
+    cell = cells[f]
     count = 0
-    capacity = out_frame.shape[0]
-    cutoff2 = cutoff * cutoff
     low = np.zeros(3, np.int64)
     high = np.zeros(3, np.int64)
-    for f in frames:
-        base = first_atom[f]
-        n = n_atoms[f]
-        for i in range(n):
-            for j in range(n):
-                d0 = positions[base + j, 0] - positions[base + i, 0]
-                d1 = positions[base + j, 1] - positions[base + i, 1]
-                d2 = positions[base + j, 2] - positions[base + i, 2]
-                for k in range(3):
-                    if reach[f, k] < 0.0:  # not periodic along k
-                        low[k] = 0
-                        high[k] = 0
-                        continue
-                    fractional = d0 * inverse_cells[f, 0, k] + d1 * inverse_cells[f, 1, k] + d2 * inverse_cells[f, 2, k]
-                    low[k] = np.int64(np.ceil(-fractional - reach[f, k]))
-                    high[k] = np.int64(np.floor(-fractional + reach[f, k]))
-                for s0 in range(low[0], high[0] + 1):
-                    for s1 in range(low[1], high[1] + 1):
-                        for s2 in range(low[2], high[2] + 1):
-                            if i == j and s0 == 0 and s1 == 0 and s2 == 0:
-                                if not self_pairs:
-                                    continue
-                                r0 = r1 = r2 = 0.0
-                            else:
-                                r0 = d0 + s0 * cells[f, 0, 0] + s1 * cells[f, 1, 0] + s2 * cells[f, 2, 0]
-                                r1 = d1 + s0 * cells[f, 0, 1] + s1 * cells[f, 1, 1] + s2 * cells[f, 2, 1]
-                                r2 = d2 + s0 * cells[f, 0, 2] + s1 * cells[f, 1, 2] + s2 * cells[f, 2, 2]
-                                if r0 * r0 + r1 * r1 + r2 * r2 >= cutoff2:
-                                    continue
-                            if count < capacity:
-                                out_frame[count] = f
-                                out_i[count] = i
+    if mode[f] == 1:  # brute force: every j, the shifts its fractional separation allows
+        for j in range(n_atoms[f]):
+            d0 = positions[base + j, 0] - positions[a, 0]
+            d1 = positions[base + j, 1] - positions[a, 1]
+            d2 = positions[base + j, 2] - positions[a, 2]
+            for k in range(3):
+                if not periodic[f, k]:
+                    low[k] = 0
+                    high[k] = 0
+                    continue
+                fr = d0 * inverse_cells[f, 0, k] + d1 * inverse_cells[f, 1, k] + d2 * inverse_cells[f, 2, k]
+                low[k] = np.int64(np.ceil(-fr - reach[f, k]))
+                high[k] = np.int64(np.floor(-fr + reach[f, k]))
+            for s0 in range(low[0], high[0] + 1):
+                for s1 in range(low[1], high[1] + 1):
+                    for s2 in range(low[2], high[2] + 1):
+                        kept, r0, r1, r2 = _accept(i, j, s0, s1, s2, d0, d1, d2, cell, cutoff2, self_pairs)
+                        if kept:
+                            if write:
                                 out_j[count] = j
                                 out_shift[count, 0] = s0
                                 out_shift[count, 1] = s1
@@ -248,25 +299,230 @@ def _small_frames_kernel(positions, first_atom, n_atoms, cells, inverse_cells, r
                                 out_r[count, 1] = r1
                                 out_r[count, 2] = r2
                             count += 1
+        return count
+    # cell list: the (virtual, image-unrolled) bins within reach of the centre along every axis
+    for k in range(3):
+        if periodic[f, k]:
+            low[k] = np.int64(np.floor((fractional[a, k] - reach[f, k]) * n_bins[f, k]))
+            high[k] = np.int64(np.floor((fractional[a, k] + reach[f, k]) * n_bins[f, k]))
+        else:
+            low[k] = max(0, np.int64(np.floor((fractional[a, k] - origin[f, k] - reach[f, k]) / width[f, k])))
+            high[k] = min(n_bins[f, k] - 1,
+                          np.int64(np.floor((fractional[a, k] - origin[f, k] + reach[f, k]) / width[f, k])))
+    nb0, nb1, nb2 = n_bins[f, 0], n_bins[f, 1], n_bins[f, 2]
+    wa0, wa1, wa2 = wrap[a, 0], wrap[a, 1], wrap[a, 2]
+    pa0, pa1, pa2 = positions[a, 0], positions[a, 1], positions[a, 2]
+    w1 = 2 * half_widths[f, 1] + 1
+    w2 = 2 * half_widths[f, 2] + 1
+    w0 = 2 * half_widths[f, 0] + 1
+    for v0 in range(low[0], high[0] + 1):
+        t0 = v0 // nb0
+        b0 = v0 - t0 * nb0
+        for v1 in range(low[1], high[1] + 1):
+            t1 = v1 // nb1
+            b1 = v1 - t1 * nb1
+            for v2 in range(low[2], high[2] + 1):
+                t2 = v2 // nb2
+                b2 = v2 - t2 * nb2
+                b = bin_base[f] + (b0 * nb1 + b1) * nb2 + b2
+                for q in range(bin_start[b], bin_start[b + 1]):  # the bin's atoms, stored contiguously
+                    j = bin_atoms[q] - base
+                    s0 = t0 - binned_wrap[q, 0] + wa0
+                    s1 = t1 - binned_wrap[q, 1] + wa1
+                    s2 = t2 - binned_wrap[q, 2] + wa2
+                    d0 = binned_positions[q, 0] - pa0
+                    d1 = binned_positions[q, 1] - pa1
+                    d2 = binned_positions[q, 2] - pa2
+                    kept, r0, r1, r2 = _accept(i, j, s0, s1, s2, d0, d1, d2, cell, cutoff2, self_pairs)
+                    if kept:
+                        if write:
+                            out_j[count] = j
+                            out_shift[count, 0] = s0
+                            out_shift[count, 1] = s1
+                            out_shift[count, 2] = s2
+                            out_r[count, 0] = r0
+                            out_r[count, 1] = r1
+                            out_r[count, 2] = r2
+                            keys[count] = ((j * w0 + s0 + half_widths[f, 0]) * w1 + s1 + half_widths[f, 1]) * w2 \
+                                + s2 + half_widths[f, 2]
+                        count += 1
     return count
 
 
-def _small_frames(positions, first_atom, n_atoms, cells, pbc, frames, cutoff, self_pairs):
-    """Compiled search over the candidate (i, j, shift) of ``frames``: a
-    first pass counts, a second writes (no per-frame Python work)."""
+@numba.njit(parallel=True, cache=True)
+def _count_pairs(positions, owner, first_atom, n_atoms, mode, cells, inverse_cells, reach, periodic,
+                 fractional, wrap, origin, width, n_bins, bin_base, bin_start, bin_atoms,
+                  binned_positions, binned_wrap, half_widths,
+                 cutoff2, self_pairs, centres, block):
+    """Pairs of each centre in ``centres`` (first pass), a parallel loop over blocks of ``block`` centres."""
+    counts = np.zeros(len(centres), np.int64)
+    no_j = np.zeros(0, np.int64)
+    no_v = np.zeros((0, 3), np.int64)
+    no_r = np.zeros((0, 3), np.float64)
+    n_blocks = (len(centres) + block - 1) // block
+    for blk in numba.prange(n_blocks):
+        for c in range(blk * block, min(len(centres), (blk + 1) * block)):
+            counts[c] = _centre_pairs(centres[c], positions, owner, first_atom, n_atoms, mode, cells, inverse_cells,
+                                      reach, periodic, fractional, wrap, origin, width, n_bins, bin_base, bin_start,
+                                      bin_atoms, binned_positions, binned_wrap, half_widths, cutoff2, self_pairs,
+                                      False, no_j, no_v, no_r, no_j)
+    return counts
+
+
+@numba.njit(parallel=True, cache=True)
+def _write_pairs(positions, owner, first_atom, n_atoms, mode, cells, inverse_cells, reach, periodic,
+                 fractional, wrap, origin, width, n_bins, bin_base, bin_start, bin_atoms,
+                  binned_positions, binned_wrap, half_widths,
+                 cutoff2, self_pairs, centres, block, counts, offsets, out_frame, out_i, out_j, out_shift, out_r):
+    """Second pass: each centre's pairs written at ``offsets[c]`` in (j, shift) order (a cell-list
+    centre's few pairs sorted by their key), a parallel loop over blocks of centres."""
+    n_blocks = (len(centres) + block - 1) // block
+    for blk in numba.prange(n_blocks):
+        first, last = blk * block, min(len(centres), (blk + 1) * block)
+        size = 0
+        for c in range(first, last):
+            size = max(size, counts[c])
+        bj = np.empty(size, np.int64)
+        bs = np.empty((size, 3), np.int64)
+        br = np.empty((size, 3), np.float64)
+        keys = np.empty(size, np.int64)
+        for c in range(first, last):
+            a = centres[c]
+            f = owner[a]
+            m = _centre_pairs(a, positions, owner, first_atom, n_atoms, mode, cells, inverse_cells, reach, periodic,
+                              fractional, wrap, origin, width, n_bins, bin_base, bin_start, bin_atoms,
+                  binned_positions, binned_wrap, half_widths,
+                              cutoff2, self_pairs, True, bj, bs, br, keys)
+            o = offsets[c]
+            i = a - first_atom[f]
+            if mode[f] == 1:
+                for p in range(m):
+                    out_frame[o + p] = f
+                    out_i[o + p] = i
+                    out_j[o + p] = bj[p]
+                    for k in range(3):
+                        out_shift[o + p, k] = bs[p, k]
+                        out_r[o + p, k] = br[p, k]
+            else:
+                order = np.argsort(keys[:m])
+                for p in range(m):
+                    q = order[p]
+                    out_frame[o + p] = f
+                    out_i[o + p] = i
+                    out_j[o + p] = bj[q]
+                    for k in range(3):
+                        out_shift[o + p, k] = bs[q, k]
+                        out_r[o + p, k] = br[q, k]
+
+
+@numba.njit(cache=True)
+def _bin_index(bin_of, n_bins_total):
+    """(bin_start, bin_atoms): the atoms sorted by bin (a counting sort, stable) and each bin's first."""
+    start = np.zeros(n_bins_total + 1, np.int64)
+    for a in range(len(bin_of)):
+        start[bin_of[a] + 1] += 1
+    for b in range(n_bins_total):
+        start[b + 1] += start[b]
+    fill = start[:-1].copy()
+    atoms = np.empty(len(bin_of), np.int64)
+    for a in range(len(bin_of)):
+        atoms[fill[bin_of[a]]] = a
+        fill[bin_of[a]] += 1
+    return start, atoms
+
+
+def _plan(positions, n_atoms, cells, pbc, cutoff, method="auto"):
+    """Per frame: the path (0 empty, 1 brute force, 2 cell list) and everything the kernels need.
+
+    Vectorised over frames (no per-frame Python work)."""
+    n_frames = len(n_atoms)
     inverse_cells, heights = _inverse_cells(cells, pbc)
-    # a little slack: a shift the rounding would exclude is tried, and the distance test decides
-    reach = np.where(pbc, cutoff / heights * (1 + 1e-9) + 1e-9, -1.0)
+    # a little slack: a shift or bin the rounding would exclude is tried, and the distance test decides
+    reach = cutoff / heights * (1 + 1e-9) + 1e-9
+    first_atom = np.concatenate([[0], np.cumsum(n_atoms)[:-1]]).astype(np.int64)
+    owner = np.repeat(np.arange(n_frames, dtype=np.int64), n_atoms)
+    fractional = np.einsum("nk,nkl->nl", positions, inverse_cells[owner]) if len(positions) else np.zeros((0, 3))
+    filled = n_atoms > 0
+    low = np.zeros((n_frames, 3))
+    high = np.zeros((n_frames, 3))
+    if filled.any():
+        starts = first_atom[filled]
+        low[filled] = np.minimum.reduceat(fractional, starts)
+        high[filled] = np.maximum.reduceat(fractional, starts)
+    spread = high - low
+    n = n_atoms.astype(np.float64)
+    # bins: periodic axes across the cell, open axes across the atoms' extent
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        wanted = np.where(pbc, np.floor(BIN_SPLIT / reach), np.floor(BIN_SPLIT * spread / reach))
+        wanted = np.clip(np.nan_to_num(wanted, nan=1.0, posinf=1e12), 1.0, 1e12)
+        cap = np.maximum(1.0, BINS_PER_ATOM * n)
+        scale = np.minimum(1.0, (cap / wanted.prod(axis=1)) ** (1.0 / 3.0))
+    n_bins = np.maximum(1, np.floor(wanted * scale[:, None] * (1 + 1e-12))).astype(np.int64)
+    width = np.where(pbc, 1.0 / n_bins, np.where(spread > 0, spread / n_bins, 1.0))
+    # costs: candidates of the brute force against atoms and bins a cell-list centre visits
+    brute = n * n * np.where(pbc, 2.0 * reach + 1.0, 1.0).prod(axis=1)
+    visited = np.where(pbc, 2.0 * reach * n_bins + 1.0, np.minimum(n_bins, 2.0 * reach / width + 1.0)).prod(axis=1)
+    cell_cost = n * visited * (1.0 + n / n_bins.prod(axis=1))
+    if method == "auto":
+        mode = np.where(brute <= BRUTE_FORCE_RATIO * cell_cost, BRUTE_FORCE, CELL_LIST)
+    else:
+        mode = np.full(n_frames, {"brute_force": BRUTE_FORCE, "cell_list": CELL_LIST}[method])
+    mode = np.where(filled, mode, 0).astype(np.int64)
+    return dict(inverse_cells=inverse_cells, reach=reach, first_atom=first_atom, owner=owner,
+                fractional=fractional, low=low, spread=spread, n_bins=n_bins, width=width, mode=mode)
 
-    def run(capacity):
-        out = (np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity, np.int64),
-               np.empty((capacity, 3), np.int64), np.empty((capacity, 3), np.float64))
-        count = _small_frames_kernel(positions, first_atom, n_atoms, cells, inverse_cells, reach, frames,
-                                     float(cutoff), bool(self_pairs), *out)
-        return count, out
 
-    count, _ = run(0)
-    _, out = run(count)
+def _compiled_pairs(positions, n_atoms, cells, pbc, cutoff, self_pairs, plan, frames_mask):
+    """The compiled search (both passes) over the frames of ``frames_mask``; outputs in upstream order."""
+    mode = np.where(frames_mask, plan["mode"], 0).astype(np.int64)
+    owner, fractional = plan["owner"], plan["fractional"]
+    n_frames = len(n_atoms)
+    centres = np.flatnonzero(mode[owner] > 0).astype(np.int64)
+    listed = mode == CELL_LIST
+    n_bins = np.where(listed[:, None], plan["n_bins"], 1).astype(np.int64)
+    wrap = np.zeros((len(positions), 3), np.int64)
+    half_widths = np.zeros((n_frames, 3), np.int64)
+    origin = np.where(pbc, 0.0, plan["low"])
+    bin_base = np.zeros(n_frames, np.int64)
+    bin_start, bin_atoms = np.zeros(1, np.int64), np.zeros(0, np.int64)
+    binned_positions, binned_wrap = np.zeros((0, 3)), np.zeros((0, 3), np.int64)
+    wrapped = fractional
+    if listed.any():
+        counts = np.where(listed, n_bins.prod(axis=1), 0)
+        bin_base = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        mine = listed[owner]
+        f = owner[mine]
+        periodic = pbc[f]
+        frac = fractional[mine]
+        w = np.where(periodic, np.floor(frac), 0.0)
+        wrapped = fractional.copy()
+        wrapped[mine] = frac - w
+        wrap[mine] = w.astype(np.int64)
+        coord = np.where(periodic, wrapped[mine] * n_bins[f], (frac - origin[f]) / plan["width"][f])
+        coord = np.clip(np.floor(coord), 0, n_bins[f] - 1).astype(np.int64)
+        bins = bin_base[f] + (coord[:, 0] * n_bins[f, 1] + coord[:, 1]) * n_bins[f, 2] + coord[:, 2]
+        bin_of = np.full(len(positions), int(counts.sum()), np.int64)  # atoms of other frames: a bin nobody visits
+        bin_of[mine] = bins
+        bin_start, bin_atoms = _bin_index(bin_of, int(counts.sum()) + 1)
+        binned_positions, binned_wrap = positions[bin_atoms], wrap[bin_atoms]  # contiguous per bin
+        bound = np.ceil(plan["reach"] + plan["spread"]).astype(np.int64) + 1
+        half_widths = np.where(pbc & listed[:, None], bound, 0).astype(np.int64)
+        key_range = n_atoms.astype(np.float64) * (2 * half_widths + 1).prod(axis=1)
+        if np.any(key_range[listed] >= 2.0**62):
+            f = int(np.argmax(np.where(listed, key_range, 0)))
+            raise ValueError(f"frame {f}: {n_atoms[f]} atoms x {(2 * half_widths[f] + 1).tolist()} cell shifts "
+                             "overflow the int64 sort key of the cell list; use a smaller cutoff")
+    args = (positions, owner, plan["first_atom"], n_atoms, mode, cells, plan["inverse_cells"], plan["reach"],
+            pbc, wrapped, wrap, origin, plan["width"], n_bins, bin_base, bin_start, bin_atoms,
+                  binned_positions, binned_wrap, half_widths,
+            float(cutoff) ** 2, bool(self_pairs), centres, CENTRES_PER_BLOCK)
+    with parallel_guard():
+        counts = _count_pairs(*args)
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        total = int(counts.sum())
+        out = (np.empty(total, np.int64), np.empty(total, np.int64), np.empty(total, np.int64),
+               np.empty((total, 3), np.int64), np.empty((total, 3), np.float64))
+        _write_pairs(*args, counts, offsets, *out)
     return out
 
 
@@ -299,16 +555,77 @@ def _vesin_frame(positions, cell, pbc, cutoff, self_pairs):
     return i[order], j[order], shift[order], r_ij[order]
 
 
+#: Values of ``neighbour_pairs(method=...)``.
+METHODS = ("auto", "brute_force", "cell_list", "vesin")
+
+
+def _checked(positions, n_atoms, cells, pbc, cutoff):
+    """The inputs as arrays (positions (N, 3) float64, n_atoms (F,) int64, cells (F, 3, 3),
+    pbc (F, 3) bool), else TypeError / ValueError naming the offending value."""
+    if isinstance(cutoff, bool) or not isinstance(cutoff, numbers.Real):
+        raise TypeError(f"cutoff must be a real number, got {cutoff!r}")
+    if not (math.isfinite(cutoff) and cutoff > 0):
+        raise ValueError(f"cutoff must be a finite number > 0, got {cutoff!r}")
+    n_atoms = np.asarray(n_atoms, dtype=np.int64).reshape(-1)
+    if np.any(n_atoms < 0):
+        raise ValueError(f"n_atoms must be >= 0, got {n_atoms[n_atoms < 0][0]} (frame {int(np.argmax(n_atoms < 0))})")
+    cells = np.asarray(cells, dtype=np.float64).reshape(-1, 3, 3)
+    pbc = np.asarray(pbc, dtype=bool).reshape(-1, 3)
+    positions = np.ascontiguousarray(np.asarray(positions, dtype=np.float64).reshape(-1, 3))
+    if len(cells) != len(n_atoms) or len(pbc) != len(n_atoms):
+        raise ValueError(f"{len(n_atoms)} frames in n_atoms but {len(cells)} cells and {len(pbc)} pbc rows")
+    if int(n_atoms.sum()) != len(positions):
+        raise ValueError(f"sum(n_atoms) = {int(n_atoms.sum())} but {len(positions)} positions")
+    if not np.all(np.isfinite(positions)):
+        raise ValueError(f"positions must be finite, got {positions[~np.isfinite(positions).all(axis=1)][0].tolist()}")
+    degenerate = (pbc & (np.linalg.norm(cells, axis=2) == 0)).any(axis=1) & (n_atoms > 0)
+    if degenerate.any():
+        f = int(np.argmax(degenerate))
+        raise ValueError(f"frame {f} is periodic along {pbc[f].tolist()} but its cell is {cells[f].tolist()}")
+    return positions, n_atoms, np.ascontiguousarray(cells), np.ascontiguousarray(pbc)
+
+
+def neighbour_paths(positions, n_atoms, cells, pbc, cutoff: float, *, method: str = "auto") -> dict[str, int]:
+    """Frames per search path that :func:`neighbour_pairs` takes for these frames (no search runs).
+
+    Parameters as :func:`neighbour_pairs`. Costs O(atoms) NumPy work (the
+    fractional coordinates), no compiled code.
+
+    Returns
+    -------
+    dict path name -> number of frames, only paths with at least one frame:
+    ``"brute_force"``, ``"cell_list"``, ``"vesin"`` (``method="vesin"``),
+    ``"empty"`` (frames without atoms), e.g. ``{"cell_list": 10}``.
+
+    Raises
+    ------
+    as :func:`neighbour_pairs` (not the ``max_pairs`` refusal).
+    """
+    positions, n_atoms, cells, pbc = _checked(positions, n_atoms, cells, pbc, cutoff)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    empty = int((n_atoms == 0).sum())
+    paths = {}
+    if method == "vesin":
+        paths["vesin"] = len(n_atoms) - empty
+    else:
+        mode = _plan(positions, n_atoms, cells, pbc, float(cutoff), method)["mode"]
+        for code, name in PATH_NAMES.items():
+            paths[name] = int((mode == code).sum())
+    paths["empty"] = empty
+    return {name: count for name, count in paths.items() if count}
+
+
 def neighbour_pairs(positions, n_atoms, cells, pbc, cutoff: float, *, self_pairs: bool = True,
-                    small_frame_candidates: int = SMALL_FRAME_CANDIDATES, max_pairs: int | None = None):
+                    method: str = "auto", small_frame_candidates: int | None = None, max_pairs: int | None = None):
     """Full neighbour lists of every frame, in one call.
 
     Parameters
     ----------
     positions : (N, 3) float64, angstrom
-        Every frame's atoms, frame after frame.
+        Every frame's atoms, frame after frame (need not be wrapped into the cell).
     n_atoms : (F,) int
-        Atoms per frame (``sum(n_atoms) == N``).
+        Atoms per frame (``sum(n_atoms) == N``; 0 allowed).
     cells : (F, 3, 3) float64, angstrom
         Lattice vectors (rows) of each frame.
     pbc : (F, 3) bool
@@ -317,9 +634,15 @@ def neighbour_pairs(positions, n_atoms, cells, pbc, cutoff: float, *, self_pairs
         Pairs with ``|r_ij| < cutoff``.
     self_pairs : bool
         Add (i, i, shift 0, r = 0) for every atom.
-    small_frame_candidates : int
-        Frames with at most this many candidate (i, j, shift) triples take
-        the vectorised path, the others vesin.
+    method : {"auto", "brute_force", "cell_list", "vesin"}
+        ``auto``: each frame by the rule of the module docstring (brute force
+        or cell list); the others force one path on every frame (``vesin``:
+        one vesin call per frame and a sort, kept as the oracle of the tests).
+        Every method gives the same pairs in the same order.
+    small_frame_candidates : int or None
+        Deprecated (DeprecationWarning): the old split, frames with at most
+        this many candidate (i, j, shift) triples (over the whole shift box,
+        :func:`image_ranges`) by brute force, the others by vesin. Use ``method``.
     max_pairs : int or None
         Refuse (before allocating) when :func:`estimate_pairs` expects more
         pairs than this in all frames together (None: :data:`MAX_PAIRS`).
@@ -327,49 +650,56 @@ def neighbour_pairs(positions, n_atoms, cells, pbc, cutoff: float, *, self_pairs
     Returns
     -------
     frame, i, j : (P,) int64 (atom indices within the frame);
-    shift : (P, 3) int64 cell shifts; r_ij : (P, 3) float64,
-    ``pos[j] + shift @ cell - pos[i]``. Sorted by (frame, i, j, shift).
+    shift : (P, 3) int64 cell shifts; r_ij : (P, 3) float64, angstrom,
+    ``pos[j] + shift @ cell - pos[i]``. Sorted by (frame, i, j, shift), the
+    shift compared component by component; ``|r_ij| < cutoff``.
 
     Raises
     ------
     TypeError
         a cutoff that is not a real number.
     ValueError
-        a non-finite or non-positive cutoff; a periodic axis with a zero
-        lattice vector (frame named); more pairs expected than ``max_pairs``
-        (:func:`check_pair_estimate`: the estimate and the frame named).
+        a non-finite or non-positive cutoff; n_atoms negative or not matching
+        the positions, cells or pbc; non-finite positions; a periodic axis
+        with a zero lattice vector (frame named); an unknown method; more
+        pairs expected than ``max_pairs`` (:func:`check_pair_estimate`: the
+        estimate and the frame named).
     """
-    if isinstance(cutoff, bool) or not isinstance(cutoff, numbers.Real):
-        raise TypeError(f"cutoff must be a real number, got {cutoff!r}")
-    if not (math.isfinite(cutoff) and cutoff > 0):
-        raise ValueError(f"cutoff must be a finite number > 0, got {cutoff!r}")
-    n_atoms = np.asarray(n_atoms, dtype=np.int64)
-    cells = np.asarray(cells, dtype=np.float64).reshape(-1, 3, 3)
-    pbc = np.asarray(pbc, dtype=bool).reshape(-1, 3)
-    first_atom = np.concatenate([[0], np.cumsum(n_atoms)[:-1]]).astype(np.int64)
-    degenerate = (pbc & (np.linalg.norm(cells, axis=2) == 0)).any(axis=1) & (n_atoms > 0)
-    if degenerate.any():
-        f = int(np.argmax(degenerate))
-        raise ValueError(f"frame {f} is periodic along {pbc[f].tolist()} but its cell is {cells[f].tolist()}")
-    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    positions, n_atoms, cells, pbc = _checked(positions, n_atoms, cells, pbc, cutoff)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     check_pair_estimate(positions, n_atoms, cells, pbc, cutoff, self_pairs=self_pairs,
                         max_pairs=MAX_PAIRS if max_pairs is None else max_pairs)
-    ranges = image_ranges(positions, n_atoms, cells, pbc, cutoff)
-    candidates = n_atoms * n_atoms * (2 * ranges + 1).prod(axis=1)
-    small = (candidates <= small_frame_candidates) & (n_atoms > 0)
+    cutoff = float(cutoff)
+    filled = n_atoms > 0
+    if small_frame_candidates is not None:
+        warnings.warn("neighbour_pairs(small_frame_candidates=...) is deprecated: the cell list serves every "
+                      "frame size; pass method='brute_force', 'cell_list' or 'vesin' to force a path",
+                      DeprecationWarning, stacklevel=2)
+        ranges = image_ranges(positions, n_atoms, cells, pbc, cutoff)
+        candidates = n_atoms * n_atoms * (2 * ranges + 1).prod(axis=1)
+        compiled = (candidates <= small_frame_candidates) & filled
+        plan = _plan(positions, n_atoms, cells, pbc, cutoff, "brute_force")
+    elif method == "vesin":
+        compiled, plan = np.zeros(len(n_atoms), bool), None
+    else:
+        compiled = filled
+        plan = _plan(positions, n_atoms, cells, pbc, cutoff, method)
     parts = []
-    if small.any():
-        parts.append(_small_frames(positions, first_atom, n_atoms, cells, pbc, np.flatnonzero(small),
-                                   cutoff, self_pairs))
-    for f in np.flatnonzero(~small & (n_atoms > 0)):
+    if compiled.any():
+        parts.append(_compiled_pairs(positions, n_atoms, cells, pbc, cutoff, self_pairs, plan, compiled))
+    first_atom = np.concatenate([[0], np.cumsum(n_atoms)[:-1]]).astype(np.int64)
+    for f in np.flatnonzero(~compiled & filled):
         atoms = slice(first_atom[f], first_atom[f] + n_atoms[f])
         i, j, shift, r_ij = _vesin_frame(positions[atoms], cells[f], pbc[f], cutoff, self_pairs)
         parts.append((np.full(len(i), f, dtype=np.int64), i, j, shift, r_ij))
     if not parts:
         empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty, np.zeros((0, 3), np.int64), np.zeros((0, 3))
+        return empty, empty.copy(), empty.copy(), np.zeros((0, 3), np.int64), np.zeros((0, 3))
+    if len(parts) == 1:
+        return parts[0]
     frame, i, j, shift, r_ij = (np.concatenate(column) for column in zip(*parts))
-    if len(parts) > 1 and np.any(frame[1:] < frame[:-1]):
-        order = np.argsort(frame, kind="stable")  # each part is sorted within its frames
+    if np.any(frame[1:] < frame[:-1]):
+        order = np.argsort(frame, kind="stable")  # each part is sorted within its frames (deprecated split only)
         frame, i, j, shift, r_ij = frame[order], i[order], j[order], shift[order], r_ij[order]
     return frame, i, j, shift, r_ij

@@ -244,6 +244,49 @@ def benzenes(n_frames: int, seed: int = 0, n_species: int = 2):
     return frames
 
 
+def small_cell_frames(n_frames: int, seed: int = 0, n_atoms: int = 20):
+    """All-atom frames in small periodic cells: the neighbour list's hard case.
+
+    Each frame: a random triclinic cell (:func:`_triclinic_cell`) whose cube
+    root of the volume is 6 to 10 A, holding ``n_atoms`` atoms at uniform
+    random fractional positions in [0, 1) (wrapped), half C and half H
+    (C first), random orientations, semi-axes ``CARBON_SEMIAXES`` /
+    ``HYDROGEN_SEMIAXES``. At cutoff 7 A a cell edge is shorter than the
+    cutoff sphere's diameter, so every atom sees many periodic images of the
+    others (about 1,800 pairs per 20-atom frame, self pairs included).
+
+    Parameters
+    ----------
+    n_frames : int, >= 0
+    seed : int
+        Same seed, same frames.
+    n_atoms : int, >= 1
+        Atoms per frame.
+
+    Returns
+    -------
+    list of ase.Atoms (``n_atoms`` atoms each, pbc True) with ``c_q``
+    (w, x, y, z) and ``c_diameter[1..3]`` arrays.
+
+    Raises
+    ------
+    ValueError
+        n_frames < 0 or n_atoms < 1 (the value named).
+    """
+    n_frames = _check_count("n_frames", n_frames, 0)
+    n_atoms = _check_count("n_atoms", n_atoms, 1)
+    rng = np.random.default_rng([seed, 3])
+    n_carbon = (n_atoms + 1) // 2
+    symbols = ["C"] * n_carbon + ["H"] * (n_atoms - n_carbon)
+    semiaxes = np.array([CARBON_SEMIAXES] * n_carbon + [HYDROGEN_SEMIAXES] * (n_atoms - n_carbon), dtype=np.float64)
+    frames = []
+    for _ in range(n_frames):
+        cell = _triclinic_cell(rng, rng.uniform(6.0, 10.0) ** 3)
+        positions = rng.uniform(0.0, 1.0, size=(n_atoms, 3)) @ cell
+        frames.append(_make_atoms(symbols, positions, cell, random_rotations(rng, n_atoms), semiaxes))
+    return frames
+
+
 WORKLOADS = {"benzenes": benzenes, "ellipsoids": ellipsoids}
 _DEFAULT_SPECIES = {"benzenes": 2, "ellipsoids": 1}
 

@@ -980,25 +980,12 @@ def _after_fork_in_child() -> None:
 # ---------------------------------------------------------------------------
 # Threads
 
-_parallel_lock = threading.Lock()
-_layer: list[str] = []  # the active threading layer, once Numba has launched its threads
+_parallel_lock = threading.Lock()  # unused here now: parallel_guard's lock lives in einsum_workbench.threads
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
-
-def parallel_guard():
-    """Context for one call of a parallel kernel: a process-wide lock under Numba's
-    ``workqueue`` threading layer (not thread-safe: concurrent parallel calls abort the
-    process), also before the layer is known (the first parallel call of a process);
-    nothing otherwise (OpenMP and TBB layers accept concurrent calls)."""
-    if not _layer:
-        import numba
-
-        try:
-            _layer.append(numba.threading_layer())
-        except ValueError:  # no parallel region has run yet: the layer is not chosen yet
-            return _parallel_lock
-    return _parallel_lock if _layer[0] == "workqueue" else contextlib.nullcontext()
+# moved to einsum_workbench.threads (the reference neighbour list, below the kernels, needs it too)
+from einsum_workbench.threads import parallel_guard  # noqa: E402,F401
 
 
 @contextlib.contextmanager

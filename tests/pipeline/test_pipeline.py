@@ -68,20 +68,21 @@ def test_compiled_search_equals_vesin(name, self_pairs):
         for frame in frames:
             frame.pbc = False
     args = (*_geometry(frames), 5.5)
-    compiled = neighbour_pairs(*args, self_pairs=self_pairs, small_frame_candidates=10**12)
-    vesin = neighbour_pairs(*args, self_pairs=self_pairs, small_frame_candidates=0)
-    assert len(compiled[0]) > 0
-    for a, b, what in zip(compiled[:4], vesin[:4], ("frame", "i", "j", "shift")):
-        np.testing.assert_array_equal(a, b, err_msg=f"{name}: {what} differs")
-    np.testing.assert_allclose(compiled[4], vesin[4], rtol=0, atol=1e-12)
+    vesin = neighbour_pairs(*args, self_pairs=self_pairs, method="vesin")
+    assert len(vesin[0]) > 0
+    for method in ("auto", "brute_force", "cell_list"):
+        compiled = neighbour_pairs(*args, self_pairs=self_pairs, method=method)
+        for a, b, what in zip(compiled[:4], vesin[:4], ("frame", "i", "j", "shift")):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name}, {method}: {what} differs")
+        np.testing.assert_allclose(compiled[4], vesin[4], rtol=0, atol=1e-12)
 
 
 def test_mixed_frame_sizes_keep_frame_order():
-    """Small frames (compiled) and large ones (vesin) in one call, interleaved."""
+    """Frames of different kinds interleaved in one call: the same pairs by every path."""
     frames = [f for pair in zip(ellipsoids(3, seed=1), benzenes(3, seed=2)) for f in pair]
     args = (*_geometry(frames), 6.0)
-    mixed = neighbour_pairs(*args, small_frame_candidates=5000)
-    one_path = neighbour_pairs(*args, small_frame_candidates=0)
+    mixed = neighbour_pairs(*args)
+    one_path = neighbour_pairs(*args, method="vesin")
     assert np.all(np.diff(mixed[0]) >= 0)
     for a, b in zip(mixed[:4], one_path[:4]):
         np.testing.assert_array_equal(a, b)
