@@ -1,14 +1,18 @@
 """End to end: AniSOAP's ``transform`` and ``power_spectrum``, upstream against
 the switch. A benchmark, not a timed test; ratios measured in one run.
 
-Two workloads, one pinned thread (the bench's pinning, verified at start):
+Three workloads, one pinned thread (the bench's pinning, verified at start):
 
-- generated benzenes (``--frames``, default 16, two species; lmax ``--lmax``,
-  GTO sigma 1.5, cutoff 7): about 1,700 pairs per frame, measures the kernel;
-- the first 1,000 frames of AniSOAP's ``ellipsoids.xyz`` (``../shared/data``,
-  or ``--xyz`` and ``--xyz-frames``) with semi-axes 4, 4, 0.5 (or
-  ``--semiaxes``): one or two ellipsoids and about 12 pairs per frame,
-  measures per-frame costs.
+- ``benzenes``: generated benzene crystals (``--frames``, default 16, two
+  species, one C6H6 per periodic cell; lmax ``--lmax``, GTO sigma 1.5,
+  cutoff 7): about 1,700 pairs per frame;
+- ``small_cells``: 10 periodic all-atom frames of 20 atoms (C and H) in
+  cells of 6 to 10 angstrom (``reference.workloads.small_cell_frames``):
+  many periodic images per atom, the neighbour list's hard case;
+- ``ellipsoids``: the first 1,000 frames of AniSOAP's ``ellipsoids.xyz``
+  (``../shared/data``, or ``--xyz`` and ``--xyz-frames``) with semi-axes 4,
+  4, 0.5 (or ``--semiaxes``): one or two ellipsoids and about 12 pairs per
+  frame, measures per-frame costs.
 
 Upstream AniSOAP 0.1.1 runs its own Python code with the workbench's
 **compiled** stand-in for its Rust moments (``import_upstream_anisoap(
@@ -17,13 +21,20 @@ moments="numba")``). The switch is ``use_backend(backend)``, the very
 (``numpy_einsum`` where Numba is missing, said so). Each call's outputs are
 checked against upstream's (suite tolerances) before it is timed.
 
-Printed per (workload, call): upstream median, switch median, the ratio and
-its goal (150x on the benzenes, 40x on the ellipsoids: issue 10), the
-switch's first call apart (JIT and caches), and the split of a switch call
-into reading frames, neighbour list, kernel, power-spectrum contraction,
-TensorMap building and the rest.
+Printed per (workload, call): upstream median, switch median, the speedup and
+its goal (:data:`SPEEDUP_GOALS`: 600x on all-atom frames, 300x on the
+ellipsoids, issue 20), the switch's first call apart (JIT and caches), the
+split of a switch call into reading frames, neighbour list, grouping the
+pairs, kernel, power-spectrum contraction, TensorMap building and the rest,
+the call's time over the kernel's with its goal (:data:`OVERHEAD_GOALS`: at
+most 3x on all-atom frames, 6x on the ellipsoids), and the neighbour-list
+path each frame took (``reference.neighbours.neighbour_paths``).
 
-Benzenes have two centre species, on which anisoap 0.1.1's
+``test_anisoap_end_to_end_threads`` (marked ``scaling``: ``pytest bench -m
+scaling -k end_to_end``) times the transform on 50 small-cell frames with 1
+and 2 threads in one run (goal: 2 threads at least 1.7x one).
+
+Benzenes and small cells have two centre species, on which anisoap 0.1.1's
 ``power_spectrum()`` (``mean_over_samples=True``) fails in upstream too, so
 there both sides run ``mean_over_samples=False``.
 """
@@ -38,23 +49,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-GOALS = {"benzenes": 150.0, "ellipsoids": 40.0}
+#: Speedup over upstream each workload must reach (issue 20).
+SPEEDUP_GOALS = {"benzenes": 600.0, "small_cells": 600.0, "ellipsoids": 300.0}
+#: Largest time of a switch call over its kernel's time (issue 20).
+OVERHEAD_GOALS = {"benzenes": 3.0, "small_cells": 3.0, "ellipsoids": 6.0}
+SMALL_CELL_FRAMES = 10
+THREAD_FRAMES = 50
+THREAD_GOAL = 1.7
 ELLIPSOID_FRAMES = 1000
 ELLIPSOID_SEMIAXES = (4.0, 4.0, 0.5)
 UPSTREAM_ROUNDS = 3
 SWITCH_ROUNDS = 10
-STAGES = ("frames", "neighbour_list", "kernel", "power_spectrum", "tensormap")
+STAGES = ("frames", "neighbour_list", "grouping", "kernel", "power_spectrum", "tensormap")
 DEFAULT_XYZ = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ellipsoids.xyz"
 
 
 def _frames(workload, pytestconfig):
     from einsum_workbench.bench.options import parse_semiaxes
-    from einsum_workbench.reference.frames import read_frames
+    from einsum_workbench.reference.readers import read_frames
     from einsum_workbench.reference.workloads import DEFAULT_FRAMES, benzenes
 
     if workload == "benzenes":
         n_frames = pytestconfig.getoption("frames") or DEFAULT_FRAMES
         return benzenes(n_frames, seed=0, n_species=2), f"benzenes {n_frames} frames (2 species)"
+    if workload == "small_cells":
+        from einsum_workbench.reference.workloads import small_cell_frames
+
+        return (small_cell_frames(SMALL_CELL_FRAMES, seed=0),
+                f"small periodic cells {SMALL_CELL_FRAMES} frames (20 atoms, 2 species)")
     path = Path(pytestconfig.getoption("xyz") or DEFAULT_XYZ)
     if not path.is_file():
         pytest.skip(f"ellipsoid frames not found at {path}: the ellipsoid end-to-end bench did not run")
@@ -88,36 +110,63 @@ def _timed(call):
     return time.perf_counter() - start, out
 
 
-@pytest.mark.parametrize("call_name", ["transform", "power_spectrum"])
-@pytest.mark.parametrize("workload", ["benzenes", "ellipsoids"])
-def test_anisoap_end_to_end(benchmark, bench_state, pytestconfig, workload, call_name):
-    from einsum_workbench.anisoap_switch import switch
-    from einsum_workbench.kernels.registry import get_variant
-    from einsum_workbench.pipeline import record_stages
-    from einsum_workbench.reference.upstream import UpstreamUnavailable, import_upstream_anisoap
-
-    try:
-        anisoap = import_upstream_anisoap(moments="numba")
-    except UpstreamUnavailable as err:
-        pytest.skip(f"upstream AniSOAP unavailable, end-to-end bench not run: {err}")
-    frames, description = _frames(workload, pytestconfig)
-    lmax = pytestconfig.getoption("lmax")
+def _calculator(anisoap, lmax):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # upstream's quaternion-convention warning
-        calc = anisoap.representations.EllipsoidalDensityProjection(
+        return anisoap.representations.EllipsoidalDensityProjection(
             max_angular=lmax, radial_basis_name="gto", cutoff_radius=7.0,
             radial_gaussian_width=1.5, rotation_key="c_q",
         )
-    kwargs = {"mean_over_samples": False} if (call_name == "power_spectrum" and workload == "benzenes") else {}
+
+
+def _upstream():
+    from einsum_workbench.reference.upstream import UpstreamUnavailable, import_upstream_anisoap
+
+    try:
+        return import_upstream_anisoap(moments="numba")
+    except UpstreamUnavailable as err:
+        pytest.skip(f"upstream AniSOAP unavailable, end-to-end bench not run: {err}")
+
+
+def _backend():
+    from einsum_workbench.kernels.registry import get_variant
+
+    why = get_variant("numba_fused").unavailable_reason()
+    if why is None:
+        return "numba_fused"
+    print(f"\n  NOTE: numba_fused unavailable ({why}); measuring numpy_einsum")
+    return "numpy_einsum"
+
+
+def neighbour_paths_of(frames, cutoff: float) -> dict:
+    """Frames per neighbour-list path (``reference.neighbours.neighbour_paths``) for these frames."""
+    from einsum_workbench.reference.frames import frame_geometry
+    from einsum_workbench.reference.neighbours import neighbour_paths
+
+    n_atoms, positions, _, cells, pbc = frame_geometry(frames)
+    return neighbour_paths(positions, n_atoms, cells, pbc, cutoff)
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+@pytest.mark.parametrize("call_name", ["transform", "power_spectrum"])
+@pytest.mark.parametrize("workload", ["benzenes", "small_cells", "ellipsoids"])
+def test_anisoap_end_to_end(benchmark, bench_state, pytestconfig, workload, call_name):
+    from einsum_workbench.anisoap_switch import switch
+    from einsum_workbench.pipeline import record_stages
+
+    anisoap = _upstream()
+    frames, description = _frames(workload, pytestconfig)
+    lmax = pytestconfig.getoption("lmax")
+    calc = _calculator(anisoap, lmax)
+    kwargs = {"mean_over_samples": False} if (call_name == "power_spectrum" and workload != "ellipsoids") else {}
 
     def run(frames, **kwargs):  # looked up at each call, as a user's script does: the switch patches the class
         return getattr(calc, call_name)(frames, **kwargs)
 
-    backend = "numba_fused"
-    why = get_variant(backend).unavailable_reason()
-    if why is not None:
-        backend = "numpy_einsum"
-        print(f"\n  NOTE: numba_fused unavailable ({why}); measuring numpy_einsum")
+    backend = _backend()
     switch.deactivate()
 
     upstream_first, expected = _timed(lambda: run(frames, **kwargs))  # compiles the numba moments
@@ -141,17 +190,22 @@ def test_anisoap_end_to_end(benchmark, bench_state, pytestconfig, workload, call
     upstream_s = statistics.median(upstream_times)
     switch_s = benchmark.stats.stats.median
     ratio = upstream_s / switch_s
-    goal = GOALS[workload]
+    goal = SPEEDUP_GOALS[workload]
     split = {name: statistics.median(s.get(name, 0.0) for s in splits) for name in STAGES}
     split_total = statistics.median(s["total"] for s in splits)
     split["rest"] = max(split_total - sum(split.values()), 0.0)
+    # the call over its kernel, both from the same five split runs (medians)
+    overhead = split_total / split["kernel"] if split["kernel"] > 0 else float("inf")
+    overhead_goal = OVERHEAD_GOALS[workload]
+    paths = neighbour_paths_of(frames, 7.0)
     benchmark.extra_info.update({
         "backend": backend, "workload": description, "call": call_name, "kwargs": kwargs, "lmax": lmax,
         "threads": bench_state["threads"],
         "upstream_moments_standin": "numba (einsum_workbench.reference.moments.compute_moments)",
         "upstream_median_s": upstream_s, "upstream_times_s": upstream_times, "upstream_first_call_s": upstream_first,
         "switch_median_s": switch_s, "switch_first_call_s": switch_first, "speedup": ratio, "goal_speedup": goal,
-        "split_s": split,
+        "split_s": split, "call_over_kernel": overhead, "goal_call_over_kernel": overhead_goal,
+        "neighbour_paths": paths,
     })
     parts = ", ".join(f"{name} {seconds * 1e3:.2f}" for name, seconds in split.items())
     print(
@@ -162,5 +216,46 @@ def test_anisoap_end_to_end(benchmark, bench_state, pytestconfig, workload, call
         f"  ANISOAP_BACKEND={backend}: median {switch_s * 1e3:.2f} ms of {SWITCH_ROUNDS} "
         f"(first call, JIT and caches included, {switch_first * 1e3:.0f} ms)\n"
         f"  split of a switch call (ms, median of 5): {parts}\n"
-        f"  speedup {ratio:.1f}x (goal >= {goal:g}x: {'met' if ratio >= goal else 'NOT met'})"
+        f"  neighbour-list paths (frames per path): {paths}\n"
+        f"  call / kernel {overhead:.2f}x (goal <= {overhead_goal:g}x: {_verdict(overhead <= overhead_goal)})\n"
+        f"  speedup {ratio:.1f}x (goal >= {goal:g}x: {_verdict(ratio >= goal)})"
     )
+
+
+@pytest.mark.scaling
+def test_anisoap_end_to_end_threads(bench_state, pytestconfig):
+    """The switch's transform on 50 small-cell frames, 1 and 2 threads, one run."""
+    from einsum_workbench.anisoap_switch import switch
+    from einsum_workbench.bench import pinning
+    from einsum_workbench.pipeline import record_stages
+    from einsum_workbench.reference.workloads import small_cell_frames
+
+    anisoap = _upstream()
+    frames = small_cell_frames(THREAD_FRAMES, seed=0)
+    calc = _calculator(anisoap, pytestconfig.getoption("lmax"))
+    backend = _backend()
+    medians, splits = {}, {}
+    try:
+        with switch.use_backend(backend):
+            for threads in (1, 2):
+                try:
+                    pinning.pin_and_verify(threads)
+                except pinning.PinningError as err:
+                    pytest.skip(f"cannot pin to {threads} threads in this process: {err}")
+                calc.transform(frames)  # warm: JIT, caches
+                times, split = [], []
+                for _ in range(SWITCH_ROUNDS):
+                    with record_stages() as seconds:
+                        elapsed, _ = _timed(lambda: calc.transform(frames))
+                    times.append(elapsed)
+                    split.append(seconds)
+                medians[threads] = statistics.median(times)
+                splits[threads] = {name: statistics.median(s.get(name, 0.0) for s in split) for name in STAGES}
+    finally:
+        pinning.pin_and_verify(bench_state["threads"])
+    speedup = medians[1] / medians[2]
+    print(f"\ntransform on {THREAD_FRAMES} small-cell frames (20 atoms, cells 6-10 A), ANISOAP_BACKEND={backend}:")
+    for threads in (1, 2):
+        parts = ", ".join(f"{name} {seconds * 1e3:.2f}" for name, seconds in splits[threads].items())
+        print(f"  {threads} thread(s): median {medians[threads] * 1e3:.2f} ms of {SWITCH_ROUNDS} ({parts})")
+    print(f"  2 threads over 1: {speedup:.2f}x (goal >= {THREAD_GOAL:g}x: {_verdict(speedup >= THREAD_GOAL)})")
