@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from einsum_workbench.reference.hypers import ExpansionHypers
@@ -75,11 +76,29 @@ def species_power_spectrum(layout: DensityLayout, blocks, c: int):
     values, properties = [], []
     types = tuple(layout.neighbour_types[c].tolist())
     for l, block in enumerate(blocks[c]):
-        # sum over m of the outer products, one batched product: (S, Q, 2l+1) @ (S, 2l+1, Q)
-        products = np.matmul(np.swapaxes(block, 1, 2), block)   # (S, Q, Q)
-        values.append(coupling_constant(l) * products.reshape(len(block), -1))
+        products = _products_over_m(np.ascontiguousarray(block, dtype=np.float64), coupling_constant(l))
+        values.append(products.reshape(len(block), -1))
         properties.append(_power_spectrum_properties(types, block.shape[2] // len(types), l))
     return np.hstack(values), np.vstack(properties)
+
+
+@numba.njit(cache=True)
+def _products_over_m(block, scale):
+    """(S, Q, Q): ``scale * sum_m block[s, m, a] * block[s, m, b]``, one compiled loop (NumPy's
+    batched matmul costs ~0.5 us per centre on these 1x1 to 8x8 products: 10x this)."""
+    n_samples, n_m, n_q = block.shape
+    out = np.zeros((n_samples, n_q, n_q))
+    for s in range(n_samples):
+        for m in range(n_m):
+            for a in range(n_q):
+                x = block[s, m, a]
+                for b in range(n_q):
+                    out[s, a, b] += x * block[s, m, b]
+    for s in range(n_samples):
+        for a in range(n_q):
+            for b in range(n_q):
+                out[s, a, b] *= scale
+    return out
 
 
 @functools.lru_cache(maxsize=1024)

@@ -96,7 +96,8 @@ def _inverse_cells(cells, pbc):
     return normals / det[:, None, None], heights
 
 
-def estimate_pairs(positions, n_atoms, cells, pbc, cutoff: float, *, self_pairs: bool = True) -> np.ndarray:
+def estimate_pairs(positions, n_atoms, cells, pbc, cutoff: float, *, self_pairs: bool = True,
+                   heights=None) -> np.ndarray:
     """Estimated number of neighbour pairs of each frame, computed in O(atoms).
 
     - fully periodic frame of n atoms and cell volume V: ``n x (n / V) x
@@ -113,7 +114,9 @@ def estimate_pairs(positions, n_atoms, cells, pbc, cutoff: float, *, self_pairs:
     gives a finite, comparable estimate. Measured against the real lists: 1.01x
     the pairs of a random periodic box, 1.07x on ``ellipsoids.xyz``, 1.6x on a
     random slab, 2.8x on a random open cluster (surface atoms have fewer
-    neighbours).
+    neighbours). ``heights``: the (F, 3) distances between lattice planes
+    when the caller has them (:func:`neighbour_pairs` computes them once for
+    the estimate and the search).
 
     Returns
     -------
@@ -128,7 +131,8 @@ def estimate_pairs(positions, n_atoms, cells, pbc, cutoff: float, *, self_pairs:
     if not filled.any():
         return estimate
     cutoff = float(cutoff)
-    _, heights = _inverse_cells(cells, pbc)
+    if heights is None:
+        _, heights = _inverse_cells(cells, pbc)
     starts = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])[filled]
     extent = np.zeros((len(n_atoms), 3))
     extent[filled] = (np.maximum.reduceat(positions, starts, axis=0)
@@ -149,8 +153,9 @@ def estimate_pairs(positions, n_atoms, cells, pbc, cutoff: float, *, self_pairs:
 
 
 def check_pair_estimate(positions, n_atoms, cells, pbc, cutoff: float, *, self_pairs: bool = True,
-                        max_pairs: int = MAX_PAIRS) -> float:
-    """Refuse a neighbour list estimated (:func:`estimate_pairs`) above ``max_pairs`` pairs.
+                        max_pairs: int = MAX_PAIRS, heights=None) -> float:
+    """Refuse a neighbour list estimated (:func:`estimate_pairs`, ``heights`` passed on) above
+    ``max_pairs`` pairs.
 
     Returns
     -------
@@ -167,7 +172,7 @@ def check_pair_estimate(positions, n_atoms, cells, pbc, cutoff: float, *, self_p
         raise TypeError(f"max_pairs must be a number, got {max_pairs!r}")
     if not max_pairs >= 0:
         raise ValueError(f"max_pairs must be >= 0, got {max_pairs!r}")
-    estimate = estimate_pairs(positions, n_atoms, cells, pbc, cutoff, self_pairs=self_pairs)
+    estimate = estimate_pairs(positions, n_atoms, cells, pbc, cutoff, self_pairs=self_pairs, heights=heights)
     total = float(estimate.sum()) if len(estimate) else 0.0
     if total > max_pairs:
         f = int(np.argmax(estimate))
@@ -431,12 +436,13 @@ def _bin_index(bin_of, n_bins_total):
     return start, atoms
 
 
-def _plan(positions, n_atoms, cells, pbc, cutoff, method="auto"):
-    """Per frame: the path (0 empty, 1 brute force, 2 cell list) and everything the kernels need.
+def _plan(positions, n_atoms, cells, pbc, cutoff, method="auto", inverse=None):
+    """Per frame: the path (0 empty, 1 brute force, 2 cell list) and everything the kernels need
+    (``inverse``: ``_inverse_cells(cells, pbc)`` if the caller has it).
 
     Vectorised over frames (no per-frame Python work)."""
     n_frames = len(n_atoms)
-    inverse_cells, heights = _inverse_cells(cells, pbc)
+    inverse_cells, heights = _inverse_cells(cells, pbc) if inverse is None else inverse
     # a little slack: a shift or bin the rounding would exclude is tried, and the distance test decides
     reach = cutoff / heights * (1 + 1e-9) + 1e-9
     first_atom = np.concatenate([[0], np.cumsum(n_atoms)[:-1]]).astype(np.int64)
@@ -668,8 +674,9 @@ def neighbour_pairs(positions, n_atoms, cells, pbc, cutoff: float, *, self_pairs
     positions, n_atoms, cells, pbc = _checked(positions, n_atoms, cells, pbc, cutoff)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    inverse = _inverse_cells(cells, pbc)  # once, for the estimate and the search
     check_pair_estimate(positions, n_atoms, cells, pbc, cutoff, self_pairs=self_pairs,
-                        max_pairs=MAX_PAIRS if max_pairs is None else max_pairs)
+                        max_pairs=MAX_PAIRS if max_pairs is None else max_pairs, heights=inverse[1])
     cutoff = float(cutoff)
     filled = n_atoms > 0
     if small_frame_candidates is not None:
@@ -684,7 +691,7 @@ def neighbour_pairs(positions, n_atoms, cells, pbc, cutoff: float, *, self_pairs
         compiled, plan = np.zeros(len(n_atoms), bool), None
     else:
         compiled = filled
-        plan = _plan(positions, n_atoms, cells, pbc, cutoff, method)
+        plan = _plan(positions, n_atoms, cells, pbc, cutoff, method, inverse)
     parts = []
     if compiled.any():
         parts.append(_compiled_pairs(positions, n_atoms, cells, pbc, cutoff, self_pairs, plan, compiled))
