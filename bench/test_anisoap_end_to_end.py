@@ -234,7 +234,7 @@ def test_anisoap_end_to_end_threads(bench_state, pytestconfig):
     frames = small_cell_frames(THREAD_FRAMES, seed=0)
     calc = _calculator(anisoap, pytestconfig.getoption("lmax"))
     backend = _backend()
-    medians, splits = {}, {}
+    medians, splits, used = {}, {}, {}
     try:
         with switch.use_backend(backend):
             for threads in (1, 2):
@@ -242,6 +242,9 @@ def test_anisoap_end_to_end_threads(bench_state, pytestconfig):
                     pinning.pin_and_verify(threads)
                 except pinning.PinningError as err:
                     pytest.skip(f"cannot pin to {threads} threads in this process: {err}")
+                import numba
+
+                used[threads] = numba.get_num_threads()
                 calc.transform(frames)  # warm: JIT, caches
                 times, split = [], []
                 for _ in range(SWITCH_ROUNDS):
@@ -257,5 +260,6 @@ def test_anisoap_end_to_end_threads(bench_state, pytestconfig):
     print(f"\ntransform on {THREAD_FRAMES} small-cell frames (20 atoms, cells 6-10 A), ANISOAP_BACKEND={backend}:")
     for threads in (1, 2):
         parts = ", ".join(f"{name} {seconds * 1e3:.2f}" for name, seconds in splits[threads].items())
-        print(f"  {threads} thread(s): median {medians[threads] * 1e3:.2f} ms of {SWITCH_ROUNDS} ({parts})")
+        print(f"  {threads} thread(s) (Numba's count: {used[threads]}): median {medians[threads] * 1e3:.2f} ms "
+              f"of {SWITCH_ROUNDS} ({parts})")
     print(f"  2 threads over 1: {speedup:.2f}x (goal >= {THREAD_GOAL:g}x: {_verdict(speedup >= THREAD_GOAL)})")
