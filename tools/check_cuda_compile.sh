@@ -3,7 +3,7 @@
 #
 # For each representative hyper-parameter set (kernels.cupy.compile_check.
 # representative_hypers: lmax 6 and 10 GTO default, lmax 8 monomial with a
-# radial-count list, lmax 0 with an int count) three generated translation units
+# radial-count list, lmax 0 with an int count) four generated translation units
 # are compiled to cubins for sm_90:
 #   <name>.cu          the pair kernel (pair_expansion.cuh + generated wb::Spec +
 #                      pair_expansion_kernel.cu: wb_expand_f64, wb_expand_f32);
@@ -12,7 +12,10 @@
 #                      wb_density_f64/f32, wb_combine_f64/f32; kernels.cupy.density);
 #   gradients_<name>.cu values and gradients (pair_gradients.cuh + generated
 #                      wb::GradSpec + pair_gradients_kernel.cu: wb_gradients_f64/f32;
-#                      kernels.cupy.gradients).
+#                      kernels.cupy.gradients);
+#   backward_<name>.cu the centre density's backward pass (centre_density_backward.cuh
+#                      + generated spec + centre_density_backward_kernel.cu;
+#                      kernels.cupy.backward).
 # (all written, with their host harnesses, by `python -m
 # einsum_workbench.kernels.cupy.compile_check write-sources DIR`). ptxas'
 # register and spill report is printed per kernel.
@@ -34,14 +37,14 @@ ARCH="${CUDA_ARCH:-sm_90}"
 NVCC="${NVCC:-$(command -v nvcc || true)}"
 if [ -z "$NVCC" ] && [ -x /usr/local/cuda/bin/nvcc ]; then NVCC=/usr/local/cuda/bin/nvcc; fi
 if [ -z "$NVCC" ]; then
-    echo "check_cuda_compile: SKIPPED: nvcc not found (PATH or /usr/local/cuda/bin); the sm_90 compile of the cupy_batched pair, centre-density and gradient kernels did not run"
+    echo "check_cuda_compile: SKIPPED: nvcc not found (PATH or /usr/local/cuda/bin); the sm_90 compile of the cupy_batched pair, centre-density, gradient and backward kernels did not run"
     exit 0
 fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 "$PYTHON" -m einsum_workbench.kernels.cupy.compile_check write-sources "$work" > /dev/null || {
-    echo "check_cuda_compile: FAILED to generate the pair, centre-density and gradient kernel sources" >&2; exit 2; }
+    echo "check_cuda_compile: FAILED to generate the pair, centre-density, gradient and backward kernel sources" >&2; exit 2; }
 
 echo "check_cuda_compile: $("$NVCC" --version | tail -1), arch $ARCH"
 status=0
@@ -52,8 +55,8 @@ for source in "$work"/*.cu; do
             -o "$work/$name.cubin" "$source" > "$log" 2>&1; then
         # one line per kernel: registers and spill stores/loads from ptxas -v
         summary="$(grep -E "Compiling entry|registers|spill" "$log" \
-            | sed -E 's/.*Compiling entry function .(wb_[a-z]+_f[0-9]+). for .*/\1/; s/ptxas info *: //' \
-            | paste -sd' ' - | sed -E 's/ (wb_[a-z]+_f[0-9]+)/\n    \1/g')"
+            | sed -E 's/.*Compiling entry function .(wb_[a-z_]+_f[0-9]+). for .*/\1/; s/ptxas info *: //' \
+            | paste -sd' ' - | sed -E 's/ (wb_[a-z_]+_f[0-9]+)/\n    \1/g')"
         echo "  OK   $name"
         echo "    $summary"
     else

@@ -39,6 +39,18 @@ It
    NumPy in, NumPy out (sorting, planning, validation and transfers included).
    ``--problem density`` runs only this part, ``--problem pairs`` only 1-3.
 
+5. with the pair part, the ``cupy_batched`` gradients (``kernels.cupy.gradients``)
+   and the ``cupy_batched`` backward pass of the centre density
+   (``kernels.cupy.backward``, registry problem ``"backward"``): against the
+   reference (``reference.backward.centre_density_backward``, finite
+   differences; lmax 0, 3, 6, 8, both bases, float64 and float32, raw and
+   orthonormalised, unsorted segments with empty ones; the tolerances of
+   ``tests/kernels/test_backward.py``) and the same code compiled for the CPU
+   by g++, chunked == unchunked and shuffled pairs == permuted result (bit
+   for bit); then kernel-only timings at lmax 6 (CUDA events, sorted segments
+   of ~64 pairs, device-resident inputs and moment-cotangent table) and one
+   end-to-end call (the host's per-segment contraction and transfers included).
+
 Modes: ``kernel`` = inputs and outputs already on the device, one kernel
 launch (the device code's throughput; the goal of >= 1e9 pairs/s at lmax 6
 float64 on an H100 refers to it); ``device-out`` = NumPy in, CuPy out
@@ -255,6 +267,118 @@ def check_gradients(checks: Checks, n_pairs: int = 2**20, repeats: int = 10):
                 del d_in, d_out
 
     checks.run("cupy_batched gradients kernel timing (lmax 6)", timing)
+
+
+def _assert_cotangents_close(actual, expected, rtol, atol_scale, label):
+    """PairCotangents per quantity, as tests/kernels/test_backward.py: ``atol = atol_scale x``
+    the quantity's largest |value|, or 0.1 x the largest of all three when that is larger."""
+    largest = max(float(np.max(np.abs(x), initial=0.0)) for x in expected if x is not None)
+    for q in ("r", "theta", "semiaxes"):
+        a, e = getattr(actual, q), getattr(expected, q)
+        if e is None:
+            assert a is None, f"{label} {q}: expected None"
+            continue
+        scale = max(float(np.max(np.abs(e), initial=0.0)), 0.1 * largest, 1e-300)
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol_scale * scale, err_msg=f"{label} {q}")
+
+
+def _backward_cotangent(hypers, n_segments, seed):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(n_segments, 2 * l + 1, n)) for l, n in enumerate(hypers.num_radial)]
+
+
+def check_backward(checks: Checks):
+    """``cupy_batched`` backward (kernels.cupy.backward): GPU vs the reference and vs the
+    host-compiled body, chunked == unchunked, shuffled pairs == permuted result."""
+    from einsum_workbench.kernels.cupy import backward as cbw
+    from einsum_workbench.kernels.cupy.host_build import host_compiler
+    from einsum_workbench.reference.backward import centre_density_backward as reference_backward
+
+    print("[cupy_batched backward] GPU vs the reference, vs host-compiled body, chunking, pair order")
+    for lmax, basis, max_radial in ((0, "gto", 2), (3, "monomial", None), (6, "gto", None), (8, "monomial", 1)):
+        for dtype, rtol, atol_scale in ((np.float64, 1e-6, 1e-6), (np.float32, 1e-3, 1e-4)):
+            for orthonormal in (False, True):
+                def one(lmax=lmax, basis=basis, max_radial=max_radial, dtype=dtype, rtol=rtol,
+                        atol_scale=atol_scale, orthonormal=orthonormal):
+                    hypers = make_hypers(lmax, basis, max_radial)
+                    arrays = _inputs(40, 80 + lmax, "mixed", dtype)
+                    segment = density_segments(40, 9, 80 + lmax)
+                    g = _backward_cotangent(hypers, 9, lmax)
+                    got = cbw.centre_density_backward(*arrays, hypers, segment, 9, g, orthonormal=orthonormal,
+                                                      semiaxes_gradients=True)
+                    assert got.r.dtype == np.dtype(dtype), got.r.dtype
+                    expected = reference_backward(*(a.astype(np.float64) for a in arrays), hypers, segment, 9, g,
+                                                  orthonormal=orthonormal, semiaxes_gradients=True)
+                    _assert_cotangents_close(got, expected, rtol, atol_scale, "vs reference")
+                    if host_compiler() is not None and dtype == np.float64:
+                        host = cbw.centre_density_backward_host_compiled(*arrays, hypers, segment, 9, g,
+                                                                         orthonormal=orthonormal,
+                                                                         semiaxes_gradients=True)
+                        _assert_cotangents_close(got, host, 1e-10, 1e-12, "GPU vs host-compiled")
+                label = f"l{lmax}-{basis}-{max_radial} {np.dtype(dtype).name} {'orthonormal' if orthonormal else 'raw'}"
+                checks.run(f"cupy_batched backward {label}", one)
+
+    def chunked_and_shuffled():
+        hypers, arrays = make_hypers(6, "gto"), _inputs(5000, 17, "mixed", np.float64)
+        segment = density_segments(5000, 301, 17)
+        g = _backward_cotangent(hypers, 301, 17)
+        whole = cbw.centre_density_backward(*arrays, hypers, segment, 301, g, semiaxes_gradients=True)
+        bound = 977 * cbw.device_bytes_per_pair(hypers, np.float64, True)
+        parts = cbw.centre_density_backward(*arrays, hypers, segment, 301, g, semiaxes_gradients=True,
+                                            max_gpu_memory=bound)
+        order = np.random.default_rng(3).permutation(5000)
+        shuffled = cbw.centre_density_backward(*(a[order] for a in arrays), hypers, segment[order], 301, g,
+                                               semiaxes_gradients=True)
+        for q, a, b, c in zip(("r", "theta", "semiaxes"), whole, parts, shuffled):
+            np.testing.assert_array_equal(a, b, err_msg=f"chunked != unchunked ({q})")
+            np.testing.assert_array_equal(a[order], c, err_msg=f"shuffled pairs != permuted result ({q})")
+
+    checks.run("cupy_batched backward chunked == unchunked, pair order", chunked_and_shuffled)
+
+
+def time_backward(checks: Checks, n_pairs: int = 2**20, repeats: int = 10):
+    """``cupy_batched`` backward at lmax 6: kernel only (CUDA events, device-resident inputs and
+    moment-cotangent table, sorted segments of ~64 pairs) and one end-to-end call."""
+    import cupy
+
+    from einsum_workbench.kernels.cupy import backward as cbw
+    from einsum_workbench.kernels.tables import num_monomials
+
+    def timing():
+        hypers = make_hypers(6, "gto")
+        segment, n_segments = timing_segments(n_pairs, "poisson")
+        g = _backward_cotangent(hypers, n_segments, 5)
+        table = cbw.moment_cotangent(cbw.flat_cotangent(g, hypers), hypers)
+        for dtype in (np.float64, np.float32):
+            arrays = _inputs(n_pairs, 1, "mixed", dtype)
+            for semi in (False, True):
+                n_comp = cbw.component_count(semi)
+                backend = cbw.CupyBackwardBackend(hypers)
+                d_in = [cupy.asarray(a.reshape(-1)) for a in arrays]
+                d_row = cupy.asarray(segment.astype(np.int64))
+                d_table = cupy.asarray(table.astype(dtype).reshape(-1))
+                d_out = cupy.empty(n_comp * n_pairs, dtype=dtype)
+                for _ in range(2):
+                    backend.launch(*d_in, d_row, d_table, d_out, n_pairs, n_pairs, semi, dtype)
+                start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+                start.record()
+                for _ in range(repeats):
+                    backend.launch(*d_in, d_row, d_table, d_out, n_pairs, n_pairs, semi, dtype)
+                stop.record()
+                stop.synchronize()
+                seconds = cupy.cuda.get_elapsed_time(start, stop) / 1e3 / repeats
+                attributes = backend.module.get_function(cbw.KERNEL_NAMES[(np.dtype(dtype), semi)]).attributes
+                print(f"  backward kernel lmax 6 {np.dtype(dtype).name} {n_comp} numbers per pair, "
+                      f"{n_segments} segments of ~{DENSITY_MEAN_SEGMENT} pairs ({num_monomials(hypers.max_degree)} "
+                      f"moments each): {n_pairs / seconds:.3e} pairs/s ({attributes['num_regs']} regs, "
+                      f"{attributes['local_size_bytes']} B local)")
+                del d_in, d_row, d_table, d_out
+            call = functools.partial(cbw.centre_density_backward, *arrays, hypers, segment, n_segments, g)
+            seconds = time_call(call, cupy.cuda.Device().synchronize, max(1, repeats // 4))
+            print(f"  backward end-to-end lmax 6 {np.dtype(dtype).name} (NumPy in and out, per-segment "
+                  f"contraction on the host): {n_pairs / seconds:.3e} pairs/s")
+
+    checks.run("cupy_batched backward timing (lmax 6)", timing)
 
 
 # ---------------------------------------------------------------- timing
@@ -706,6 +830,9 @@ def main(argv=None) -> int:
             check_density_extras(checks)
         if "cupy_batched" in available and get_variant("cupy_batched", "gradients").unavailable_reason() is None:
             check_gradients(checks)
+        if "cupy_batched" in available and get_variant("cupy_batched", "backward").unavailable_reason() is None:
+            check_backward(checks)
+            time_backward(checks)
         print(f"\nequivalence: {len(checks.passed)} passed, {len(checks.failed)} failed")
 
     card = card_properties()

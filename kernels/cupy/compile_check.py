@@ -3,11 +3,11 @@
 - :func:`representative_hypers`: the hyper-parameter sets whose kernels CI compiles;
 - :func:`write_sources` and the command line
   ``python -m einsum_workbench.kernels.cupy.compile_check write-sources DIR``:
-  the translation units of the pair, centre-density and gradient kernels and
+  the translation units of the pair, centre-density, gradient and backward kernels and
   of their host harnesses, which the script compiles with nvcc (kernels) and
   g++ (host harnesses).
 
-It imports the three kernel modules (none imports it back) and no CuPy.
+It imports the four kernel modules (none imports it back) and no CuPy.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from einsum_workbench.reference.hypers import ExpansionHypers
 
-from einsum_workbench.kernels.cupy import density, gradients, pairs
+from einsum_workbench.kernels.cupy import backward, density, gradients, pairs
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ SOURCES = {
     "": (pairs.kernel_source, pairs.host_source),
     "density_": (density.kernel_source, density.host_source),
     "gradients_": (gradients.kernel_source, gradients.host_source),
+    "backward_": (backward.kernel_source, backward.host_source),
 }
 
 
@@ -49,7 +50,8 @@ def write_sources(directory) -> list[Path]:
     For each of :func:`representative_hypers`: ``<name>.cu`` and
     ``<name>_host.cpp`` (pair kernel and its host harness),
     ``density_<name>.cu`` and ``density_<name>_host.cpp`` (centre density),
-    ``gradients_<name>.cu`` and ``gradients_<name>_host.cpp`` (values and gradients).
+    ``gradients_<name>.cu`` and ``gradients_<name>_host.cpp`` (values and gradients),
+    ``backward_<name>.cu`` and ``backward_<name>_host.cpp`` (the centre density's backward pass).
 
     Returns the written paths.
     """

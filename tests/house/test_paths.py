@@ -72,7 +72,8 @@ def test_write_sources_command_line(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     written = {Path(line).name for line in result.stdout.split()}
-    expected = {f"{prefix}{name}{suffix}" for prefix in ("", "density_", "gradients_") for name in representative_hypers()
+    prefixes = ("", "density_", "gradients_", "backward_")
+    expected = {f"{prefix}{name}{suffix}" for prefix in prefixes for name in representative_hypers()
                 for suffix in (".cu", "_host.cpp")}
     assert written == expected == {p.name for p in tmp_path.iterdir()}
     usage = subprocess.run([sys.executable, "-m", "einsum_workbench.kernels.cupy.compile_check"],
