@@ -286,6 +286,18 @@ BACKWARD_VARIANTS: tuple[Variant, ...] = (
         problem="backward", native=True,
         description="Torch reverse-mode autograd through torch_einsum's core, per chunk (a VJP), CPU",
     ),
+    Variant(
+        "numba_fused", "kernels.numba.backward", "centre_density_backward", requires=("numba",),
+        problem="backward", native=True,
+        description="Numba, fused: per segment the cotangent contracted once with T', per pair ten dot products "
+                    "of its moments and the chain rule",
+    ),
+    Variant(
+        "cupy_batched", "kernels.cupy.backward", "centre_density_backward", requires=("cupy",),
+        gpu_probe="gpu_unavailable_reason", device="cuda", problem="backward",
+        description="CuPy/CUDA: one thread per pair, its moments projected on its segment's moment cotangent "
+                    "(T'^T g, once per segment on the host), 6 (9) numbers out",
+    ),
 )
 
 
@@ -322,9 +334,30 @@ def get_variant(name: str, problem: str = "pairs") -> Variant:
     raise KeyError(f"unknown {kind} {name!r}; registered variants: {', '.join(variant_names(problem))}")
 
 
-def load_variant(name: str, problem: str = "pairs") -> Callable:
-    """Shortcut for ``get_variant(name, problem).load()``."""
-    return get_variant(name, problem).load()
+def load_variant(name: str, problem: str = "pairs", *, smooth_cutoff=None) -> Callable:
+    """``get_variant(name, problem).load()``, with the optional smooth cutoff applied.
+
+    Parameters
+    ----------
+    name, problem : as :func:`get_variant`
+    smooth_cutoff : None or einsum_workbench.reference.cutoff.ShiftedCosine
+        None: the variant's function itself (upstream's hard cutoff). A
+        ShiftedCosine: the function wrapped by
+        :func:`einsum_workbench.kernels.smooth_cutoff.with_smooth_cutoff`
+        (same contract; DESIGN.md section 3, "Smooth cutoff (optional)").
+
+    Raises
+    ------
+    KeyError, ValueError, RuntimeError as :func:`get_variant` and :meth:`Variant.load`;
+    TypeError for a ``smooth_cutoff`` that is neither None nor a ShiftedCosine.
+    """
+    function = get_variant(name, problem).load()
+    if smooth_cutoff is None:
+        return function
+    from einsum_workbench.kernels.smooth_cutoff import with_smooth_cutoff
+
+    pair_variant = get_variant(name) if name in variant_names("pairs") else None  # the shell pairs' expansion
+    return with_smooth_cutoff(function, problem, smooth_cutoff, name=name, pair_variant=pair_variant)
 
 
 def available_variants(problem: str = "pairs") -> list[Variant]:
@@ -337,20 +370,30 @@ def availability_table(problem: str = "pairs") -> list[tuple[str, str, str]]:
     return [(v.name, v.unavailable_reason() or "available", v.description) for v in _table(problem)]
 
 
-def density_function(name: str) -> Callable:
+def density_function(name: str, *, smooth_cutoff=None) -> Callable:
     """The centre density computed with the pair backend ``name``.
 
     Its own ``DENSITY_VARIANTS`` entry when it has one, else its pair
     expansion followed by a NumPy segment sum
     (:func:`einsum_workbench.kernels.numpy.density.density_from_expansion`).
+    With ``smooth_cutoff`` (a ``reference.cutoff.ShiftedCosine``), wrapped by
+    :func:`einsum_workbench.kernels.smooth_cutoff.with_smooth_cutoff`: the
+    shell pairs' coefficients come from the pair backend ``name``.
 
     Raises
     ------
-    KeyError (unknown name) or RuntimeError (cannot run here), as :meth:`Variant.load`.
+    KeyError (unknown name) or RuntimeError (cannot run here), as :meth:`Variant.load`;
+    TypeError for a ``smooth_cutoff`` that is neither None nor a ShiftedCosine.
     """
     pair_variant = get_variant(name)
     if name in variant_names("density"):
-        return get_variant(name, "density").load()
-    from einsum_workbench.kernels.numpy.density import density_from_expansion
+        function = get_variant(name, "density").load()
+    else:
+        from einsum_workbench.kernels.numpy.density import density_from_expansion
 
-    return density_from_expansion(pair_variant.load(), name)
+        function = density_from_expansion(pair_variant.load(), name)
+    if smooth_cutoff is None:
+        return function
+    from einsum_workbench.kernels.smooth_cutoff import with_smooth_cutoff
+
+    return with_smooth_cutoff(function, "density", smooth_cutoff, name=name, pair_variant=pair_variant)

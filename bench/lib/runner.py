@@ -52,11 +52,26 @@ def load_pinned(name: str, threads: int, problem: str = "pairs"):
     return variant, function
 
 
+#: seed of the backward pass's cotangent (:func:`backward_cotangent`)
+COTANGENT_SEED = 0
+
+
+def backward_cotangent(hypers, n_segments: int, seed: int = COTANGENT_SEED) -> list:
+    """The cotangent the backward variants are measured with: per l, ``(n_segments, 2l+1,
+    num_radial[l])`` float64 standard normal draws of ``numpy.random.default_rng(seed)``
+    (a dense cotangent, as a loss of every density row gives)."""
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(n_segments, 2 * l + 1, n)) for l, n in enumerate(hypers.num_radial)]
+
+
 def call_arguments(inp: BenchInput, dtype, problem: str) -> tuple:
-    """What a variant of ``problem`` is called with on ``inp``."""
-    if problem == "density":
+    """What a variant of ``problem`` is called with on ``inp``: the pair arrays and hypers; for
+    ``"density"`` and ``"backward"`` sorted by segment with the segments (``inp.density_args``),
+    for ``"backward"`` also :func:`backward_cotangent`."""
+    if problem in ("density", "backward"):
         r_ij, rotations, semiaxes, segment, n_segments = inp.density_args(dtype)
-        return r_ij, rotations, semiaxes, inp.hypers, segment, n_segments
+        arguments = (r_ij, rotations, semiaxes, inp.hypers, segment, n_segments)
+        return arguments + (backward_cotangent(inp.hypers, n_segments),) if problem == "backward" else arguments
     return (*inp.arrays(dtype), inp.hypers)
 
 
@@ -139,6 +154,40 @@ def gradient_spot_check(name: str, out, inp: BenchInput, dtype) -> None:
                                        err_msg=f"{name} {quantity} l={l} on the benchmarked pairs (finite differences)")
 
 
+#: the backward spot check compares with the reference (finite differences) on this many pairs
+BACKWARD_CHECK_PAIRS = 8
+
+
+def backward_spot_check(name: str, out, inp: BenchInput, dtype) -> None:
+    """Shapes of a backward variant's ``out`` (``reference.backward.PairCotangents``, in the
+    order of :func:`call_arguments`) and, for variants other than the reference, its first
+    ``BACKWARD_CHECK_PAIRS`` pairs against ``reference.backward.centre_density_backward`` on
+    those pairs (same segments and cotangent), with ``tests/kernels/test_backward.py``'s
+    tolerances (float64 ``rtol = 1e-6``, ``atol = 1e-6 x`` the quantity's largest |value|,
+    at least 0.1 x the largest of both; float32 ``1e-3`` and ``1e-4 x``). Raises AssertionError."""
+    from einsum_workbench.reference.backward import centre_density_backward
+
+    for quantity in ("r", "theta"):
+        shape = tuple(np.shape(getattr(out, quantity)))
+        assert shape == (inp.n_pairs, 3), f"{name} backward {quantity}: shape {shape}, expected {(inp.n_pairs, 3)}"
+    assert out.semiaxes is None, f"{name} backward: semi-axis derivatives returned unasked"
+    if name == "reference" or inp.n_pairs == 0:
+        return
+    r_ij, rotations, semiaxes, _, segment, n_segments, cotangent = call_arguments(inp, np.float64, "backward")
+    k = min(BACKWARD_CHECK_PAIRS, inp.n_pairs)
+    expected = centre_density_backward(r_ij[:k], rotations[:k], semiaxes[:k], inp.hypers, segment[:k], n_segments,
+                                       cotangent)
+    float32 = np.dtype(out.r.dtype) == np.float32
+    rtol, atol_scale = (1e-3, 1e-4) if float32 else (1e-6, 1e-6)
+    largest = max(float(np.max(np.abs(expected.r))), float(np.max(np.abs(expected.theta))))
+    for quantity in ("r", "theta"):
+        e = getattr(expected, quantity)
+        scale = max(float(np.max(np.abs(e))), 0.1 * largest)
+        np.testing.assert_allclose(np.asarray(getattr(out, quantity))[:k].astype(np.float64), e, rtol=rtol,
+                                   atol=atol_scale * scale,
+                                   err_msg=f"{name} backward {quantity} on the benchmarked pairs (reference)")
+
+
 class PlainRounds:
     """Steady-state rounds timed in a plain loop (the command-line runner).
 
@@ -216,10 +265,12 @@ def measure_variant(
     inp : BenchInput
     threads : int
         Must equal the count the process was pinned to.
-    problem : {"pairs", "density", "gradients"}
+    problem : {"pairs", "density", "gradients", "backward"}
         The pair expansion, the centre density of the batch's segments
-        (time per pair is still per neighbour pair), or the pair expansion
-        with its derivatives along positions and orientations.
+        (time per pair is still per neighbour pair), the pair expansion
+        with its derivatives along positions and orientations, or the
+        centre density's backward pass (the cotangent of :func:`backward_cotangent`;
+        positions and orientations).
     dtype : numpy.float64 or numpy.float32
     repeat : int or None
         Steady-state calls; None sizes them to ``budget_s`` seconds within
@@ -254,9 +305,8 @@ def measure_variant(
     variant, function = load_pinned(name, threads, problem)
     args = call_arguments(inp, dtype, problem)
     sync = measure.synchronizer(variant.device)
-    spot = density_spot_check if problem == "density" else spot_check
-    if problem == "gradients":
-        spot = gradient_spot_check
+    spot = {"density": density_spot_check, "gradients": gradient_spot_check,
+            "backward": backward_spot_check}.get(problem, spot_check)
 
     def call():
         out = function(*args)

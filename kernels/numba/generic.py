@@ -335,7 +335,7 @@ def segment_starts(segment, starts):
         return 0
     first = segment[0]
     last = segment[n_pairs - 1]
-    if first < 0 or last >= n_segments:
+    if first < 0 or first >= n_segments or last >= n_segments:
         return 1
     for s in range(first + 1):
         starts[s] = 0
@@ -343,7 +343,7 @@ def segment_starts(segment, starts):
         before = segment[p - 1]
         now = segment[p]
         if now != before:
-            if now < before:
+            if now < before or now >= n_segments:  # unsorted, or out of range: never write past starts
                 return 1
             for s in range(before + 1, now + 1):
                 starts[s] = p

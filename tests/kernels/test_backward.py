@@ -5,7 +5,8 @@ A backward variant joins this suite by being in
 reference (``reference.backward.centre_density_backward``: the reference
 gradients, central finite differences, contracted with the cotangent; it is
 itself checked against finite differences of a whole centre density in
-``tests/reference/test_backward.py``). Variants that cannot run here are
+``tests/reference/test_backward.py``), and every analytic variant also against
+reverse-mode Torch autograd (``torch_einsum``) at float64 rounding. Variants that cannot run here are
 skipped with the registry's reason.
 
 Inputs: the pair suite's hyper-parameters (``reference.compare.equivalence_hypers``,
@@ -110,6 +111,27 @@ def test_variant_matches_reference_float64(candidate, case, hypers, orthonormal)
     plain = backward(r, rot, ax, hypers, SEGMENT, N_SEGMENTS, _cotangent(hypers, seed), orthonormal=orthonormal)
     assert plain.semiaxes is None
     _assert_cotangents_close(plain, expected._replace(semiaxes=None), FLOAT64_TOL, f"{name} {case} plain")
+
+
+#: Torch autograd is exact up to rounding: variants that differentiate analytically agree with it far
+#: more closely than with the reference's finite differences.
+AUTOGRAD_TOL = {"rtol": 1e-9, "atol_scale": 1e-10}
+ANALYTIC = [v for v in CANDIDATES if v.name != "torch_einsum"]
+
+
+@pytest.mark.parametrize("orthonormal", [False, True], ids=["raw", "orthonormal"])
+@pytest.mark.parametrize("case,hypers", equivalence_hypers(), ids=[c for c, _ in equivalence_hypers()])
+@pytest.mark.parametrize("variant", ANALYTIC, ids=lambda v: v.name)
+def test_variant_matches_torch_autograd_float64(variant, case, hypers, orthonormal, load_or_skip):
+    """Every analytic variant against reverse-mode Torch autograd (``torch_einsum``) at float64 rounding."""
+    name, backward = variant.name, load_or_skip(variant, f"{variant.name} (backward)")
+    autograd = load_or_skip(get_variant("torch_einsum", "backward"), "torch_einsum (backward), the autograd oracle")
+    seed = zlib.crc32(case.encode()) % 1000 + 1
+    r, rot, ax = _pairs(seed)
+    g = _cotangent(hypers, seed)
+    expected = autograd(r, rot, ax, hypers, SEGMENT, N_SEGMENTS, g, orthonormal=orthonormal, semiaxes_gradients=True)
+    actual = backward(r, rot, ax, hypers, SEGMENT, N_SEGMENTS, g, orthonormal=orthonormal, semiaxes_gradients=True)
+    _assert_cotangents_close(actual, expected, AUTOGRAD_TOL, f"{name} {case} orthonormal={orthonormal} vs autograd")
 
 
 @pytest.mark.parametrize("case,hypers", float32_hypers(), ids=[c for c, _ in float32_hypers()])

@@ -29,6 +29,9 @@ CODE_VERSION = 11
 #: Bump when the generated gradient code changes: part of the gradient kernels' cache key.
 GRADIENT_CODE_VERSION = 1
 
+#: Bump when the generated backward code changes: part of the backward kernels' cache key.
+BACKWARD_CODE_VERSION = 1
+
 #: The folder of the Numba family (``kernels/numba``), against which ``KERNEL_SOURCES`` are read.
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,6 +44,7 @@ KERNEL_SOURCES = {
     "pairs": _PAIR_SOURCES,
     "density": _PAIR_SOURCES + ("codegen/density.py",),
     "gradients": _PAIR_SOURCES + ("codegen/gradients.py",),
+    "backward": _PAIR_SOURCES + ("codegen/density.py", "codegen/backward.py"),
 }
 
 
@@ -82,14 +86,15 @@ def _kind_digest(kind: str, root: str) -> str:
 
 def kernel_key(hypers: ExpansionHypers, dtype, lanes: int | None = None, split: bool | None = None,
                kind: str = "pairs", *, root: Path = SOURCE_ROOT) -> str:
-    """Hash (20 hex characters) naming a generated pair or density module, so that a stale disk
-    cache is never used.
+    """Hash (20 hex characters) naming a generated pair, density or backward module, so that a
+    stale disk cache is never used.
 
     Covers what shapes the machine code: the hyper-parameters that enter
     (rcond/tol do not: the density kernel reads the orthonormalisation
     matrices at run time), dtype, lanes (``lanes.checked_lanes`` /
-    ``checked_density_lanes``), split, the kind of kernel (``"pairs"`` or
-    ``"density"``), ``CODE_VERSION``, the source of the modules the kernel's
+    ``checked_density_lanes``, the latter also for the backward kernel), split,
+    the kind of kernel (``"pairs"``, ``"density"`` or ``"backward"``, which adds
+    ``BACKWARD_CODE_VERSION``), ``CODE_VERSION``, the source of the modules the kernel's
     code comes from (``KERNEL_SOURCES[kind]`` under ``root``: a copy of the
     family, for tests), the bytes of the solid-harmonic tables (the constants
     inlined) and the screen's thresholds (``screening.screen_limits``).
@@ -100,8 +105,8 @@ def kernel_key(hypers: ExpansionHypers, dtype, lanes: int | None = None, split: 
         an unknown ``kind``, a bad dtype or lane count.
     """
     dtype = np.dtype(dtype)
-    if kind not in ("pairs", "density"):
-        raise ValueError(f"kind must be 'pairs' or 'density', got {kind!r}")
+    if kind not in ("pairs", "density", "backward"):
+        raise ValueError(f"kind must be 'pairs', 'density' or 'backward', got {kind!r}")
     lanes = checked_lanes(dtype, lanes) if kind == "pairs" else checked_density_lanes(dtype, lanes)
     tables = hashlib.sha256()
     for table in compact_solid_harmonics(hypers):
@@ -114,6 +119,8 @@ def kernel_key(hypers: ExpansionHypers, dtype, lanes: int | None = None, split: 
     }
     if kind != "pairs":  # the pair kernel's fields as they were
         fields["kind"] = kind
+    if kind == "backward":
+        fields["backward_version"] = BACKWARD_CODE_VERSION
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -134,3 +141,16 @@ def gradient_kernel_key(hypers: ExpansionHypers, dtype, lanes: int | None = None
     fields = {"base": base, "version": GRADIENT_CODE_VERSION, "emitter": _kind_digest("gradients", str(root)),
               "semiaxes": bool(semiaxes)}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def backward_kernel_key(hypers: ExpansionHypers, dtype, lanes: int | None = None, *, root: Path = SOURCE_ROOT) -> str:
+    """Hash (20 hex characters) naming a generated backward module (``codegen.backward``):
+    ``kernel_key(hypers, dtype, lanes, kind="backward")`` (lanes None: the density kernel's
+    choice, ``lanes.checked_density_lanes``).
+
+    Raises
+    ------
+    ValueError
+        a bad dtype or lane count.
+    """
+    return kernel_key(hypers, dtype, lanes, kind="backward", root=root)
