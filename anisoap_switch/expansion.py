@@ -64,15 +64,21 @@ def hypers_from_radial_basis(radial_basis, lmax: int) -> ExpansionHypers:
             f"the radial basis gives {len(num_radial)} radial counts {num_radial}, "
             f"fewer than lmax + 1 = {lmax + 1}"
         )
-    return ExpansionHypers(
-        lmax=int(lmax),
-        radial_basis=kind,
-        cutoff=float(radial_basis.cutoff_radius),
-        sigma=float(radial_basis.radial_gaussian_width) if kind == "gto" else None,
-        max_radial=[n - 1 for n in num_radial[: lmax + 1]],
-        rcond=float(getattr(radial_basis, "rcond", 0.0)),
-        tol=float(getattr(radial_basis, "tol", 1e-8)),
-    )
+    key = (int(lmax), kind, float(radial_basis.cutoff_radius),
+           float(radial_basis.radial_gaussian_width) if kind == "gto" else None,
+           tuple(n - 1 for n in num_radial[: lmax + 1]), float(getattr(radial_basis, "rcond", 0.0)),
+           float(getattr(radial_basis, "tol", 1e-8)))
+    hypers = _HYPERS.get(key)
+    if hypers is None:  # validated once per set (ExpansionHypers is frozen): ~20 us of every transform
+        lmax_, kind_, cutoff, sigma, max_radial, rcond, tol = key
+        hypers = ExpansionHypers(lmax=lmax_, radial_basis=kind_, cutoff=cutoff, sigma=sigma,
+                                 max_radial=list(max_radial), rcond=rcond, tol=tol)
+        _HYPERS[key] = hypers
+    return hypers
+
+
+#: ExpansionHypers already built, by what they were built from.
+_HYPERS: dict = {}
 
 
 def _sample_columns(samples) -> tuple[np.ndarray, ...]:

@@ -41,7 +41,10 @@ The attribute ``nl`` (featomic's neighbour list) is not set by the replaced
 
 from __future__ import annotations
 
+import collections
 import inspect
+import itertools
+import operator
 import warnings
 
 import numpy as np
@@ -51,6 +54,7 @@ from einsum_workbench.anisoap_switch.expansion import hypers_from_radial_basis
 #: Frame arrays upstream's ``power_spectrum`` requires.
 REQUIRED_ATTRIBUTES = ("c_diameter[1]", "c_diameter[2]", "c_diameter[3]", "c_q", "positions", "numbers")
 DIAMETERS = ("c_diameter[1]", "c_diameter[2]", "c_diameter[3]")
+_REQUIRED = operator.itemgetter(*REQUIRED_ATTRIBUTES)
 
 
 class SeveralCentreSpeciesError(IndexError):
@@ -183,10 +187,9 @@ def _check_power_spectrum_frames(frames) -> None:
     if frames[0].arrays is None:
         raise ValueError("frames cannot be none")
     arrays = [frame.arrays for frame in frames]
-    try:  # the common case in a few comprehensions; the loop below only for upstream's message
-        for attr in REQUIRED_ATTRIBUTES:
-            [a[attr] for a in arrays]  # noqa: B018 - a KeyError is the finding
-        if not any("quaternion" in a for a in arrays):
+    try:  # the common case in two C-level passes; the loop below only for upstream's message
+        collections.deque(map(_REQUIRED, arrays), maxlen=0)  # a KeyError is the finding
+        if not any(map(operator.contains, arrays, itertools.repeat("quaternion"))):
             return
     except KeyError:
         pass

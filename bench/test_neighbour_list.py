@@ -20,6 +20,13 @@ default 16 benzene frames, the first 1,000 frames of AniSOAP's
 ``ellipsoids.xyz`` (``../shared/data``; skipped when absent) and one periodic
 box of 10,000 atoms at 0.1 atoms / A^3.
 
+``test_fused_grouping`` times, on the same workloads, what the density
+pipeline needs from the neighbour list: the pairs grouped by segment with the
+neighbour's rotation and semi-axes gathered, as ``neighbour_pairs`` then
+``pipeline.grouping.group_pairs`` (two steps, the list written and read back)
+against ``pipeline.grouping.neighbour_groups`` (one fused compiled search), and
+checks that both give the same arrays.
+
 ``pytest bench/test_neighbour_list.py -s``: one thread (the bench's pinning).
 ``pytest bench/test_neighbour_list.py -s -m scaling``: 2 threads over 1 on the
 50 small cells and the large box, one run.
@@ -163,3 +170,37 @@ def test_neighbour_list_threads(bench_state):
             np.testing.assert_array_equal(a, b, err_msg=f"{name}: output depends on the thread count")
         print(f"  {name}: 1 thread {ms[name, 1]:.3f}, 2 threads {ms[name, 2]:.3f}, "
               f"2 over 1 {ms[name, 1] / ms[name, 2]:.2f}x (identical output)")
+
+
+def _table(name, args):
+    """An AtomsTable of a workload's geometry: two species (every third atom another), unit
+    semi-axes, identity rotations (the grouping gathers them whatever their values)."""
+    from einsum_workbench.reference.frames import AtomsTable
+
+    positions, n_atoms, cells, pbc = args
+    n = len(positions)
+    numbers = np.where(np.arange(n) % 3 == 0, 6, 1).astype(np.int32)
+    return AtomsTable(n_atoms=n_atoms, positions=positions, numbers=numbers,
+                      rotations=np.broadcast_to(np.eye(3), (n, 3, 3)).copy(), semiaxes=np.ones((n, 3)),
+                      cells=cells, pbc=pbc)
+
+
+def test_fused_grouping(bench_state):
+    from einsum_workbench.pipeline.grouping import group_pairs, neighbour_groups
+    from einsum_workbench.reference.neighbours import neighbour_pairs
+
+    def two_steps(table):
+        frame, i, j, _, r_ij = neighbour_pairs(table.positions, table.n_atoms, table.cells, table.pbc, CUTOFF)
+        return group_pairs(frame, i, j, r_ij, table)
+
+    print(f"\npairs grouped by segment, cutoff {CUTOFF:g} A, {bench_state['threads']} thread(s); best of <= "
+          f"{MAX_ROUNDS} calls in {BUDGET_S:g} s, ms:")
+    for name, args in _workloads().items():
+        table = _table(name, args)
+        fused, expected = neighbour_groups(table, CUTOFF), two_steps(table)
+        for field in ("segment", "r_ij", "rotations", "semiaxes", "neighbour"):
+            np.testing.assert_array_equal(getattr(fused, field), getattr(expected, field), err_msg=f"{name} {field}")
+        ms = {"two_steps": _best(lambda: two_steps(table)) * 1e3,
+              "fused": _best(lambda: neighbour_groups(table, CUTOFF)) * 1e3}
+        print(f"  {name} ({len(fused.segment):,} pairs): neighbour_pairs + group_pairs {ms['two_steps']:.3f}, "
+              f"neighbour_groups {ms['fused']:.3f}: {ms['two_steps'] / ms['fused']:.2f}x (same arrays)")

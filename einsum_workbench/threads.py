@@ -15,7 +15,16 @@ and the checks that a measurement's pinning holds):
   ``workqueue`` threading layer (the one left when neither OpenMP nor TBB is
   available) aborts the process when two Python threads run parallel Numba
   code at once, so under it the calls are serialised by one process-wide lock
-  (fresh in a forked child).
+  (fresh in a forked child);
+- :data:`OPENMP_WAIT_POLICY`: set as ``OMP_WAIT_POLICY`` when this module is
+  imported (unless the variable is set already), before Numba's OpenMP layer
+  loads. With OpenMP's default, a worker spins after each parallel region,
+  through the serial work between regions; on a machine where another process
+  holds a core, the spinning worker and the calling thread then share the
+  other one, and the serial work waits whole time slices. Measured (2-core AMD
+  EPYC, 50 small periodic cells, a busy process beside it): the transform's
+  serial rest 0.55 ms on one thread, 4.5 ms on two (spinning), 0.65 ms on two
+  (passive); on an idle machine the two policies measured the same.
 
 Imports only the standard library at import time (threadpoolctl and Numba
 when a function needs them): the variables must be set before NumPy loads.
@@ -28,6 +37,11 @@ import os
 import sys
 import threading
 from contextlib import contextmanager
+
+#: ``OMP_WAIT_POLICY`` set at import when unset: OpenMP workers sleep between parallel regions
+#: instead of spinning through the serial work (module docstring).
+OPENMP_WAIT_POLICY = "PASSIVE"
+os.environ.setdefault("OMP_WAIT_POLICY", OPENMP_WAIT_POLICY)
 
 #: environment variables fixing the size of a library's thread pool at load time
 THREAD_ENV_VARS = (

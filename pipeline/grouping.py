@@ -12,6 +12,18 @@ output order is the segment order of the :class:`DensityLayout` (centre
 species, then centre, then neighbour species), pairs of one segment in their
 neighbour-list order: exactly what ``np.argsort(segment, kind="stable")``
 gives, so the density is bit-for-bit the one of the NumPy path.
+
+:func:`neighbour_groups` fuses the neighbour search into it: the compiled
+search's first pass (``reference.neighbours.plan_search``) counts each
+centre's pairs per neighbour species, which fixes the layout and where every
+pair goes; its second pass, parallel over centres, finds each centre's pairs
+again in upstream's order and writes each one straight to its row in segment
+order, with its segment and the neighbour's rotation and semi-axes. The
+neighbour list (frame, i, j, shift, r_ij: 72 bytes per pair) is never written
+nor read back, and no pass over the pairs is left outside the search: on 16
+benzene frames 0.39 ms against 0.96 for ``neighbour_pairs`` then
+:func:`group_pairs` (``bench/test_neighbour_list.py``). Same arrays, bit for
+bit, as those two steps.
 """
 
 from __future__ import annotations
@@ -21,7 +33,18 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from einsum_workbench.threads import parallel_guard
+
 from einsum_workbench.pipeline.layout import DensityLayout, segments
+from einsum_workbench.pipeline.stages import stage
+from einsum_workbench.reference.neighbours import (
+    BRUTE_FORCE,
+    CENTRES_PER_BLOCK,
+    accept_pair,
+    centre_pairs_in_order,
+    plan_search,
+    shift_range,
+)
 
 #: Largest atomic number the compiled path tabulates species for (118 elements, 0 for ASE's X).
 MAX_SPECIES = 127
@@ -184,3 +207,234 @@ def _numpy_group(pair_frame, i, j, r_ij, table) -> GroupedPairs:
     gj = gj[order]
     return GroupedPairs(layout=layout, segment=segment[order], r_ij=r_ij[order], rotations=table.rotations[gj],
                         semiaxes=table.semiaxes[gj], neighbour=gj)
+
+
+# ---------------------------------------------------------------------------
+# The neighbour search and the grouping in one
+
+
+@numba.njit(cache=True)
+def _species_index(numbers):
+    """(sorted species present, (MAX_SPECIES + 1,) index of each atomic number among them, -1 if absent);
+    the species array is empty when an atomic number lies outside 0..MAX_SPECIES."""
+    seen = np.zeros(MAX_SPECIES + 1, np.bool_)
+    for a in range(len(numbers)):
+        z = numbers[a]
+        if z < 0 or z > MAX_SPECIES:
+            return np.zeros(0, np.int32), np.full(MAX_SPECIES + 1, -1, np.int64)
+        seen[z] = True
+    index = np.full(MAX_SPECIES + 1, -1, np.int64)
+    species = np.empty(seen.sum(), np.int32)
+    k = 0
+    for z in range(MAX_SPECIES + 1):
+        if seen[z]:
+            index[z] = k
+            species[k] = z
+            k += 1
+    return species, index
+
+
+@numba.njit(cache=True)
+def _pair_starts(centres, counts, species, n_species):
+    """Where each centre's pairs start in segment order (centre species, then centre atom)."""
+    start = np.zeros(n_species + 1, np.int64)
+    for c in range(len(centres)):
+        start[species[centres[c]] + 1] += counts[c]
+    for s in range(n_species):
+        start[s + 1] += start[s]
+    pair_start = np.empty(len(centres), np.int64)
+    for c in range(len(centres)):
+        s = species[centres[c]]
+        pair_start[c] = start[s]
+        start[s] += counts[c]
+    return pair_start
+
+
+@numba.njit(cache=True, inline="always")
+def _put(d, segment, gj, r0, r1, r2, rotations, semiaxes, out_segment, out_r, out_rot, out_ax, out_neighbour):
+    """One grouped pair at output row ``d``: its segment, r_ij and the neighbour's gathered arrays."""
+    out_segment[d] = segment
+    out_neighbour[d] = gj
+    out_r[d, 0] = r0
+    out_r[d, 1] = r1
+    out_r[d, 2] = r2
+    for x in range(3):
+        out_ax[d, x] = semiaxes[gj, x]
+        for y in range(3):
+            out_rot[d, x, y] = rotations[gj, x, y]
+
+
+@numba.njit(parallel=True, cache=True)
+def _write_grouped(geometry, centres, block, counts, by_species, pair_start, row_start, type_index, species,
+                   rotations, semiaxes, out_segment, out_r, out_rot, out_ax, out_neighbour):
+    """Each centre's pairs written at their place in segment order: grouped by neighbour species
+    (``by_species``, the first pass's counts), in upstream's order within a species, with their
+    segment and the neighbour's rotation and semi-axes. A parallel loop over blocks of centres.
+
+    A brute-force frame's pairs are found in order (``reference.neighbours``' loop over j and
+    the shifts) and written where they go; a cell-list frame's come sorted from
+    ``centre_pairs_in_order``."""
+    (positions, owner, first_atom, n_atoms, mode, cells, inverse_cells, reach, periodic) = geometry[:9]
+    cutoff2, self_pairs = geometry[20], geometry[21]
+    n_species = by_species.shape[1]
+    n_blocks = (len(centres) + block - 1) // block
+    for blk in numba.prange(n_blocks):
+        first, last = blk * block, min(len(centres), (blk + 1) * block)
+        size = 0
+        for c in range(first, last):
+            if mode[owner[centres[c]]] != BRUTE_FORCE:
+                size = max(size, counts[c])
+        bj = np.empty(size, np.int64)
+        bs = np.empty((size, 3), np.int64)
+        br = np.empty((size, 3), np.float64)
+        keys = np.empty(size, np.int64)
+        order = np.empty(size, np.int64)
+        place = np.empty(n_species, np.int64)
+        for c in range(first, last):
+            if counts[c] == 0:
+                continue
+            a = centres[c]
+            f = owner[a]
+            base = first_atom[f]
+            o = pair_start[c]
+            for e in range(n_species):  # where the centre's pairs with each neighbour species go
+                place[e] = o
+                o += by_species[c, e]
+            row = row_start[c]
+            kinds = type_index[species[a]]
+            if mode[f] == BRUTE_FORCE:
+                i, cell = a - base, cells[f]
+                for j in range(n_atoms[f]):
+                    gj = base + j
+                    e = species[gj]
+                    segment, d = row + kinds[e], place[e]
+                    d0 = positions[gj, 0] - positions[a, 0]
+                    d1 = positions[gj, 1] - positions[a, 1]
+                    d2 = positions[gj, 2] - positions[a, 2]
+                    lo0, hi0 = shift_range(d0, d1, d2, inverse_cells, reach, periodic, f, 0)
+                    lo1, hi1 = shift_range(d0, d1, d2, inverse_cells, reach, periodic, f, 1)
+                    lo2, hi2 = shift_range(d0, d1, d2, inverse_cells, reach, periodic, f, 2)
+                    for s0 in range(lo0, hi0 + 1):
+                        for s1 in range(lo1, hi1 + 1):
+                            for s2 in range(lo2, hi2 + 1):
+                                kept, r0, r1, r2 = accept_pair(i, j, s0, s1, s2, d0, d1, d2, cell, cutoff2, self_pairs)
+                                if kept:
+                                    _put(d, segment, gj, r0, r1, r2, rotations, semiaxes, out_segment, out_r,
+                                         out_rot, out_ax, out_neighbour)
+                                    d += 1
+                    place[e] = d
+            else:
+                m = centre_pairs_in_order(a, geometry, bj, bs, br, keys, order)
+                for p in range(m):
+                    q = order[p]
+                    gj = base + bj[q]
+                    e = species[gj]
+                    _put(place[e], row + kinds[e], gj, br[q, 0], br[q, 1], br[q, 2], rotations, semiaxes,
+                         out_segment, out_r, out_rot, out_ax, out_neighbour)
+                    place[e] += 1
+
+
+@numba.njit(cache=True)
+def _centre_tables(centres, counts, by_species, species, n_species):
+    """(present (S, S): centre species s has a pair with neighbour species e; rank (C,): each centre's
+    row among the centres of its species that have pairs; centres per species (S,))."""
+    present = np.zeros((n_species, n_species), np.bool_)
+    rank = np.full(len(centres), -1, np.int64)
+    per_species = np.zeros(n_species, np.int64)
+    for c in range(len(centres)):
+        if counts[c] == 0:
+            continue
+        s = species[centres[c]]
+        rank[c] = per_species[s]
+        per_species[s] += 1
+        for e in range(n_species):
+            if by_species[c, e] > 0:
+                present[s, e] = True
+    return present, rank, per_species
+
+
+def _grouped_layout(search, counts, by_species, atom_species, species, n_frames):
+    """The DensityLayout of the fused search's pairs, each centre's first segment row, and the index
+    of each neighbour species among those of each centre species (S, S)."""
+    centres = search.centres
+    present, rank, per_species = _centre_tables(centres, counts, by_species, atom_species, len(species))
+    n_types = present.sum(axis=1)
+    type_index = np.cumsum(present, axis=1) - 1  # index of neighbour species e among those of centre species s
+    kinds = np.flatnonzero(present.any(axis=1))
+    centre_species = atom_species[centres]
+    owner = search.geometry[1]
+    row_start = np.zeros(len(centres), np.int64)
+    neighbour_types, samples, offsets = [], [], [0]
+    for s in kinds:
+        mine = np.flatnonzero((centre_species == s) & (counts > 0))
+        row_start[mine] = offsets[-1] + rank[mine] * n_types[s]
+        atoms = centres[mine]
+        frame_of = owner[atoms]
+        samples.append(np.stack([frame_of, atoms - search.first_atom[frame_of]], axis=1).astype(np.int32))
+        neighbour_types.append(species[present[s]].astype(np.int32))
+        offsets.append(offsets[-1] + int(per_species[s]) * int(n_types[s]))
+    layout = DensityLayout(centre_types=species[kinds].astype(np.int32), neighbour_types=neighbour_types,
+                           samples=samples, offsets=np.asarray(offsets, dtype=np.int64), n_frames=n_frames)
+    return layout, row_start, type_index
+
+
+def neighbour_groups(table, cutoff: float, *, self_pairs: bool = True, max_pairs: int | None = None) -> GroupedPairs:
+    """The neighbour pairs of every frame of ``table``, found and grouped by segment in one
+    compiled search, the neighbour's rotation and semi-axes gathered (the density kernel's inputs).
+
+    The same arrays, bit for bit, as ``group_pairs(frame, i, j, r_ij, table)`` of
+    ``reference.neighbours.neighbour_pairs(table.positions, table.n_atoms, table.cells,
+    table.pbc, cutoff, self_pairs=self_pairs, max_pairs=max_pairs)``, which it
+    runs instead when an atomic number lies outside 0..``MAX_SPECIES``. Records the
+    stages ``neighbour_list`` (planning, the first pass counting each centre's
+    pairs) and ``grouping`` (the second pass, which searches again and writes the
+    grouped pairs, and the layout).
+
+    Parameters
+    ----------
+    table : AtomsTable
+    cutoff : float, angstrom, > 0
+    self_pairs : bool
+        Add (i, i, shift 0, r = 0) for every atom.
+    max_pairs : int or None
+        As ``neighbour_pairs``: refuse beyond this many estimated pairs (None: its default).
+
+    Returns
+    -------
+    GroupedPairs
+
+    Raises
+    ------
+    TypeError, ValueError
+        as ``reference.neighbours.neighbour_pairs`` (a bad cutoff or cell, too many pairs).
+    """
+    numbers = table.numbers
+    species, species_index = _species_index(numbers)
+    if len(numbers) and not len(species):  # an atomic number beyond the tables
+        from einsum_workbench.reference.neighbours import neighbour_pairs
+
+        with stage("neighbour_list"):
+            frame, i, j, _, r_ij = neighbour_pairs(table.positions, table.n_atoms, table.cells, table.pbc, cutoff,
+                                                   self_pairs=self_pairs, max_pairs=max_pairs)
+        with stage("grouping"):
+            return group_pairs(frame, i, j, r_ij, table)
+    with stage("neighbour_list"):
+        search = plan_search(table.positions, table.n_atoms, table.cells, table.pbc, cutoff, self_pairs=self_pairs,
+                             max_pairs=max_pairs)
+        atom_species = species_index[numbers]
+        counts, by_species = search.count_pairs(atom_species, len(species))
+    with stage("grouping"):
+        centres = search.centres
+        layout, row_start, type_index = _grouped_layout(search, counts, by_species, atom_species, species,
+                                                        len(table.n_atoms))
+        pair_start = _pair_starts(centres, counts, atom_species, len(species))
+        n_pairs = int(counts.sum())
+        out = (np.empty(n_pairs, np.int64), np.empty((n_pairs, 3)), np.empty((n_pairs, 3, 3)), np.empty((n_pairs, 3)),
+               np.empty(n_pairs, np.int64))
+        with parallel_guard():
+            _write_grouped(search.geometry, centres, CENTRES_PER_BLOCK, counts, by_species, pair_start, row_start,
+                           type_index, atom_species, np.ascontiguousarray(table.rotations, dtype=np.float64),
+                           np.ascontiguousarray(table.semiaxes, dtype=np.float64), *out)
+    segment, r_ij, rotations, semiaxes, neighbour = out
+    return GroupedPairs(layout=layout, segment=segment, r_ij=r_ij, rotations=rotations, semiaxes=semiaxes,
+                        neighbour=neighbour)

@@ -550,3 +550,23 @@ def test_end_to_end_timings(end_to_end, record_property):
     print("seconds per backend (in AniSOAP, whole subprocess):", seconds)
     record_property("seconds_per_backend", seconds)
     assert seconds
+
+
+def test_hypers_of_a_radial_basis_built_once_per_set():
+    """hypers_from_radial_basis reuses the ExpansionHypers of an equal basis and builds a new one otherwise."""
+    from types import SimpleNamespace
+
+    from einsum_workbench.anisoap_switch.expansion import hypers_from_radial_basis
+
+    def basis(cutoff, counts=(4, 4, 3, 3)):
+        return SimpleNamespace(radial_basis="gto", cutoff_radius=cutoff, radial_gaussian_width=1.5, rcond=1e-8,
+                               tol=1e-8, get_num_radial_functions=lambda: list(counts))
+
+    first = hypers_from_radial_basis(basis(7.0), 3)
+    assert hypers_from_radial_basis(basis(7.0), 3) is first
+    other = hypers_from_radial_basis(basis(6.0), 3)
+    assert other is not first and other.cutoff == 6.0 and first.cutoff == 7.0
+    assert list(first.num_radial) == [4, 4, 3, 3]
+    assert hypers_from_radial_basis(basis(7.0), 2).lmax == 2
+    with pytest.raises(ValueError, match="fewer than lmax"):
+        hypers_from_radial_basis(basis(7.0), 5)

@@ -134,3 +134,40 @@ def test_uniform_frames_path_equals_frame_by_frame_path(frames):
         np.testing.assert_array_equal(getattr(fast, name), getattr(loop, name), err_msg=name)
         assert getattr(fast, name).dtype == getattr(loop, name).dtype, name
     assert fast.without_rotation == loop.without_rotation == []
+
+
+def _odd_arrays(kind):
+    """Benzene frames whose stored arrays take np.concatenate's path instead of the byte join."""
+    frames = workloads.benzenes(3, seed=9)
+    for k, frame in enumerate(frames):
+        n = len(frame)
+        if kind == "integer-diameters" and k == 1:  # same itemsize as float64: only the dtype check sees it
+            frame.arrays["c_diameter[1]"] = np.full(n, 2, dtype=np.int64)
+        if kind == "float32-quaternions" and k == 2:
+            frame.arrays["c_q"] = frame.arrays["c_q"].astype(np.float32)
+        if kind == "strided-quaternions" and k == 0:
+            frame.arrays["c_q"] = np.asfortranarray(frame.arrays["c_q"])[:, :]
+            frame.arrays["c_q"] = np.ascontiguousarray(frame.arrays["c_q"]).T.copy().T  # F-ordered, not C
+        if kind == "matrices-two-shapes":
+            matrices = rotations_from_quaternions(frame.arrays["c_q"])
+            frame.arrays["c_q"] = matrices if k == 0 else matrices.reshape(n, 9)
+    return frames
+
+
+@pytest.mark.parametrize("kind", ["integer-diameters", "float32-quaternions", "strided-quaternions",
+                                  "matrices-two-shapes", "plain"])
+def test_byte_join_gives_what_concatenate_gives(kind):
+    """The uniform path joins the frames' bytes only where that is np.concatenate's result: the values and
+    dtypes equal the frame-by-frame path's (which concatenates), and the arrays are writable."""
+    from einsum_workbench.reference.frames import DIAMETER_KEYS
+
+    frames = _odd_arrays(kind)
+    fast = gather_frames(frames, rotation_key="c_q", diameter_keys=DIAMETER_KEYS)
+    loop = gather_frames(frames, rotation_key="c_q", diameter_keys=DIAMETER_KEYS, progress=lambda it: it)
+    for name in ("n_atoms", "positions", "numbers", "cells", "pbc", "rotations", "diameters"):
+        a, b = getattr(fast, name), getattr(loop, name)
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        np.testing.assert_array_equal(a, b, err_msg=name)
+        assert a.flags.writeable, name
+    if kind == "integer-diameters":
+        assert fast.diameters[12:24, 0].tolist() == [2.0] * 12

@@ -261,3 +261,65 @@ def test_parallel_guard_lives_below_the_kernels():
         warnings.simplefilter("error")
         with threads.parallel_guard():
             pass
+
+
+def test_planned_search_counts_per_species_and_pairs_in_order():
+    """PlannedSearch's passes and centre_pairs_in_order give neighbour_pairs' pairs, centre by centre."""
+    from einsum_workbench.reference.neighbours import centre_pairs_in_order, plan_search
+
+    args, cutoff = CASES["large-box"]()  # one cell-list frame
+    small, _ = CASES["small-cells"]()  # brute-force frames
+    for positions, n_atoms, cells, pbc in (args, small):
+        search = plan_search(positions, n_atoms, cells, pbc, cutoff)
+        species = np.arange(len(positions), dtype=np.int64) % 3
+        counts, by_species = search.count_pairs(species, 3)
+        frame, i, j, shift, r_ij = neighbour_pairs(positions, n_atoms, cells, pbc, cutoff)
+        np.testing.assert_array_equal(counts, search.count_pairs())
+        np.testing.assert_array_equal(by_species.sum(axis=1), counts)
+        centre = search.first_atom[frame] + i
+        np.testing.assert_array_equal(counts, np.bincount(centre, minlength=len(positions)))
+        for e in range(3):
+            mine = species[search.first_atom[frame] + j] == e
+            np.testing.assert_array_equal(by_species[:, e], np.bincount(centre[mine], minlength=len(positions)))
+        size = int(counts.max())
+        buffers = (np.empty(size, np.int64), np.empty((size, 3), np.int64), np.empty((size, 3)),
+                   np.empty(size, np.int64), np.empty(size, np.int64))
+        start = np.concatenate([[0], np.cumsum(counts)])
+        for a in (0, len(positions) // 2, len(positions) - 1):
+            m = centre_pairs_in_order(a, search.geometry, *buffers)
+            order = buffers[4][:m]
+            rows = slice(start[a], start[a + 1])
+            np.testing.assert_array_equal(buffers[0][order], j[rows])
+            np.testing.assert_array_equal(buffers[1][order], shift[rows])
+            assert buffers[2][order].tobytes() == r_ij[rows].tobytes()
+    with pytest.raises(ValueError, match="method must be one of .* got 'vesin'"):
+        plan_search(*small, cutoff, method="vesin")
+
+
+def test_planning_pass_estimate_and_refusal_match_estimate_pairs():
+    """The compiled planning pass's estimate is estimate_pairs' (rounding aside), and the refusal
+    at the limit is decided by estimate_pairs itself."""
+    from einsum_workbench.reference.neighbours import _plan
+
+    for name in ("small-cells", "ellipsoids", "open-cluster", "mixed-pbc-slab", "mixed-pbc-wire", "tiny-skewed"):
+        args, cutoff = CASES[name]()
+        expected = estimate_pairs(*args, cutoff)
+        planned = _plan(*args, cutoff)["estimate"]
+        np.testing.assert_allclose(planned, expected, rtol=1e-12, atol=0, err_msg=name)
+        total = float(expected.sum())
+        neighbour_pairs(*args, cutoff, max_pairs=total)  # at the limit: accepted, as check_pair_estimate does
+        with pytest.raises(ValueError, match="above max_pairs"):
+            neighbour_pairs(*args, cutoff, max_pairs=np.nextafter(total, 0))
+    with pytest.raises(TypeError, match="max_pairs must be a number, got True"):
+        neighbour_pairs(*args, cutoff, max_pairs=True)
+
+
+def test_openmp_workers_wait_passively_unless_told_otherwise():
+    """einsum_workbench.threads sets OMP_WAIT_POLICY=PASSIVE at import when unset, and keeps a value given."""
+    import os
+
+    code = "import os, einsum_workbench.threads; print(os.environ.get('OMP_WAIT_POLICY'))"
+    unset = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for env, expected in ((unset, "PASSIVE"), ({**unset, "OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert out.stdout.strip() == expected, out.stderr
