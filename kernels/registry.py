@@ -60,10 +60,11 @@ it and its facts. It then joins the equivalence suites, the bench (``pytest
 bench``, ``einsum-workbench run``), the profiles and ``ANISOAP_BACKEND``. A
 pair backend without a density entry still has a centre density:
 :func:`density_function` sums its pair coefficients. A ``BACKWARD_VARIANTS``
-line joins the backward equivalence suite (``tests/kernels/test_backward.py``)
-only: the bench, the profiles, the GPU validation and ``einsum-workbench
-list --problem`` do not take that problem yet (docs/gradients.md,
-"Backward pass and forces").
+line joins the backward equivalence suite (``tests/kernels/test_backward.py``,
+against the reference and Torch autograd), the smooth-cutoff suite, the bench
+(``bench/test_backward_ranking.py``) and ``einsum-workbench list --problem
+backward``; the GPU validation checks the ``cupy_batched`` one; the profiles
+do not take that problem yet (docs/gradients.md, "Backward pass and forces").
 """
 
 from __future__ import annotations

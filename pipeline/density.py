@@ -20,6 +20,12 @@ The result is what ``EllipsoidalDensityProjection.transform`` returns
   species that have at least one pair with a centre of that species; values
   n-major under them (``property_layout="upstream"``, AniSOAP's layout) or
   species-major, matching the labels (``"labelled"``).
+
+Every function here takes ``smooth_cutoff=None`` (upstream's hard cutoff) or
+a :class:`einsum_workbench.reference.cutoff.ShiftedCosine`: each pair's
+coefficients times ``f(|r_ij|)`` with the hypers' cutoff
+(:mod:`einsum_workbench.kernels.smooth_cutoff`; DESIGN.md section 3,
+"Smooth cutoff (optional)").
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from einsum_workbench.reference.pairs import PairBatch
 from einsum_workbench.reference.validation import check_hypers
 
 from einsum_workbench.pipeline.gradients import density_gradients_of_frames
-from einsum_workbench.pipeline.grouping import group_pairs
+from einsum_workbench.pipeline.grouping import neighbour_groups
 from einsum_workbench.pipeline.layout import DensityLayout, check_property_layout, density_layout
 from einsum_workbench.pipeline.stages import stage
 from einsum_workbench.pipeline.tensormaps import density_tensormap, tensormap_gradients
@@ -74,9 +80,11 @@ def sorted_by_segment(segment):
     return np.argsort(segment, kind="stable")
 
 
-def _run_density(centre_density, r_ij, rotations, semiaxes, segment, layout, hypers, orthonormal, general):
+def _run_density(centre_density, r_ij, rotations, semiaxes, segment, layout, hypers, orthonormal, general,
+                 smooth_cutoff=None):
     """One density variant call on pairs sorted by segment; the pairs in the
-    ``general`` mask (matrices that are not rotations) through upstream's arithmetic."""
+    ``general`` mask (matrices that are not rotations) through upstream's arithmetic,
+    times the smooth cutoff's ``f(|r_ij|)`` when there is one (``centre_density`` applies it to the others)."""
     with stage("kernel"):
         if general is None:
             return centre_density(r_ij, rotations, semiaxes, hypers, segment, layout.n_segments,
@@ -88,13 +96,16 @@ def _run_density(centre_density, r_ij, rotations, semiaxes, segment, layout, hyp
                                  layout.n_segments, dtype=np.float64, orthonormal=False)
         extra = pairwise_ellip_expansion(r_ij[general], rotations[general], semiaxes[general], hypers,
                                          any_matrix=True)
+        if smooth_cutoff is not None:
+            f = smooth_cutoff.values(np.linalg.norm(r_ij[general], axis=1), hypers.cutoff)
+            extra = [c * f[:, None, None] for c in extra]
         for rho, c in zip(density, extra):
             rho += segment_sum(c, segment[general], layout.n_segments)
         return orthonormalize_density(density, hypers) if orthonormal else density
 
 
 def density_of_pairs(pairs: PairBatch, hypers: ExpansionHypers, *, backend: str = "numba_fused",
-                     orthonormal: bool = True):
+                     orthonormal: bool = True, smooth_cutoff=None):
     """The centre density of a pair batch, computed by one density variant call.
 
     Parameters
@@ -106,6 +117,10 @@ def density_of_pairs(pairs: PairBatch, hypers: ExpansionHypers, *, backend: str 
         plus a segment sum, see ``kernels.registry.density_function``) runs.
     orthonormal : bool
         Loewdin-orthonormalise along n (AniSOAP's ``normalize=True``).
+    smooth_cutoff : None or ShiftedCosine
+        None: upstream's hard cutoff. A ``reference.cutoff.ShiftedCosine``:
+        each pair's coefficients times ``f(|r_ij|)``, the cutoff
+        ``hypers.cutoff`` (module docstring).
 
     Returns
     -------
@@ -116,31 +131,40 @@ def density_of_pairs(pairs: PairBatch, hypers: ExpansionHypers, *, backend: str 
     ------
     KeyError, RuntimeError
         unknown backend or one that cannot run here.
+    TypeError, ValueError
+        a ``smooth_cutoff`` that is not a ShiftedCosine, or wider than the
+        cutoff (``kernels.smooth_cutoff.check_smooth_cutoff``).
     ValueError
         a malformed pair (the variant's own message).
     """
     from einsum_workbench.kernels.registry import density_function
+    from einsum_workbench.kernels.smooth_cutoff import check_smooth_cutoff
+
+    check_smooth_cutoff(smooth_cutoff, hypers)
 
     layout, segment = density_layout(pairs)
     order = sorted_by_segment(segment)
     arrays = pairs.arrays() if order is None else (a[order] for a in pairs.arrays())
     segment = segment if order is None else segment[order]
-    return layout, _run_density(density_function(backend), *arrays, segment, layout, hypers, orthonormal, None)
+    return layout, _run_density(density_function(backend, smooth_cutoff=smooth_cutoff), *arrays, segment, layout,
+                                hypers, orthonormal, None)
 
 
 def density_of_table(table: AtomsTable, hypers: ExpansionHypers, *, backend: str = "numba_fused",
-                     orthonormal: bool = True, self_pairs: bool = True, any_matrix: bool = False):
+                     orthonormal: bool = True, self_pairs: bool = True, any_matrix: bool = False,
+                     smooth_cutoff=None):
     """The centre density of every frame of an :class:`AtomsTable`.
 
     One neighbour-list pass over all frames, each pair's segment, the pairs
     grouped by segment with the neighbour's rotation and semi-axes gathered
-    once in that order (:func:`einsum_workbench.pipeline.grouping.group_pairs`,
-    one compiled pass), one density variant call.
+    once in that order, the search and the grouping fused in one compiled
+    function (:func:`einsum_workbench.pipeline.grouping.neighbour_groups`),
+    one density variant call.
 
     Parameters
     ----------
     table : AtomsTable
-    hypers, backend, orthonormal : as :func:`density_of_pairs`
+    hypers, backend, orthonormal, smooth_cutoff : as :func:`density_of_pairs`
     self_pairs : bool
         Count each centre's own density (AniSOAP's default).
     any_matrix : bool
@@ -159,14 +183,11 @@ def density_of_table(table: AtomsTable, hypers: ExpansionHypers, *, backend: str
     As :func:`density_of_pairs`, and ValueError for a bad cutoff or cell.
     """
     from einsum_workbench.kernels.registry import density_function
-    from einsum_workbench.reference.neighbours import neighbour_pairs
+    from einsum_workbench.kernels.smooth_cutoff import check_smooth_cutoff
 
-    centre_density = density_function(backend)
-    with stage("neighbour_list"):
-        frame, i, j, _, r_ij = neighbour_pairs(table.positions, table.n_atoms, table.cells, table.pbc,
-                                               hypers.cutoff, self_pairs=self_pairs)
-    with stage("grouping"):
-        grouped = group_pairs(frame, i, j, r_ij, table)
+    check_smooth_cutoff(smooth_cutoff, hypers)
+    centre_density = density_function(backend, smooth_cutoff=smooth_cutoff)
+    grouped = neighbour_groups(table, hypers.cutoff, self_pairs=self_pairs)  # stages neighbour_list, grouping
     layout, segment, gj = grouped.layout, grouped.segment, grouped.neighbour
     r_ij, rotations, semiaxes = grouped.r_ij, grouped.rotations, grouped.semiaxes
     general = None
@@ -174,7 +195,7 @@ def density_of_table(table: AtomsTable, hypers: ExpansionHypers, *, backend: str
         bad_atom = ~is_rotation(table.rotations)
         general = bad_atom[gj] if bad_atom.any() else None
     return layout, _run_density(centre_density, r_ij, rotations, semiaxes, segment, layout, hypers,
-                                orthonormal, general)
+                                orthonormal, general, smooth_cutoff)
 
 
 def density_blocks(layout: DensityLayout, density, *, property_layout: str = "upstream",
@@ -214,7 +235,8 @@ def density_blocks(layout: DensityLayout, density, *, property_layout: str = "up
 
 def centre_density(frames, hypers: ExpansionHypers, *, backend: str = "numba_fused", orthonormal: bool = True,
                    self_pairs: bool = True, semiaxes=None, rotation_key: str | None = "c_q",
-                   rotation_type: str = "quaternion", property_layout: str = "labelled", gradients=None):
+                   rotation_type: str = "quaternion", property_layout: str = "labelled", gradients=None,
+                   smooth_cutoff=None):
     """AniSOAP's centre density of frames, as a metatensor TensorMap.
 
     Parameters
@@ -241,6 +263,11 @@ def centre_density(frames, hypers: ExpansionHypers, *, backend: str = "numba_fus
         along infinitesimal rotations of its body frame about each lab axis
         (:mod:`einsum_workbench.pipeline.gradients`); ``backend`` must then be
         a gradient variant (``kernels.registry.variant_names("gradients")``).
+    smooth_cutoff : None or ShiftedCosine
+        None: upstream's hard cutoff (its numbers, bit for bit). A
+        ``reference.cutoff.ShiftedCosine(width)``: each pair's coefficients
+        (and their gradients) times ``f(|r_ij|)``, fading out over
+        ``(cutoff - width, cutoff)`` (:func:`density_of_pairs`).
 
     Returns
     -------
@@ -253,7 +280,8 @@ def centre_density(frames, hypers: ExpansionHypers, *, backend: str = "numba_fus
         ``hypers`` is not an ExpansionHypers (``reference.validation.check_hypers``);
         ``frames`` is not an ase.Atoms, a sequence of them or an AtomsTable.
     ValueError
-        malformed frames (frame and atom named), bad hyper-parameters or layout.
+        malformed frames (frame and atom named), bad hyper-parameters or layout, a
+        ``smooth_cutoff`` wider than the cutoff (a TypeError if it is not a ShiftedCosine).
     KeyError, RuntimeError
         unknown backend, or one that cannot run here.
     """
@@ -261,23 +289,27 @@ def centre_density(frames, hypers: ExpansionHypers, *, backend: str = "numba_fus
     if gradients:
         result = density_gradients_of_frames(frames, hypers, backend=backend, orthonormal=orthonormal,
                                              self_pairs=self_pairs, semiaxes=semiaxes, rotation_key=rotation_key,
-                                             rotation_type=rotation_type, gradients=gradients)
+                                             rotation_type=rotation_type, gradients=gradients,
+                                             smooth_cutoff=smooth_cutoff)
         blocks = density_blocks(result.layout, result.density, property_layout=property_layout)
         return density_tensormap(result.layout, blocks, tensormap_gradients(result, property_layout))
     layout, density = density_of_frames(frames, hypers, backend=backend, orthonormal=orthonormal,
                                         self_pairs=self_pairs, semiaxes=semiaxes, rotation_key=rotation_key,
-                                        rotation_type=rotation_type)
+                                        rotation_type=rotation_type, smooth_cutoff=smooth_cutoff)
     return density_tensormap(layout, density_blocks(layout, density, property_layout=property_layout))
 
 
 def density_of_frames(frames, hypers: ExpansionHypers, *, backend: str = "numba_fused", orthonormal: bool = True,
                       self_pairs: bool = True, semiaxes=None, rotation_key: str | None = "c_q",
-                      rotation_type: str = "quaternion"):
+                      rotation_type: str = "quaternion", smooth_cutoff=None):
     """(DensityLayout, density arrays) of frames: :func:`centre_density` before
     the TensorMap (parameters and errors the same)."""
+    from einsum_workbench.kernels.smooth_cutoff import check_smooth_cutoff
     from einsum_workbench.reference.frames import as_atoms_table
 
     check_hypers(hypers)
+    check_smooth_cutoff(smooth_cutoff, hypers)
     with stage("frames"):
         table = as_atoms_table(frames, semiaxes=semiaxes, rotation_key=rotation_key, rotation_type=rotation_type)
-    return density_of_table(table, hypers, backend=backend, orthonormal=orthonormal, self_pairs=self_pairs)
+    return density_of_table(table, hypers, backend=backend, orthonormal=orthonormal, self_pairs=self_pairs,
+                            smooth_cutoff=smooth_cutoff)

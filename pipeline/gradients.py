@@ -23,9 +23,13 @@ displacement or of the rotation), then the values' components; properties
 are the values'. Rows exist for every (centre row, atom) with a pair
 contributing: the centre itself and each neighbour inside the cutoff.
 
-The expansion has no smooth cutoff (as upstream's): the gradients are those
-of the smooth function between pair-list changes; a pair crossing the
-cutoff is a jump no derivative sees.
+By default the expansion has no smooth cutoff (as upstream's): the
+gradients are those of the smooth function between pair-list changes; a
+pair crossing the cutoff is a jump no derivative sees. With
+``smooth_cutoff=ShiftedCosine(width)`` (:mod:`einsum_workbench.reference.cutoff`)
+each pair's coefficients are multiplied by ``f(|r_ij|)`` and its position
+derivative gains ``c f'(|r|) r/|r|`` (:mod:`einsum_workbench.kernels.smooth_cutoff`):
+values and derivatives go to zero as a pair reaches the cutoff.
 """
 
 from __future__ import annotations
@@ -155,7 +159,7 @@ def _accumulate(summation, n_rows: int, pair_gradient, n_types: int, orthonormal
 
 def density_gradients_of_table(table: AtomsTable, hypers: ExpansionHypers, *, backend: str = "numba_fused",
                                orthonormal: bool = True, self_pairs: bool = True,
-                               gradients=GRADIENT_PARAMETERS) -> DensityGradients:
+                               gradients=GRADIENT_PARAMETERS, smooth_cutoff=None) -> DensityGradients:
     """Centre density of every frame with its gradients, one gradient variant call.
 
     Parameters
@@ -167,6 +171,10 @@ def density_gradients_of_table(table: AtomsTable, hypers: ExpansionHypers, *, ba
         (``kernels.registry.variant_names("gradients")``).
     orthonormal, self_pairs : as :func:`einsum_workbench.pipeline.density.density_of_table`
     gradients : sequence of {"positions", "orientations"}
+    smooth_cutoff : None or ShiftedCosine
+        None: upstream's hard cutoff. A ``reference.cutoff.ShiftedCosine``:
+        the pairs' values and derivatives of ``f(|r_ij|) c`` (module
+        docstring), the cutoff ``hypers.cutoff``.
 
     Returns
     -------
@@ -176,13 +184,17 @@ def density_gradients_of_table(table: AtomsTable, hypers: ExpansionHypers, *, ba
     ------
     KeyError, RuntimeError
         unknown gradient backend, or one that cannot run here.
+    TypeError, ValueError
+        a ``smooth_cutoff`` that is not a ShiftedCosine, or wider than the cutoff.
     ValueError
         a malformed pair (the variant's message), an unknown gradient parameter.
     """
     from einsum_workbench.kernels.registry import load_variant
+    from einsum_workbench.kernels.smooth_cutoff import check_smooth_cutoff
 
     gradients = check_gradients(gradients)
-    expand_with_gradients = load_variant(backend, "gradients")
+    check_smooth_cutoff(smooth_cutoff, hypers)
+    expand_with_gradients = load_variant(backend, "gradients", smooth_cutoff=smooth_cutoff)
     with stage("neighbour_list"):
         pairs = table_pairs(table, hypers.cutoff, self_pairs=self_pairs)
         layout, segment, gi, gj = pairs.layout, pairs.segment, pairs.centre, pairs.neighbour
@@ -213,14 +225,16 @@ def density_gradients_of_table(table: AtomsTable, hypers: ExpansionHypers, *, ba
 def density_gradients_of_frames(frames, hypers: ExpansionHypers, *, backend: str = "numba_fused",
                                 orthonormal: bool = True, self_pairs: bool = True, semiaxes=None,
                                 rotation_key: str | None = "c_q", rotation_type: str = "quaternion",
-                                gradients=GRADIENT_PARAMETERS) -> DensityGradients:
+                                gradients=GRADIENT_PARAMETERS, smooth_cutoff=None) -> DensityGradients:
     """:func:`density_gradients_of_table` of frames (parameters as
     :func:`einsum_workbench.pipeline.density.centre_density`)."""
+    from einsum_workbench.kernels.smooth_cutoff import check_smooth_cutoff
     from einsum_workbench.reference.frames import as_atoms_table
 
     check_hypers(hypers)
     gradients = check_gradients(gradients)
+    check_smooth_cutoff(smooth_cutoff, hypers)
     with stage("frames"):
         table = as_atoms_table(frames, semiaxes=semiaxes, rotation_key=rotation_key, rotation_type=rotation_type)
     return density_gradients_of_table(table, hypers, backend=backend, orthonormal=orthonormal,
-                                      self_pairs=self_pairs, gradients=gradients)
+                                      self_pairs=self_pairs, gradients=gradients, smooth_cutoff=smooth_cutoff)

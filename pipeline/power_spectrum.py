@@ -25,7 +25,16 @@ density's (:mod:`einsum_workbench.pipeline.gradients`) by the chain rule,
     dp_l[(q_a, q_b)] = const_l sum_m (drho[m, q_a] rho[m, q_b] + rho[m, q_a] drho[m, q_b])
 
 (:func:`power_spectrum_gradient`), and per structure as the mean over its
-centres (:func:`structure_gradients`).
+centres (:func:`structure_gradients`): the per-pair Jacobian path.
+
+A model on the features needs no Jacobian: ``power_spectrum(...,
+weights=w)`` (or ``cotangent=dE/dvalues``) runs the forward pass
+(:func:`power_spectrum_pass`: neighbour pairs grouped by segment, one
+density variant call, the power spectrum), then ``dE/drho``
+(:mod:`einsum_workbench.pipeline.power_spectrum_backward`), one backward
+variant call and the sums onto atoms (:mod:`einsum_workbench.pipeline.forces`):
+energy, forces, torques, strain derivative and stress (DESIGN.md section 3,
+"Power spectrum backward" and "Backward pass").
 """
 
 from __future__ import annotations
@@ -36,11 +45,15 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
+from einsum_workbench.reference.frames import AtomsTable
 from einsum_workbench.reference.hypers import ExpansionHypers
+from einsum_workbench.reference.validation import check_hypers
 
 from einsum_workbench.pipeline.density import density_blocks, density_of_frames
+from einsum_workbench.pipeline.forces import AtomForces, ForcePairs, force_pairs, forces_of_pairs, load_backward, load_density
 from einsum_workbench.pipeline.gradients import GradientRows, check_gradients, density_gradients_of_frames
 from einsum_workbench.pipeline.layout import DensityLayout, property_rows
+from einsum_workbench.pipeline.power_spectrum_backward import coupling_constant, structure_power_spectrum_backward
 from einsum_workbench.pipeline.stages import stage
 from einsum_workbench.pipeline.tensormaps import (
     POWER_SPECTRUM_PROPERTIES,
@@ -48,11 +61,6 @@ from einsum_workbench.pipeline.tensormaps import (
     power_spectrum_map,
     tensormap_gradients,
 )
-
-
-def coupling_constant(l: int) -> float:
-    """Real Clebsch-Gordan coefficient <l m; l m | 0 0> of AniSOAP's real basis: (-1)^l / sqrt(2l+1)."""
-    return (-1.0) ** l / np.sqrt(2 * l + 1)
 
 
 def species_power_spectrum(layout: DensityLayout, blocks, c: int):
@@ -275,66 +283,286 @@ class PowerSpectrum:
     gradients : dict parameter -> :class:`StructureGradients`
         Present when asked (``gradients=["positions", "orientations"]``): the
         derivatives of each structure's ``values`` row with respect to each
-        atom's position and orientation.
+        atom's position and orientation (the per-pair Jacobian path).
+    energy : (n_frames,) float64 or None
+        ``values @ weights`` when ``weights`` was given, else None.
+    forces : AtomForces or None
+        When ``weights`` or ``cotangent`` was given
+        (:class:`einsum_workbench.pipeline.forces.AtomForces`): ``forces``
+        (N, 3) and ``torques`` (N, 3) over every atom of every frame, frame
+        after frame; ``strain_derivative``, ``virial`` and ``stress`` (n_frames,
+        3, 3), stress NaN for a frame not periodic along all three axes.
     """
 
     values: np.ndarray
     properties: np.ndarray
     names: tuple = ("types_center",) + POWER_SPECTRUM_PROPERTIES
     gradients: dict = field(default_factory=dict)
+    energy: np.ndarray | None = None
+    forces: AtomForces | None = None
+
+
+def structure_power_spectrum(layout: DensityLayout, density, n_frames: int):
+    """Per-structure power spectrum of a density: what :func:`power_spectrum` returns as values.
+
+    Parameters
+    ----------
+    layout : DensityLayout
+    density : list over l of (n_segments, 2l+1, num_radial[l]) float64
+    n_frames : int, the frames (rows) of the result
+
+    Returns
+    -------
+    (values (n_frames, n_features) float64, properties (n_features, 7) int32,
+    blocks: ``density_blocks(layout, density, property_layout="labelled")``).
+    """
+    blocks = density_blocks(layout, density, property_layout="labelled")
+    columns, labels = [], []
+    for c, centre_type in enumerate(layout.centre_types):
+        values, properties = species_power_spectrum(layout, blocks, c)
+        columns.append(mean_over_centres(values, layout.samples[c][:, 0], n_frames)[0])
+        labels.append(np.hstack([np.full((len(properties), 1), centre_type, dtype=np.int32), properties]))
+    values = np.hstack(columns) if columns else np.zeros((n_frames, 0))
+    properties = np.vstack(labels) if labels else np.zeros((0, 7), dtype=np.int32)
+    return values, properties, blocks
+
+
+@dataclass
+class PowerSpectrumPass:
+    """A power spectrum's forward pass, kept for backward passes with any cotangent.
+
+    Built by :func:`power_spectrum_pass`; what a potential on the features
+    needs (:class:`einsum_workbench.pipeline.calculator.AniSOAPCalculator`):
+    ``values`` first, then ``backward(dE/dvalues)`` for the forces, with no
+    second density call and no per-pair Jacobian.
+
+    Attributes
+    ----------
+    table : AtomsTable
+    hypers : ExpansionHypers
+    pairs : ForcePairs
+        The neighbour pairs, grouped by segment (``pipeline.forces.force_pairs``).
+    density : list over l of (n_segments, 2l+1, num_radial[l]) float64
+    values : (n_frames, n_features) float64
+    properties : (n_features, 7) int32
+        As :class:`PowerSpectrum`.
+    orthonormal : bool
+    backward_variant : callable
+        The backward variant the pass calls (``pipeline.forces.load_backward``).
+    """
+
+    table: AtomsTable
+    hypers: ExpansionHypers
+    pairs: ForcePairs
+    density: list
+    values: np.ndarray
+    properties: np.ndarray
+    orthonormal: bool
+    backward_variant: object
+
+    def density_cotangent(self, cotangent) -> list:
+        """``dE/drho`` on the density rows from ``dE/dvalues`` (n_frames, n_features)
+        (``pipeline.power_spectrum_backward.structure_power_spectrum_backward``; its errors)."""
+        with stage("power_spectrum_backward"):
+            return structure_power_spectrum_backward(self.pairs.layout, self.density, cotangent)
+
+    def backward(self, cotangent) -> AtomForces:
+        """Forces, torques, strain derivative and stress of any E with ``dE/dvalues = cotangent``.
+
+        Parameters
+        ----------
+        cotangent : (n_frames, n_features) float array, ``dE/d(values)``
+
+        Returns
+        -------
+        AtomForces (DESIGN.md section 3, "Power spectrum backward" then
+        "Backward pass"): dE/drho by one batched product per l, one backward
+        variant call, per-pair derivatives summed onto atoms.
+
+        Raises
+        ------
+        ValueError
+            ``cotangent`` is not (n_frames, n_features) (both named), or not finite.
+        """
+        cotangent = np.asarray(cotangent, dtype=np.float64)
+        if cotangent.shape != self.values.shape:
+            raise ValueError(f"cotangent must have shape {self.values.shape} (frames, features), got {cotangent.shape}")
+        if not np.all(np.isfinite(cotangent)):
+            raise ValueError(f"cotangent has a non-finite entry at {tuple(np.argwhere(~np.isfinite(cotangent))[0])}")
+        return forces_of_pairs(self.backward_variant, self.pairs, self.table, self.hypers,
+                               self.density_cotangent(cotangent), orthonormal=self.orthonormal)
+
+
+def power_spectrum_pass(frames, hypers: ExpansionHypers, *, backend: str = "numba_fused",
+                        backward_backend: str | None = None, orthonormal: bool = True, self_pairs: bool = True,
+                        semiaxes=None, rotation_key: str | None = "c_q", rotation_type: str = "quaternion",
+                        smooth_cutoff=None) -> PowerSpectrumPass:
+    """The forward pass of :func:`power_spectrum`, kept for backward passes.
+
+    One neighbour list, the pairs grouped by segment
+    (:func:`einsum_workbench.pipeline.forces.force_pairs`, the grouping of
+    ``density_of_table``), one density variant call, the power spectrum; the
+    backward variant is loaded now, so a missing one fails here.
+
+    Parameters
+    ----------
+    frames, hypers, backend, orthonormal, self_pairs, semiaxes, rotation_key, rotation_type
+        As :func:`power_spectrum`; ``backend`` names the density variant.
+    backward_backend : str or None
+        The backward variant (``kernels.registry.variant_names("backward")``);
+        None: the one named ``backend``.
+    smooth_cutoff : None or ``reference.cutoff.ShiftedCosine``
+        Applied to the density and to its backward (DESIGN.md section 3, "Smooth cutoff").
+
+    Returns
+    -------
+    PowerSpectrumPass, ``values`` equal to ``power_spectrum(frames, ...).values``.
+
+    Raises
+    ------
+    KeyError
+        no density or backward variant of that name (the registered ones listed).
+    RuntimeError
+        one that cannot run here.
+    TypeError, ValueError
+        as :func:`einsum_workbench.pipeline.density.centre_density`.
+    """
+    from einsum_workbench.kernels.smooth_cutoff import check_smooth_cutoff
+    from einsum_workbench.reference.frames import as_atoms_table
+
+    check_hypers(hypers)
+    check_smooth_cutoff(smooth_cutoff, hypers)
+    backward_variant = load_backward(backend if backward_backend is None else backward_backend, smooth_cutoff)
+    density_variant = load_density(backend, smooth_cutoff)
+    with stage("frames"):
+        table = as_atoms_table(frames, semiaxes=semiaxes, rotation_key=rotation_key, rotation_type=rotation_type)
+    pairs = force_pairs(table, hypers.cutoff, self_pairs=self_pairs)
+    g = pairs.grouped
+    with stage("kernel"):
+        density = density_variant(g.r_ij, g.rotations, g.semiaxes, hypers, g.segment, g.layout.n_segments,
+                                  dtype=np.float64, orthonormal=orthonormal)
+    with stage("power_spectrum"):
+        values, properties, _ = structure_power_spectrum(g.layout, density, len(table.n_atoms))
+    return PowerSpectrumPass(table=table, hypers=hypers, pairs=pairs, density=density, values=values,
+                             properties=properties, orthonormal=orthonormal, backward_variant=backward_variant)
+
+
+def _model_cotangent(weights, cotangent, n_frames: int, n_features: int):
+    """(cotangent (n_frames, n_features), weights (n_features,) or None) from what the caller gave."""
+    if weights is not None and cotangent is not None:
+        raise ValueError("give weights (a linear model: energy = values @ weights) or cotangent (dE/dvalues), "
+                         "not both")
+    given, name = (weights, "weights") if weights is not None else (cotangent, "cotangent")
+    array = np.asarray(given)
+    if array.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real array, got dtype {array.dtype}")
+    array = array.astype(np.float64)
+    expected = (n_features,) if name == "weights" else (n_frames, n_features)
+    if array.shape != expected:
+        raise ValueError(f"{name} must have shape {expected} (the power spectrum has {n_features} features "
+                         f"and {n_frames} frames), got {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} has a non-finite entry at {tuple(int(k) for k in np.argwhere(~np.isfinite(array))[0])}")
+    if name == "weights":
+        return np.broadcast_to(array, (n_frames, n_features)), array
+    return array, None
 
 
 def power_spectrum(frames, hypers: ExpansionHypers, *, backend: str = "numba_fused", orthonormal: bool = True,
                    self_pairs: bool = True, semiaxes=None, rotation_key: str | None = "c_q",
-                   rotation_type: str = "quaternion", gradients=None) -> PowerSpectrum:
+                   rotation_type: str = "quaternion", gradients=None, weights=None, cotangent=None,
+                   backward_backend: str | None = None, smooth_cutoff=None) -> PowerSpectrum:
     """AniSOAP's power spectrum averaged per structure, for any number of species.
 
-    Parameters are those of :func:`einsum_workbench.pipeline.density.centre_density`
-    (``gradients`` included: a gradient variant then runs, and the mean's
-    derivatives follow by the chain rule).
+    Three paths:
+
+    - neither ``gradients`` nor ``weights``/``cotangent``: the values only;
+    - ``gradients=["positions", "orientations"]``: a gradient variant writes
+      every pair's Jacobian (``(P, 3, 2l+1, n)`` per l), the density's and
+      the power spectrum's derivatives follow by the chain rule; for fitting
+      on forces, where the per-feature derivatives themselves are needed;
+    - ``weights`` or ``cotangent``: the forces of a model on the features
+      without any Jacobian (DESIGN.md section 3, "Power spectrum backward"
+      and "Backward pass"): density -> power spectrum -> ``dE/dvalues`` ->
+      ``dE/drho`` (one batched product per l) -> one backward variant call
+      (6 numbers per pair) -> forces, torques, strain derivative and stress.
+
+    Parameters
+    ----------
+    frames, hypers, backend, orthonormal, self_pairs, semiaxes, rotation_key, rotation_type
+        As :func:`einsum_workbench.pipeline.density.centre_density`
+        (``gradients`` included: ``backend`` must then be a gradient variant).
+    gradients : None or list of {"positions", "orientations"}
+    weights : None or (n_features,) float array
+        A linear model: per frame ``energy = values @ weights`` (E in the
+        weights' unit, e.g. eV), returned with its forces.
+    cotangent : None or (n_frames, n_features) float array
+        ``dE/dvalues`` of any model E (e.g. by autograd on the features):
+        its forces are returned, ``energy`` is None.
+    backward_backend : str or None
+        The backward variant for ``weights``/``cotangent``
+        (``kernels.registry.variant_names("backward")``); None: ``backend``.
+    smooth_cutoff : None or ``reference.cutoff.ShiftedCosine``
+        featomic's shifted-cosine cutoff on every pair (DESIGN.md section 3,
+        "Smooth cutoff"); None: upstream's hard cutoff.
 
     Returns
     -------
     PowerSpectrum: values (n_frames, n_features) float64 with their labels,
-    and the gradients asked for.
-    For one centre species the values equal upstream's
-    ``power_spectrum(frames)`` (its columns relabelled to match, since
-    upstream lays values out n-major under species-major labels).
+    the gradients asked for, and with ``weights``/``cotangent`` ``energy``
+    and ``forces`` (:class:`PowerSpectrum`). For one centre species the
+    values equal upstream's ``power_spectrum(frames)`` (its columns
+    relabelled to match, since upstream lays values out n-major under
+    species-major labels).
 
     Raises
     ------
-    As :func:`einsum_workbench.pipeline.density.centre_density`.
+    As :func:`einsum_workbench.pipeline.density.centre_density`, and
+    ValueError for ``weights`` or ``cotangent`` of the wrong shape (the
+    expected shape and the features named), both given, or either given
+    with ``gradients``; KeyError when ``backward_backend`` (or ``backend``)
+    has no backward variant (the registered ones listed).
     """
     wanted = check_gradients(gradients)
     options = dict(backend=backend, orthonormal=orthonormal, self_pairs=self_pairs, semiaxes=semiaxes,
                    rotation_key=rotation_key, rotation_type=rotation_type)
-    density_gradients = None
+    if weights is not None or cotangent is not None:
+        if wanted:
+            raise ValueError(f"gradients={list(wanted)} writes every pair's Jacobian; weights/cotangent give the "
+                             "forces without it: ask for one or the other")
+        return _model_power_spectrum(frames, hypers, options, weights, cotangent, backward_backend, smooth_cutoff)
     if wanted:
-        result = density_gradients_of_frames(frames, hypers, gradients=wanted, **options)
+        result = density_gradients_of_frames(frames, hypers, gradients=wanted, **options,
+                                             smooth_cutoff=smooth_cutoff)
         layout, density = result.layout, result.density
         density_gradients = tensormap_gradients(result, "labelled")
     else:
-        layout, density = density_of_frames(frames, hypers, **options)
-    columns, labels, per_centre = [], [], {p: [] for p in wanted}
-    with stage("power_spectrum"):
-        blocks = density_blocks(layout, density, property_layout="labelled")
-        for c, centre_type in enumerate(layout.centre_types):
-            values, properties = species_power_spectrum(layout, blocks, c)
-            means, _ = mean_over_centres(values, layout.samples[c][:, 0], layout.n_frames)
-            columns.append(means)
-            labels.append(np.hstack([np.full((len(properties), 1), centre_type, dtype=np.int32), properties]))
-            if wanted:
-                derivatives = species_power_spectrum_gradients(
-                    blocks[c], {p: rows[c] for p, rows in density_gradients.items()})
-                for parameter, derivative in derivatives.items():
-                    per_centre[parameter].append(derivative)
+        layout, density = density_of_frames(frames, hypers, **options, smooth_cutoff=smooth_cutoff)
     n_frames = layout.n_frames if layout.n_frames else (len(frames) if hasattr(frames, "__len__") else 0)
-    values = np.hstack(columns) if columns else np.zeros((n_frames, 0))
-    properties = np.vstack(labels) if labels else np.zeros((0, 7), dtype=np.int32)
-    structure = {}
-    if wanted:
-        counts = [np.bincount(s[:, 0], minlength=n_frames) for s in layout.samples]
-        offsets = np.concatenate([[0], np.cumsum([c.shape[1] for c in columns])]).astype(int)
-        for parameter, per_species in per_centre.items():
-            structure[parameter] = structure_gradients(per_species, counts, offsets, values.shape[1])
+    with stage("power_spectrum"):
+        values, properties, blocks = structure_power_spectrum(layout, density, n_frames)
+    if not wanted:
+        return PowerSpectrum(values=values, properties=properties)
+    per_centre = {p: [] for p in wanted}
+    with stage("power_spectrum"):
+        for c in range(len(layout.centre_types)):
+            derivatives = species_power_spectrum_gradients(
+                blocks[c], {p: rows[c] for p, rows in density_gradients.items()})
+            for parameter, derivative in derivatives.items():
+                per_centre[parameter].append(derivative)
+    counts = [np.bincount(s[:, 0], minlength=n_frames) for s in layout.samples]
+    widths = [sum(b.shape[2] ** 2 for b in per_l) for per_l in blocks]
+    offsets = np.concatenate([[0], np.cumsum(widths)]).astype(int)
+    structure = {parameter: structure_gradients(per_species, counts, offsets, values.shape[1])
+                 for parameter, per_species in per_centre.items()}
     return PowerSpectrum(values=values, properties=properties, gradients=structure)
+
+
+def _model_power_spectrum(frames, hypers, options, weights, cotangent, backward_backend, smooth_cutoff):
+    """:func:`power_spectrum`'s ``weights``/``cotangent`` path: a pass, then its backward."""
+    run = power_spectrum_pass(frames, hypers, backward_backend=backward_backend, smooth_cutoff=smooth_cutoff,
+                              **options)
+    dE_dvalues, linear = _model_cotangent(weights, cotangent, *run.values.shape)
+    energy = None if linear is None else run.values @ linear
+    return PowerSpectrum(values=run.values, properties=run.properties, energy=energy,
+                         forces=run.backward(dE_dvalues))

@@ -18,15 +18,27 @@ blocks are a rearrangement of the density rows
 by :func:`density_cotangent_from_blocks`, so the result is a cotangent on the
 density rows: what a backward variant (registry problem ``"backward"``)
 takes, and :func:`einsum_workbench.pipeline.forces.forces_of_table` with it.
+
+:func:`einsum_workbench.pipeline.power_spectrum.power_spectrum` with
+``weights=`` (or ``cotangent=``) runs this after its forward pass and one
+backward variant call after it, writing no per-pair Jacobian.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from einsum_workbench.pipeline.density import density_blocks
 from einsum_workbench.pipeline.layout import DensityLayout, check_property_layout
-from einsum_workbench.pipeline.power_spectrum import coupling_constant
+
+
+def coupling_constant(l: int) -> float:
+    """Real Clebsch-Gordan coefficient <l m; l m | 0 0> of AniSOAP's real basis: (-1)^l / sqrt(2l+1).
+
+    Defined here, below :mod:`einsum_workbench.pipeline.power_spectrum` (which
+    re-exports it), because the power spectrum imports its backward."""
+    return (-1.0) ** l / np.sqrt(2 * l + 1)
 
 
 def power_spectrum_block_backward(block: np.ndarray, cotangent: np.ndarray, l: int) -> np.ndarray:
@@ -56,8 +68,27 @@ def power_spectrum_block_backward(block: np.ndarray, cotangent: np.ndarray, l: i
     if g.shape not in ((n, q * q), (n, q, q)):
         raise ValueError(f"power-spectrum cotangent for l = {l} must have shape ({n}, {q * q}) or ({n}, {q}, {q}) "
                          f"for a density block of shape {block.shape}, got {g.shape}")
-    g = g.reshape(n, q, q)
-    return coupling_constant(l) * (block @ (g + np.swapaxes(g, 1, 2)))
+    return _block_backward(np.ascontiguousarray(block), np.ascontiguousarray(g.reshape(n, q, q)), coupling_constant(l))
+
+
+@numba.njit(cache=True)
+def _block_backward(block, g, scale):
+    """(S, M, Q): ``scale * sum_b block[s, m, b] * (g[s, a, b] + g[s, b, a])``, one compiled loop
+    (NumPy's batched matmul costs ~0.5 us per centre on these 1x1 to 8x8 products: about 10x this)."""
+    n_samples, n_m, n_q = block.shape
+    out = np.zeros((n_samples, n_m, n_q))
+    sym = np.empty((n_q, n_q))
+    for s in range(n_samples):
+        for a in range(n_q):
+            for b in range(n_q):
+                sym[a, b] = scale * (g[s, a, b] + g[s, b, a])
+        for m in range(n_m):
+            for a in range(n_q):
+                total = 0.0
+                for b in range(n_q):
+                    total += block[s, m, b] * sym[a, b]
+                out[s, m, a] = total
+    return out
 
 
 def species_power_spectrum_backward(blocks_c, cotangent_c) -> list:
@@ -149,6 +180,49 @@ def density_cotangent_from_blocks(layout: DensityLayout, block_cotangents, prope
     return out
 
 
+def centre_power_spectrum_backward(layout: DensityLayout, density, cotangents) -> list:
+    """``dE/drho`` on the density rows from ``dE/dp`` on the per-centre power spectrum.
+
+    The backward of the per-centre features (no mean over centres):
+    :func:`~einsum_workbench.pipeline.power_spectrum.species_power_spectrum`
+    of every centre species on the labelled blocks, as
+    :func:`~einsum_workbench.pipeline.power_spectrum.power_spectrum_tensormap`
+    lays them out (DESIGN.md section 3, "Power spectrum backward": one batched
+    product per l and species).
+
+    Parameters
+    ----------
+    layout : DensityLayout
+    density : list over l of (n_segments, 2l+1, num_radial[l]) float arrays
+        The density the power spectrum was built from (``density_of_table``).
+    cotangents : sequence over the centre species ``layout.centre_types`` of (S_c, F_c) float arrays
+        ``dE/dp`` of each centre species' centres (rows ``layout.samples[c]``),
+        columns as ``species_power_spectrum(layout, blocks, c)``.
+
+    Returns
+    -------
+    list over l of (n_segments, 2l+1, num_radial[l]) float64: a cotangent for
+    a backward variant (with ``orthonormal`` as the density was computed).
+
+    Raises
+    ------
+    ValueError
+        not one cotangent per centre species (both counts named), or one of the
+        wrong shape (the species and both shapes named).
+    """
+    if len(cotangents) != len(layout.centre_types):
+        raise ValueError(f"per-centre power-spectrum cotangents: one per centre species "
+                         f"{layout.centre_types.tolist()} ({len(layout.centre_types)}), got {len(cotangents)}")
+    blocks = density_blocks(layout, density, property_layout="labelled")
+    per_species = []
+    for c, (blocks_c, g) in enumerate(zip(blocks, cotangents)):
+        try:
+            per_species.append(species_power_spectrum_backward(blocks_c, g))
+        except ValueError as error:
+            raise ValueError(f"centre species {int(layout.centre_types[c])}: {error}") from None
+    return density_cotangent_from_blocks(layout, per_species, "labelled")
+
+
 def structure_power_spectrum_backward(layout: DensityLayout, density, cotangent) -> list:
     """``dE/drho`` on the density rows from ``dE/dp`` on the per-structure power spectrum.
 
@@ -174,16 +248,50 @@ def structure_power_spectrum_backward(layout: DensityLayout, density, cotangent)
     ValueError
         ``cotangent`` is not (n_frames, n_features) (both named).
     """
-    blocks = density_blocks(layout, density, property_layout="labelled")
-    widths = [sum(b.shape[2] ** 2 for b in per_l) for per_l in blocks]
-    cotangent = np.asarray(cotangent, dtype=np.float64)
+    n_radial = [rho.shape[2] for rho in density]
+    widths = [sum((n * len(types)) ** 2 for n in n_radial) for types in layout.neighbour_types]
+    cotangent = np.ascontiguousarray(cotangent, dtype=np.float64)
     if cotangent.shape != (layout.n_frames, sum(widths)):
         raise ValueError(f"power-spectrum cotangent must have shape ({layout.n_frames}, {sum(widths)}) "
                          f"(frames, features), got {cotangent.shape}")
-    starts = np.concatenate([[0], np.cumsum(widths)]).astype(int)
-    per_species = []
-    for c, per_l in enumerate(blocks):
-        per_centre = mean_over_centres_backward(cotangent[:, starts[c]:starts[c + 1]], layout.samples[c][:, 0],
-                                                layout.n_frames)
-        per_species.append(species_power_spectrum_backward(per_l, per_centre))
-    return density_cotangent_from_blocks(layout, per_species, "labelled")
+    out = [np.zeros(rho.shape) for rho in density]
+    start = 0
+    for c, types in enumerate(layout.neighbour_types):
+        systems = layout.samples[c][:, 0].astype(np.int64)
+        weight = 1.0 / np.bincount(systems, minlength=layout.n_frames)[systems]  # the mean's backward
+        rows = slice(int(layout.offsets[c]), int(layout.offsets[c + 1]))
+        for l, rho in enumerate(density):
+            _rows_backward(np.ascontiguousarray(rho[rows], dtype=np.float64), cotangent, start, systems, weight,
+                           len(types), coupling_constant(l), out[l][rows])
+            start += (n_radial[l] * len(types)) ** 2
+    return out
+
+
+@numba.njit(cache=True)
+def _rows_backward(rows, cotangent, start, systems, weight, n_types, scale, out):
+    """:func:`power_spectrum_block_backward` and the mean's backward of one centre species and l,
+    read from and written to the density rows themselves (no block copies, one compiled loop).
+
+    ``rows``/``out``: (S * E, 2l+1, n) rows (centre u, neighbour species e) at ``u * E + e``;
+    block column ``a = e * n + n_a`` (labelled); the centre's cotangent columns are
+    ``cotangent[systems[u], start + a * Q + b]`` times ``weight[u]`` (1 / its structure's centres).
+    """
+    n_m, n_r = rows.shape[1], rows.shape[2]
+    q = n_types * n_r
+    sym = np.empty((q, q))
+    for u in range(len(systems)):
+        f = systems[u]
+        w = weight[u] * scale
+        for a in range(q):
+            for b in range(q):
+                sym[a, b] = w * (cotangent[f, start + a * q + b] + cotangent[f, start + b * q + a])
+        base = u * n_types
+        for ea in range(n_types):
+            for na in range(n_r):
+                a = ea * n_r + na
+                for m in range(n_m):
+                    total = 0.0
+                    for eb in range(n_types):
+                        for nb in range(n_r):
+                            total += rows[base + eb, m, nb] * sym[a, eb * n_r + nb]
+                    out[base + ea, m, na] = total

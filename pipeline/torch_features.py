@@ -1,37 +1,46 @@
-"""Torch models on AniSOAP features: forces and torques by ``backward()``.
+"""Torch models on AniSOAP features: forces and torques by ``backward()``, without a Jacobian.
 
-:class:`PairExpansionFunction` is a ``torch.autograd.Function`` around a
-gradient variant (the fused Numba kernels by default): its forward computes every pair's
-coefficients, its backward their derivatives in one pass
-(:mod:`einsum_workbench.reference.gradients`) and contracts the incoming
-gradient with them. Nothing of Torch's autograd runs through the
-expansion itself, which is what makes it fast (``bench/test_gradient_ranking.py``).
+:class:`CentreDensityFunction` is a ``torch.autograd.Function`` of the atoms'
+positions and rotation matrices whose forward is one density variant call
+(the centre density of fixed neighbour pairs) and whose backward is one
+backward variant call (registry problem ``"backward"``, DESIGN.md section 3,
+"Backward pass"): the incoming density cotangent ``dL/drho`` goes in, per
+pair only ``dL/dr_ij`` and ``dL/dtheta_j`` come out, and they are summed onto
+atoms. No per-pair coefficient or Jacobian is held between the two passes
+(the per-pair Jacobian path is ``power_spectrum(..., gradients=[...])``).
 
 :class:`TorchPowerSpectrum` builds on it the per-structure power spectrum of
 :func:`einsum_workbench.pipeline.power_spectrum.power_spectrum` as a Torch
-function of the atoms' positions and rotation matrices (neighbour list fixed
-at construction, as in one molecular-dynamics step), so that for a Torch
-model ``energy = model(features)``, ``energy.sum().backward()`` leaves
-``-forces`` in ``positions.grad``; torques come from the rotation matrices'
-gradient (:func:`torques_from_rotation_gradient`).
+function of positions and rotation matrices (neighbour list fixed at
+construction, as in one molecular-dynamics step), so that for a Torch model
+``energy = model(features)``, ``energy.sum().backward()`` leaves ``-forces``
+in ``positions.grad``; torques come from the rotation matrices' gradient
+(:func:`torques_from_rotation_gradient`).
 
-Rotations: the expansion is defined on rotation matrices only, so the
-gradient passed back for ``rotations`` is the tangent one,
-``G = 1/2 sum_alpha g_alpha [e_alpha]_x R`` with ``g_alpha`` the derivative
-along an infinitesimal rotation about lab axis alpha: exact for any upstream
-computation that keeps R a rotation (quaternions, rotation vectors).
+Rotations: the density is defined on rotation matrices only, and a backward
+variant gives ``t_a = dL/dtheta_a`` along ``R -> (I + theta_a [e_a]_x) R``.
+The gradient passed back for ``rotations`` is the tangent one,
+
+    G = 1/2 sum_a t_a [e_a]_x R,
+
+the matrix whose Frobenius product with ``[e_a]_x R`` is ``t_a`` (since
+``<[e_a]_x R, [e_b]_x R> = tr([e_a]_x^T [e_b]_x) = 2 delta_ab`` for a rotation
+R): exact for any upstream computation that keeps R a rotation
+(quaternions, rotation vectors), and :func:`torques_from_rotation_gradient`
+gives ``t`` back, minus the torque.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.frames import AtomsTable
-from einsum_workbench.reference.radial import orthonormalization_matrix
+from einsum_workbench.reference.hypers import ExpansionHypers
 
-from einsum_workbench.pipeline.layout import table_pairs
+from einsum_workbench.pipeline.forces import force_pairs, load_backward, load_density, pair_forces
 from einsum_workbench.pipeline.power_spectrum import coupling_constant
 
 #: ``[e_alpha]_x``: the generators of rotations about the lab axes.
@@ -42,52 +51,19 @@ GENERATORS = np.array([
 ], dtype=np.float64)
 
 
-def _flat(per_l, n_pairs: int, leading=()) -> np.ndarray:
-    """Per-l arrays (P, *leading, 2l+1, n_l) side by side: (P, *leading, K)."""
-    return np.concatenate([a.reshape(n_pairs, *leading, -1) for a in per_l], axis=-1)
+def rotation_gradient(rotations: np.ndarray, dE_dtheta: np.ndarray) -> np.ndarray:
+    """The tangent gradient ``1/2 sum_a t_a [e_a]_x R`` (module docstring).
 
+    Parameters
+    ----------
+    rotations : (N, 3, 3) float array, body-to-lab rotations R
+    dE_dtheta : (N, 3) float array, ``t_a`` per radian about lab axis a
 
-class PairExpansionFunction(torch.autograd.Function):
-    """``apply(r_ij, rotations, semiaxes, hypers, backend)`` -> (P, K) float64 tensor.
-
-    Columns are the raw coefficients of l = 0..lmax side by side, each l's
-    ``(2l+1, num_radial[l])`` flattened row-major. Differentiable with
-    respect to ``r_ij`` (P, 3) and ``rotations`` (P, 3, 3) (tangent gradient,
-    module docstring); ``semiaxes`` are constants here.
-
-    The forward pass runs the pair variant ``backend`` (values only: an
-    energy without forces costs no derivatives); the backward pass runs its
-    gradient variant on the saved inputs and contracts the incoming gradient
-    with the derivatives, so the 7x larger Jacobian is never held between
-    the two passes.
+    Returns
+    -------
+    (N, 3, 3) float64, whose Frobenius product with ``[e_a]_x R`` is ``t_a``.
     """
-
-    @staticmethod
-    def forward(ctx, r_ij, rotations, semiaxes, hypers, backend):
-        from einsum_workbench.kernels.registry import load_variant
-
-        arrays = [t.detach().cpu().numpy().astype(np.float64) for t in (r_ij, rotations, semiaxes)]
-        values = load_variant(backend, "pairs")(*arrays, hypers, dtype=np.float64)
-        ctx.arrays, ctx.hypers, ctx.backend = arrays, hypers, backend
-        ctx.save_for_backward(rotations.detach())
-        return torch.from_numpy(_flat(values, len(arrays[0]))).to(r_ij.device)
-
-    @staticmethod
-    def backward(ctx, grad_values):
-        from einsum_workbench.kernels.registry import load_variant
-
-        (rotations,) = ctx.saved_tensors
-        result = load_variant(ctx.backend, "gradients")(*ctx.arrays, ctx.hypers, dtype=np.float64)
-        n_pairs = len(ctx.arrays[0])
-        d_r = torch.from_numpy(_flat(result.positions, n_pairs, (3,)))
-        d_theta = torch.from_numpy(_flat(result.orientations, n_pairs, (3,)))
-        grad_values = grad_values.to(d_r.dtype).cpu()
-        grad_r = torch.einsum("pk,pxk->px", grad_values, d_r)
-        grad_theta = torch.einsum("pk,pxk->px", grad_values, d_theta)
-        generators = torch.from_numpy(GENERATORS)
-        grad_rotations = 0.5 * torch.einsum("px,xab,pbc->pac", grad_theta, generators, rotations.cpu().to(d_r.dtype))
-        device = rotations.device
-        return grad_r.to(device), grad_rotations.to(device), None, None, None
+    return 0.5 * np.einsum("na,abc,ncd->nbd", dE_dtheta, GENERATORS, rotations)
 
 
 def torques_from_rotation_gradient(rotations, grad_rotations):
@@ -102,10 +78,83 @@ def torques_from_rotation_gradient(rotations, grad_rotations):
     -------
     (N, 3) tensor ``dE/dtheta_alpha = <dE/dR, [e_alpha]_x R>`` (Frobenius): the
     energy's change per radian of rotation about lab axis alpha; the torque
-    is its negative.
+    is its negative. For the tangent gradient :class:`CentreDensityFunction`
+    passes back it is exactly ``dE/dtheta`` (module docstring).
     """
     generators = torch.from_numpy(GENERATORS).to(rotations)
     return torch.einsum("nac,xab,nbc->nx", grad_rotations, generators, rotations)
+
+
+@dataclass
+class DensityPairs:
+    """What :class:`CentreDensityFunction` needs besides the positions and rotations.
+
+    Attributes
+    ----------
+    hypers : ExpansionHypers
+    centre, neighbour : (P,) int64 global atom indices of each pair's i and j
+    offset : (P, 3) float64, ``r_ij - (x_j - x_i)``: the periodic image's shift, angstrom
+    semiaxes : (P, 3) float64, the neighbour's semi-axes
+    segment : (P,) int64, each pair's density row; n_segments : int
+    n_atoms : int
+    orthonormal : bool
+    density, backward : the density and backward variants (``pipeline.forces.load_density``, ``load_backward``)
+    """
+
+    hypers: ExpansionHypers
+    centre: np.ndarray
+    neighbour: np.ndarray
+    offset: np.ndarray
+    semiaxes: np.ndarray
+    segment: np.ndarray
+    n_segments: int
+    n_atoms: int
+    orthonormal: bool
+    density: object
+    backward: object
+
+    def pair_arrays(self, positions: np.ndarray, rotations: np.ndarray):
+        """(r_ij (P, 3), the neighbour's rotation (P, 3, 3)) at these positions and rotations."""
+        r_ij = positions[self.neighbour] - positions[self.centre] + self.offset
+        return r_ij, np.ascontiguousarray(rotations[self.neighbour])
+
+
+class CentreDensityFunction(torch.autograd.Function):
+    """``apply(positions (N, 3), rotations (N, 3, 3), pairs: DensityPairs)`` -> tuple over l of
+    (n_segments, 2l+1, num_radial[l]) float64 tensors, the centre density (orthonormalised when
+    ``pairs.orthonormal``), on the CPU.
+
+    Backward: one backward variant call with the incoming cotangents (an l
+    whose output is unused gets zeros), ``dL/dx = -(forces)`` by
+    ``pipeline.forces.pair_forces`` (``dL/dx_j += dL/dr_ij``, ``dL/dx_i -=
+    dL/dr_ij``) and the tangent rotation gradient of the module docstring.
+    Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, positions, rotations, pairs):
+        x = positions.detach().cpu().numpy().astype(np.float64)
+        rot = rotations.detach().cpu().numpy().astype(np.float64)
+        r_ij, pair_rotations = pair_arrays = pairs.pair_arrays(x, rot)
+        density = pairs.density(r_ij, pair_rotations, pairs.semiaxes, pairs.hypers, pairs.segment, pairs.n_segments,
+                                dtype=np.float64, orthonormal=pairs.orthonormal)
+        ctx.pairs, ctx.pair_arrays, ctx.rotations, ctx.device = pairs, pair_arrays, rot, positions.device
+        return tuple(torch.from_numpy(np.ascontiguousarray(rho)).to(positions.device) for rho in density)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        pairs = ctx.pairs
+        cotangent = [np.zeros((pairs.n_segments, 2 * l + 1, n)) if g is None else g.detach().cpu().numpy()
+                     for l, (g, n) in enumerate(zip(grads, pairs.hypers.num_radial))]
+        r_ij, pair_rotations = ctx.pair_arrays
+        with torch.enable_grad():  # a backward variant may run autograd itself (torch_einsum's does)
+            cot = pairs.backward(r_ij, pair_rotations, pairs.semiaxes, pairs.hypers, pairs.segment, pairs.n_segments,
+                                 cotangent, dtype=np.float64, orthonormal=pairs.orthonormal)
+        forces, torques = pair_forces(cot.r, cot.theta, pairs.centre, pairs.neighbour, pairs.n_atoms)
+        grad_positions = torch.from_numpy(-forces).to(ctx.device)
+        grad_rotations = torch.from_numpy(rotation_gradient(ctx.rotations, -torques)).to(ctx.device)
+        return grad_positions, grad_rotations, None
 
 
 class TorchPowerSpectrum:
@@ -118,40 +167,41 @@ class TorchPowerSpectrum:
         semi-axes, cells and the neighbour list are taken from it once.
     hypers : ExpansionHypers
     backend : str
-        A gradient variant (``kernels.registry.variant_names("gradients")``).
-    orthonormal, self_pairs : as :func:`einsum_workbench.pipeline.power_spectrum.power_spectrum`
+        The density variant (``kernels.registry.variant_names("density")``, or
+        a pair variant, as ``power_spectrum``'s).
+    backward_backend : str or None
+        The backward variant (``variant_names("backward")``); None: ``backend``.
+    orthonormal, self_pairs, smooth_cutoff : as :func:`einsum_workbench.pipeline.power_spectrum.power_spectrum`
 
     ``__call__(positions (N, 3), rotations (N, 3, 3))`` returns (n_frames,
     n_features) float64 equal to ``power_spectrum(frames, ...).values`` at the
-    table's own positions and rotations; features of species absent from a
-    frame are zero, as there.
+    table's own positions and rotations (to rounding of ``r_ij``); features of
+    species absent from a frame are zero, as there.
+
+    Raises
+    ------
+    KeyError, RuntimeError
+        no density or backward variant of that name (the registered ones
+        listed), or one that cannot run here.
     """
 
     def __init__(self, table: AtomsTable, hypers: ExpansionHypers, *, backend: str = "numba_fused",
-                 orthonormal: bool = True, self_pairs: bool = True):
-        self.hypers, self.backend = hypers, backend
-        pairs = table_pairs(table, hypers.cutoff, self_pairs=self_pairs)
-        self.gi, self.gj = torch.from_numpy(pairs.centre), torch.from_numpy(pairs.neighbour)
-        self.offset = torch.from_numpy(np.einsum("pk,pkx->px", pairs.shift.astype(np.float64), table.cells[pairs.frame]))
-        self.layout, self.segment = pairs.layout, torch.from_numpy(pairs.segment)
-        self.semiaxes = torch.from_numpy(table.semiaxes[pairs.neighbour])
-        self.weights = [torch.from_numpy(np.array(orthonormalization_matrix(l, hypers))) if orthonormal else None
-                        for l in range(hypers.lmax + 1)]
-        self.n_frames = len(table.n_atoms)
+                 backward_backend: str | None = None, orthonormal: bool = True, self_pairs: bool = True,
+                 smooth_cutoff=None):
+        backward = load_backward(backend if backward_backend is None else backward_backend, smooth_cutoff)
+        density = load_density(backend, smooth_cutoff)
+        found = force_pairs(table, hypers.cutoff, self_pairs=self_pairs)
+        g = found.grouped
+        offset = g.r_ij - (table.positions[g.neighbour] - table.positions[found.centre])
+        self.hypers, self.layout, self.n_frames = hypers, g.layout, len(table.n_atoms)
+        self.pairs = DensityPairs(hypers=hypers, centre=found.centre, neighbour=g.neighbour, offset=offset,
+                                  semiaxes=g.semiaxes, segment=g.segment, n_segments=g.layout.n_segments,
+                                  n_atoms=len(table.numbers), orthonormal=orthonormal, density=density,
+                                  backward=backward)
 
-    def density(self, positions, rotations) -> list:
+    def density(self, positions, rotations) -> tuple:
         """Per l the (n_segments, 2l+1, num_radial[l]) density, orthonormalised when asked."""
-        r_ij = positions[self.gj] - positions[self.gi] + self.offset
-        flat = PairExpansionFunction.apply(r_ij, rotations[self.gj], self.semiaxes, self.hypers, self.backend)
-        out, start = [], 0
-        for l, n_radial in enumerate(self.hypers.num_radial):
-            width = (2 * l + 1) * n_radial
-            pairs = flat[:, start:start + width].reshape(-1, 2 * l + 1, n_radial)
-            start += width
-            rho = torch.zeros((self.layout.n_segments, 2 * l + 1, n_radial), dtype=flat.dtype)
-            rho = rho.index_add(0, self.segment, pairs)
-            out.append(rho if self.weights[l] is None else rho @ self.weights[l])
-        return out
+        return CentreDensityFunction.apply(positions, rotations, self.pairs)
 
     def __call__(self, positions, rotations):
         density = self.density(positions, rotations)
@@ -173,7 +223,10 @@ class TorchPowerSpectrum:
             means = means.index_add(0, torch.from_numpy(systems.astype(np.int64)), values)
             scale = torch.from_numpy(np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0))
             columns.append(means * scale[:, None])
+        if not columns:
+            return torch.zeros((self.n_frames, 0), dtype=torch.float64)
         return torch.cat(columns, dim=1)
 
 
-__all__ = ["PairExpansionFunction", "TorchPowerSpectrum", "torques_from_rotation_gradient"]
+__all__ = ["CentreDensityFunction", "DensityPairs", "TorchPowerSpectrum", "rotation_gradient",
+           "torques_from_rotation_gradient"]

@@ -192,3 +192,33 @@ def test_bad_input_is_named():
         wrong = [np.zeros_like(x) for x in _cotangent()]
         wrong[1] = wrong[1][:, :2]
         forces_of_table(_table(), HYPERS, wrong, backend="reference")
+
+
+def test_voigt_stress_is_the_symmetric_part_in_ases_order():
+    from einsum_workbench.pipeline.forces import voigt_stress
+
+    stress = np.arange(9.0).reshape(3, 3)
+    np.testing.assert_array_equal(voigt_stress(stress), [0.0, 4.0, 8.0, 6.0, 4.0, 2.0])
+    np.testing.assert_array_equal(voigt_stress(np.stack([stress, -stress])), [voigt_stress(stress), -voigt_stress(stress)])
+    with pytest.raises(ValueError, match=r"shape \(3, 3\) or \(F, 3, 3\), got \(6,\)"):
+        voigt_stress(np.zeros(6))
+
+
+def test_each_pair_knows_its_centre_and_frame():
+    from einsum_workbench.pipeline.forces import force_pairs
+
+    table = _table()
+    pairs = force_pairs(table, HYPERS.cutoff)
+    reference = table_pairs(table, HYPERS.cutoff)
+    # the neighbour list's pairs in segment order: the same (centre, neighbour, segment, frame, r) rows, sorted
+    grouped = np.column_stack([pairs.centre, pairs.grouped.neighbour, pairs.grouped.segment, pairs.frame,
+                               pairs.grouped.r_ij])
+    listed = np.column_stack([reference.centre, reference.neighbour, reference.segment, reference.frame,
+                              reference.r_ij])
+    np.testing.assert_array_equal(grouped[np.lexsort(grouped.T[::-1])], listed[np.lexsort(listed.T[::-1])])
+    assert np.all(np.diff(pairs.grouped.segment) >= 0)
+
+
+def test_a_missing_backward_variant_is_named():
+    with pytest.raises(KeyError, match=r"no backward variant 'numpy_einsum' is registered \(registered: reference"):
+        forces_of_table(_table(), HYPERS, _cotangent(), backend="numpy_einsum")

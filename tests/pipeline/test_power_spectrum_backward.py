@@ -12,6 +12,8 @@ per-structure power spectrum.
   ``species_power_spectrum`` and ``mean_over_centres``), step 1e-4 (E is
   quadratic in rho, so the central difference is exact up to rounding):
   ``rtol = 1e-8``;
+- the per-centre features' ``dE/drho`` (:func:`centre_power_spectrum_backward`)
+  the same way, with a random cotangent per centre species;
 - forces and torques through ``forces_of_table`` with that cotangent,
   against moving atoms and turning ellipsoids in ``power_spectrum``
   itself (a few atoms), step 1e-5: ``rtol = 1e-6``, ``atol = 1e-6 x`` the
@@ -30,6 +32,7 @@ from einsum_workbench.pipeline.density import density_blocks, density_of_table
 from einsum_workbench.pipeline.forces import forces_of_table
 from einsum_workbench.pipeline.power_spectrum import mean_over_centres, power_spectrum, species_power_spectrum
 from einsum_workbench.pipeline.power_spectrum_backward import (
+    centre_power_spectrum_backward,
     density_cotangent_from_blocks,
     power_spectrum_block_backward,
     structure_power_spectrum_backward,
@@ -86,6 +89,31 @@ def test_density_cotangent_matches_a_directional_difference():
     actual = sum(np.vdot(g, v) for g, v in zip(grad, direction))
     assert abs(expected) > 1e-3
     assert actual == pytest.approx(expected, rel=1e-8)
+
+
+def _per_centre_energy(layout, density, cotangents) -> float:
+    blocks = density_blocks(layout, density, property_layout="labelled")
+    return float(sum(np.vdot(g, species_power_spectrum(layout, blocks, c)[0]) for c, g in enumerate(cotangents)))
+
+
+def test_per_centre_cotangent_matches_a_directional_difference():
+    layout, density, _ = _setup()
+    blocks = density_blocks(layout, density, property_layout="labelled")
+    rng = np.random.default_rng(11)
+    cotangents = [rng.normal(size=species_power_spectrum(layout, blocks, c)[0].shape)
+                  for c in range(len(layout.centre_types))]
+    grad = centre_power_spectrum_backward(layout, density, cotangents)
+    direction = [rng.normal(size=rho.shape) for rho in density]
+    step = 1e-4
+    plus = _per_centre_energy(layout, [r + step * v for r, v in zip(density, direction)], cotangents)
+    minus = _per_centre_energy(layout, [r - step * v for r, v in zip(density, direction)], cotangents)
+    expected = (plus - minus) / (2 * step)
+    actual = sum(float(np.vdot(g, v)) for g, v in zip(grad, direction))
+    np.testing.assert_allclose(actual, expected, rtol=1e-8)
+    with pytest.raises(ValueError, match=r"one per centre species \[1, 6\] \(2\), got 1"):
+        centre_power_spectrum_backward(layout, density, cotangents[:1])
+    with pytest.raises(ValueError, match=r"centre species 6: .*must have shape"):
+        centre_power_spectrum_backward(layout, density, [cotangents[0], cotangents[1][:, :3]])
 
 
 def test_block_layouts_are_undone_exactly():
