@@ -35,7 +35,7 @@ from einsum_workbench.pipeline.density import (
     density_of_pairs,
     density_of_table,
 )
-from einsum_workbench.pipeline.forces import AtomForces, forces_of_table
+from einsum_workbench.pipeline.forces import AtomForces, energy_tensormap, forces_of_table
 from einsum_workbench.pipeline.gradients import DensityGradients, density_gradients_of_frames
 from einsum_workbench.pipeline.layout import density_layout
 from einsum_workbench.pipeline.power_spectrum import PowerSpectrum, StructureGradients, power_spectrum, power_spectrum_tensormap
@@ -60,6 +60,7 @@ __all__ = [
     "density_of_pairs",
     "density_of_table",
     "density_tensormap",
+    "energy_tensormap",
     "forces_of_table",
     "power_spectrum",
     "power_spectrum_pass",

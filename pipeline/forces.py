@@ -247,6 +247,70 @@ def voigt_stress(stress) -> np.ndarray:
     return np.stack([symmetric[..., a, b] for a, b in VOIGT], axis=-1)
 
 
+def energy_tensormap(energy, result: AtomForces, n_atoms):
+    """The energy with its gradients as a metatensor TensorMap, in featomic's gradient convention.
+
+    One block (key ``_ = 0``): values ``(n_frames, 1)`` (samples ``system``,
+    property ``energy``) and the gradients
+
+    - ``"positions"``: samples ``(sample, system, atom)``, component ``xyz``,
+      values ``dE/dx = -forces`` (one row per atom of each frame);
+    - ``"strain"``: samples ``sample``, components ``xyz_1``, ``xyz_2``,
+      values ``dE/deps[a, b]`` with the cell and atoms strained as
+      ``r -> r (I + eps)`` (row vectors; :func:`strain_derivative`), so that
+      ``-dE/deps`` is the virial and ``dE/deps / V`` the stress (featomic's
+      ``strain`` gradient, defined for every frame);
+    - ``"orientations"``: as ``"positions"``, values ``dE/dtheta = -torques``
+      (about the lab axes, per radian; the workbench's parameter, as
+      :mod:`einsum_workbench.pipeline.gradients` names it; featomic has none).
+
+    Parameters
+    ----------
+    energy : (n_frames,) float array
+        ``PowerSpectrum.energy`` (E's unit, eV for a potential in eV).
+    result : AtomForces
+        Of the same frames (``PowerSpectrum.forces`` or :func:`forces_of_table`).
+    n_atoms : (n_frames,) int array
+        Atoms per frame (``AtomsTable.n_atoms``), which order ``result.forces``.
+
+    Returns
+    -------
+    metatensor.TensorMap (float64).
+
+    Raises
+    ------
+    ValueError
+        shapes that disagree (the energy's frames, the atoms' total; both numbers named).
+    """
+    from metatensor import Labels, TensorBlock, TensorMap
+
+    energy = np.asarray(energy, dtype=np.float64).reshape(-1)
+    n_atoms = np.asarray(n_atoms, dtype=np.int64).reshape(-1)
+    n_frames = len(energy)
+    if len(n_atoms) != n_frames or result.strain_derivative.shape != (n_frames, 3, 3):
+        raise ValueError(f"energy of {n_frames} frames, n_atoms of {len(n_atoms)} frames and a strain derivative "
+                         f"of shape {result.strain_derivative.shape} must describe the same frames")
+    if int(n_atoms.sum()) != len(result.forces):
+        raise ValueError(f"n_atoms sums to {int(n_atoms.sum())} atoms but the forces have {len(result.forces)} rows")
+    system = np.repeat(np.arange(n_frames, dtype=np.int32), n_atoms)
+    atom = (np.arange(len(system)) - np.repeat(np.cumsum(n_atoms) - n_atoms, n_atoms)).astype(np.int32)
+    atom_samples = Labels(["sample", "system", "atom"], np.stack([system, system, atom], axis=1))
+    xyz = Labels(["xyz"], np.arange(3, dtype=np.int32).reshape(-1, 1))
+    properties = Labels(["energy"], np.zeros((1, 1), dtype=np.int32))
+    block = TensorBlock(values=energy.reshape(-1, 1),
+                        samples=Labels(["system"], np.arange(n_frames, dtype=np.int32).reshape(-1, 1)),
+                        components=[], properties=properties)
+    for parameter, per_atom in (("positions", result.forces), ("orientations", result.torques)):
+        block.add_gradient(parameter, TensorBlock(values=-np.asarray(per_atom, dtype=np.float64)[:, :, None],
+                                                  samples=atom_samples, components=[xyz], properties=properties))
+    frames = np.arange(n_frames, dtype=np.int32).reshape(-1, 1)
+    block.add_gradient("strain", TensorBlock(
+        values=np.asarray(result.strain_derivative, dtype=np.float64)[:, :, :, None],
+        samples=Labels(["sample"], frames),
+        components=[Labels(["xyz_1"], xyz.values), Labels(["xyz_2"], xyz.values)], properties=properties))
+    return TensorMap(Labels.single(), [block])
+
+
 def load_backward(backend: str, smooth_cutoff=None):
     """The backward variant ``backend`` (registry problem ``"backward"``), smoothed when asked.
 

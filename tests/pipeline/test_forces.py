@@ -222,3 +222,30 @@ def test_each_pair_knows_its_centre_and_frame():
 def test_a_missing_backward_variant_is_named():
     with pytest.raises(KeyError, match=r"no backward variant 'numpy_einsum' is registered \(registered: reference"):
         forces_of_table(_table(), HYPERS, _cotangent(), backend="numpy_einsum")
+
+
+def test_energy_tensormap_holds_the_results_in_featomic_convention():
+    from einsum_workbench.pipeline.forces import AtomForces, energy_tensormap
+
+    rng = np.random.default_rng(5)
+    n_atoms = np.array([2, 3])
+    forces, torques = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+    strain = rng.normal(size=(2, 3, 3))
+    result = AtomForces(forces=forces, torques=torques, strain_derivative=strain, virial=-strain,
+                        stress=np.full((2, 3, 3), np.nan))
+    tensor = energy_tensormap([1.5, -2.0], result, n_atoms)
+    block = tensor.block(0)
+    np.testing.assert_array_equal(block.values[:, 0], [1.5, -2.0])
+    positions = block.gradient("positions")
+    assert positions.samples.names == ["sample", "system", "atom"]
+    np.testing.assert_array_equal(positions.samples.values, [[0, 0, 0], [0, 0, 1], [1, 1, 0], [1, 1, 1], [1, 1, 2]])
+    np.testing.assert_array_equal(positions.values[..., 0], -forces)
+    np.testing.assert_array_equal(block.gradient("orientations").values[..., 0], -torques)
+    strain_block = block.gradient("strain")
+    assert strain_block.samples.names == ["sample"]
+    assert [c.names for c in strain_block.components] == [["xyz_1"], ["xyz_2"]]
+    np.testing.assert_array_equal(strain_block.values[..., 0], strain)
+    with pytest.raises(ValueError, match="n_atoms sums to 4 atoms but the forces have 5 rows"):
+        energy_tensormap([1.5, -2.0], result, [2, 2])
+    with pytest.raises(ValueError, match="energy of 3 frames"):
+        energy_tensormap([1.5, -2.0, 0.0], result, n_atoms)
