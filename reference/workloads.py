@@ -145,6 +145,30 @@ def ellipsoids(n_frames: int, seed: int = 0, n_species: int = 1):
     return frames
 
 
+def two_species_cells(sizes=(5, 4), seed: int = 3) -> list:
+    """Small periodic frames of C and O ellipsoids (alternating), for tests of forces and cutoffs.
+
+    Frame k holds ``sizes[k]`` atoms uniform in [0, 6) angstrom, a cell
+    ``diag(6, 6.5, 7)`` plus a uniform skew of up to 0.3 angstrom, random
+    orientations (``c_q``, w first) and diameters uniform in [0.6, 3)
+    angstrom (``c_diameter[1..3]``): needles and plates. The same frames
+    for the same arguments.
+    """
+    import ase
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for n in sizes:
+        atoms = ase.Atoms((["C", "O"] * n)[:n], positions=rng.uniform(0, 6, size=(n, 3)),
+                          cell=np.diag([6.0, 6.5, 7.0]) + rng.uniform(-0.3, 0.3, (3, 3)), pbc=True)
+        atoms.arrays["c_q"] = Rotation.random(n, random_state=rng).as_quat()[:, [3, 0, 1, 2]]
+        for k, d in enumerate(rng.uniform(0.6, 3.0, size=(3, n))):
+            atoms.arrays[f"c_diameter[{k + 1}]"] = d
+        frames.append(atoms)
+    return frames
+
+
 def _rotation_z(angles) -> np.ndarray:
     c, s = np.cos(angles), np.sin(angles)
     rot = np.zeros((len(angles), 3, 3))

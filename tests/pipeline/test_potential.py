@@ -29,6 +29,7 @@ from einsum_workbench.pipeline.power_spectrum import power_spectrum
 from einsum_workbench.reference.cutoff import ShiftedCosine
 from einsum_workbench.reference.frames import atoms_table
 from einsum_workbench.reference.hypers import ExpansionHypers
+from einsum_workbench.reference.workloads import two_species_cells
 
 HYPERS = ExpansionHypers(lmax=3, radial_basis="gto", cutoff=4.0, sigma=1.2)
 #: The density variant everywhere (its values do not depend on the backward variant under test).
@@ -50,18 +51,7 @@ def backward(request):
 
 def periodic_frames():
     """Two periodic frames (5 and 4 atoms), C and O, random cells, orientations and semi-axes."""
-    import ase
-
-    rng = np.random.default_rng(3)
-    frames = []
-    for n in (5, 4):
-        atoms = ase.Atoms(["C", "O", "C", "O", "C"][:n], positions=rng.uniform(0, 6, size=(n, 3)),
-                          cell=np.diag([6.0, 6.5, 7.0]) + rng.uniform(-0.3, 0.3, (3, 3)), pbc=True)
-        atoms.arrays["c_q"] = Rotation.random(n, random_state=rng).as_quat()[:, [3, 0, 1, 2]]
-        for k, d in enumerate(rng.uniform(0.6, 3.0, size=(3, n))):
-            atoms.arrays[f"c_diameter[{k + 1}]"] = d
-        frames.append(atoms)
-    return frames
+    return two_species_cells((5, 4), seed=3)
 
 
 @functools.lru_cache(maxsize=1)

@@ -26,6 +26,7 @@ from einsum_workbench.reference.compare import assert_coefficients_close
 from einsum_workbench.reference.density import orthonormalize_density
 from einsum_workbench.reference.expansion import pairwise_ellip_expansion
 from einsum_workbench.reference.hypers import ExpansionHypers
+from einsum_workbench.reference.workloads import two_species_cells
 
 HYPERS = ExpansionHypers(lmax=3, radial_basis="gto", cutoff=4.0, sigma=1.2)
 SMOOTH = ShiftedCosine(1.5)
@@ -35,18 +36,7 @@ RTOL = 1e-6
 
 def frames():
     """Two small periodic frames, two species, needles and plates (several pairs in the shell (2.5, 4))."""
-    import ase
-
-    rng = np.random.default_rng(3)
-    out = []
-    for n in (5, 4):
-        atoms = ase.Atoms(["C", "O", "C", "O", "C"][:n], positions=rng.uniform(0, 6, size=(n, 3)),
-                          cell=np.diag([6.0, 6.5, 7.0]) + rng.uniform(-0.3, 0.3, (3, 3)), pbc=True)
-        atoms.arrays["c_q"] = Rotation.random(n, random_state=rng).as_quat()[:, [3, 0, 1, 2]]
-        for k, d in enumerate(rng.uniform(0.6, 3.0, size=(3, n))):
-            atoms.arrays[f"c_diameter[{k + 1}]"] = d
-        out.append(atoms)
-    return out
+    return two_species_cells((5, 4), seed=3)
 
 
 def shell_fraction(pairs):
