@@ -27,7 +27,6 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from einsum_workbench.kernels.registry import BACKWARD_VARIANTS
 from einsum_workbench.pipeline.calculator import AniSOAPCalculator, species_columns, species_properties
 from einsum_workbench.pipeline.power_spectrum import power_spectrum
 from einsum_workbench.reference.cutoff import ShiftedCosine
@@ -58,15 +57,6 @@ def _frame():
 
 def frame():
     return _frame().copy()
-
-
-@pytest.fixture(params=[v.name for v in BACKWARD_VARIANTS])
-def backward(request):
-    variant = next(v for v in BACKWARD_VARIANTS if v.name == request.param)
-    reason = variant.unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"backward variant {variant.name} not run on this machine: {reason}")
-    return variant.name
 
 
 def _calculator(weights=None, **options):

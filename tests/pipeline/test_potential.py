@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from einsum_workbench.kernels.registry import BACKWARD_VARIANTS
 from einsum_workbench.pipeline.power_spectrum import power_spectrum
 from einsum_workbench.reference.cutoff import ShiftedCosine
 from einsum_workbench.reference.frames import atoms_table
@@ -38,15 +37,6 @@ DENSITY = "numba_fused"
 
 def _rtol(name: str) -> float:
     return 1e-6 if name == "reference" else 1e-9
-
-
-@pytest.fixture(params=[v.name for v in BACKWARD_VARIANTS])
-def backward(request):
-    variant = next(v for v in BACKWARD_VARIANTS if v.name == request.param)
-    reason = variant.unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"backward variant {variant.name} not run on this machine: {reason}")
-    return variant.name
 
 
 def periodic_frames():
