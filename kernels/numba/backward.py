@@ -33,15 +33,21 @@ the disk cache by later processes. First call on a cold cache here: 2.5 s
 at lmax 6 (float32 3.8 s), 6.3 s at lmax 8 (9.3 s).
 
 Measured (``bench/test_backward_ranking.py``: default workload, 27,484 pairs,
-384 segments, one pinned thread, 8 float64 lanes; AMD EPYC Zen 5, AVX-512, 2
-cores shared with other jobs, 2026-12-07): 0.024 to 0.026 us per pair for a
-whole call against 0.014 to 0.015 for the ``numba_fused`` centre density, so
-density plus backward 2.6 to 2.8x the density alone; Torch autograd
-(``torch_einsum``) 5.5 to 11.7 us per pair, 220 to 480x (its fastest call
-varies that much between runs); peak memory 48 B per pair, the outputs.
-float32: 0.015 against 0.009 us (2.6x). About 10% of a call is the Python
-wrapper (checks, grouping), 15% per-segment work (the cotangent's
-contraction, the entries' broadcasts, the last block of each segment).
+384 segments, one pinned thread, float64, 8 lanes, whole calls):
+
+- Intel Xeon (AVX-512, family 6 model 167; 2026-12-07, since the entries are
+  read per block, ``codegen.backward._opaque``): 0.035 us per pair against
+  0.023 for the ``numba_fused`` centre density (density plus backward 2.5x
+  the density alone), Torch autograd 12 us per pair (345x). Before that
+  change: 0.043 us (3.0x, 248x). 16 lanes: 0.054 us, 4 lanes: 0.053 us.
+- AMD EPYC Zen 5 (before that change): 0.024 to 0.026 us per pair (2.6 to
+  2.8x), Torch autograd 220 to 480x; float32 0.015 against 0.009 us (2.6x).
+- AMD EPYC Zen 4 (double-pumped AVX-512, before that change): 0.073 us per
+  pair (3.8x, 104x); 16 lanes were 14% faster than 8 there.
+
+Peak memory 48 B per pair, the outputs. About 10% of a call is the Python
+wrapper and the first writes of the fresh outputs, 15% per-segment work (the
+cotangent's contraction, the last block of each segment).
 """
 
 from __future__ import annotations
@@ -78,6 +84,7 @@ __all__ = ["backward_module", "centre_density_backward"]
 logger = logging.getLogger(__name__)
 
 _modules: dict[tuple, object] = {}
+_called: set[str] = set()  # the modules whose first call in this process has been logged
 _lock = threading.Lock()
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -236,8 +243,9 @@ def centre_density_backward(r_ij, rotations, semiaxes, hypers: ExpansionHypers, 
     -----
     Formulas: ``codegen.backward`` (DESIGN.md section 3, "Backward pass"; the
     moments' derivatives of "Derivatives"). Dot products run in moment order
-    per pair: float64 results agree with the reference to rounding (its finite
-    differences' ~1e-9). Memory: the outputs, plus sorted copies of the inputs
+    per pair (the longest in two alternating partial sums,
+    ``codegen.backward.PARTIAL_SUMS``): float64 results agree with the
+    reference to rounding (its finite differences' ~1e-9). Memory: the outputs, plus sorted copies of the inputs
     and outputs when ``segment`` is unsorted; no per-pair scratch.
     """
     check_hypers(hypers)
@@ -269,11 +277,13 @@ def centre_density_backward(r_ij, rotations, semiaxes, hypers: ExpansionHypers, 
         axes_out = outs[2] if want_axes else np.empty((0, 3), dtype=dtype)
         n_rows = -(-n_segments // module.LANES) * module.LANES
         chunk = max(1, (BLOCKS_PER_CHUNK * n_rows) // n_pairs)
-        first_call, began = not module.backward_segments.signatures, time.perf_counter()
+        # a set lookup: the dispatcher's ``signatures`` costs ~10 us a call (it hashes the types)
+        first_call, began = module.__name__ not in _called, time.perf_counter()
         with dynamic_schedule(chunk), parallel_guard():
             suspects = module.backward_segments(r, rot, ax, starts, _weights(hypers, bool(orthonormal)), *g,
                                                 outs[0], outs[1], axes_out, int(want_axes))
         if first_call:
+            _called.add(module.__name__)
             _log_first_call(module, time.perf_counter() - began)
     if suspects:
         check_pair_arrays(r_ij, rotations, semiaxes, dtype, hypers=hypers)  # raises the canonical error
