@@ -209,11 +209,7 @@ def make_power_spectrum(backend: str, flavour: str, property_layout: str):
     """A drop-in ``EllipsoidalDensityProjection.power_spectrum`` (module docstring)."""
 
     def power_spectrum(self, frames, mean_over_samples=True, show_progress=False, rust_moments=True):
-        from einsum_workbench.pipeline.power_spectrum import (
-            mean_over_centres,
-            power_spectrum_tensormap,
-            species_power_spectrum,
-        )
+        from einsum_workbench.pipeline.power_spectrum import power_spectrum_tensormap, species_power_spectrum_means
         from einsum_workbench.pipeline.stages import stage
 
         _check_power_spectrum_frames(frames)
@@ -232,8 +228,7 @@ def make_power_spectrum(backend: str, flavour: str, property_layout: str):
         with stage("power_spectrum"):
             means = []
             for c in range(len(layout.centre_types)):
-                values, _ = species_power_spectrum(layout, blocks, c)
-                mean, present = mean_over_centres(values, layout.samples[c][:, 0], layout.n_frames)
+                mean, present = species_power_spectrum_means(layout, blocks, c, layout.n_frames)
                 means.append(mean[present][:, None, :].squeeze())  # what upstream's .values.squeeze() gives
             return means[0] if flavour == "0.1.1" else np.hstack(means)
 

@@ -135,6 +135,38 @@ def test_power_spectrum_labels_describe_values():
             np.testing.assert_allclose(result.values[frame, column], expected, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("property_layout", ["labelled", "upstream"])
+def test_power_spectrum_means_equal_the_mean_of_per_centre_rows(property_layout):
+    """The one-pass per-structure mean equals the per-centre power spectrum averaged by
+    ``mean_over_centres``, to rounding, with a structure that has no centre of one species."""
+    import ase
+
+    from einsum_workbench.pipeline.density import density_blocks, density_of_frames
+    from einsum_workbench.pipeline.power_spectrum import (
+        mean_over_centres,
+        species_power_spectrum,
+        species_power_spectrum_means,
+    )
+
+    frames = benzenes(3, seed=4, n_species=2)
+    frames.insert(1, ase.Atoms("H2", positions=[[0, 0, 0], [0.9, 0, 0]], cell=np.eye(3) * 9, pbc=True))
+    frames[1].arrays["c_q"] = np.tile([1.0, 0, 0, 0], (2, 1))
+    for k in (1, 2, 3):
+        frames[1].arrays[f"c_diameter[{k}]"] = np.full(2, 2.0)
+    hypers = ExpansionHypers(lmax=3, radial_basis="gto", cutoff=5.0, sigma=1.5)
+    layout, density = density_of_frames(frames, hypers)
+    blocks = density_blocks(layout, density, property_layout=property_layout)
+    absent = 0
+    for c in range(len(layout.centre_types)):
+        values, _ = species_power_spectrum(layout, blocks, c)
+        expected, expected_present = mean_over_centres(values, layout.samples[c][:, 0], len(frames))
+        means, present = species_power_spectrum_means(layout, blocks, c, len(frames))
+        np.testing.assert_array_equal(present, expected_present)
+        np.testing.assert_allclose(means, expected, rtol=1e-13, atol=1e-15 * np.abs(expected).max())
+        absent += int((~present).sum())
+    assert absent, "a structure without a centre of some species was covered"
+
+
 def test_pipeline_needs_no_upstream(tmp_path):
     code = (
         "import sys, numpy as np\n"
