@@ -140,9 +140,14 @@ def density_blocks_of(edp, frames, *, backend: str, flavour: str, normalize: boo
     with stage("frames"):
         table = _atoms_table(edp, list(frames), show_progress)
         _record_attributes(edp, frames, table)
-    layout, density = density_of_table(table, hypers, backend=backend, orthonormal=normalize and flavour == "head",
+    # 0.1.1 orthonormalises runs of num_radial columns of its n-major layout (by label); with one
+    # species those runs are the rows, so the kernel's own orthonormalisation gives its numbers
+    # (on 1,000 one-species ellipsoid frames 0.15 ms less than the matrix products afterwards)
+    one_species = len(table.numbers) > 0 and bool((table.numbers == table.numbers[0]).all())
+    in_kernel = normalize and (flavour == "head" or one_species)
+    layout, density = density_of_table(table, hypers, backend=backend, orthonormal=in_kernel,
                                        self_pairs=not edp.subtract_center_contribution, any_matrix=True)
-    by_label = hypers if normalize and flavour == "0.1.1" else None
+    by_label = hypers if normalize and not in_kernel else None
     blocks = density_blocks(layout, density, property_layout=property_layout, orthonormalize_columns=by_label)
     return layout, blocks
 
