@@ -240,6 +240,8 @@ def _joined(parts, dtype, rows: int):
 def _column(parts, width, dtype, rows: int, stored=np.float64) -> np.ndarray:
     """``_concatenate(parts, width, dtype)``, through :func:`_joined` when the parts are ``stored`` arrays."""
     joined = _joined(parts, stored, rows)
+    if joined is None and parts and isinstance(parts[0], np.ndarray) and parts[0].dtype != np.dtype(stored):
+        joined = _joined(parts, parts[0].dtype, rows)  # every frame storing another dtype (integer diameters)
     return _concatenate(parts, width, dtype) if joined is None else joined.astype(dtype, copy=False)
 
 

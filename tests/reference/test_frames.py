@@ -143,6 +143,10 @@ def _odd_arrays(kind):
         n = len(frame)
         if kind == "integer-diameters" and k == 1:  # same itemsize as float64: only the dtype check sees it
             frame.arrays["c_diameter[1]"] = np.full(n, 2, dtype=np.int64)
+        if kind == "all-integer-diameters":  # joined as integers, then converted
+            frame.arrays["c_diameter[2]"] = np.full(n, 3 + k, dtype=np.int64)
+        if kind == "all-float32-positions":
+            frame.arrays["positions"] = frame.arrays["positions"].astype(np.float32)
         if kind == "float32-quaternions" and k == 2:
             frame.arrays["c_q"] = frame.arrays["c_q"].astype(np.float32)
         if kind == "strided-quaternions" and k == 0:
@@ -154,8 +158,8 @@ def _odd_arrays(kind):
     return frames
 
 
-@pytest.mark.parametrize("kind", ["integer-diameters", "float32-quaternions", "strided-quaternions",
-                                  "matrices-two-shapes", "plain"])
+@pytest.mark.parametrize("kind", ["integer-diameters", "all-integer-diameters", "all-float32-positions",
+                                  "float32-quaternions", "strided-quaternions", "matrices-two-shapes", "plain"])
 def test_byte_join_gives_what_concatenate_gives(kind):
     """The uniform path joins the frames' bytes only where that is np.concatenate's result: the values and
     dtypes equal the frame-by-frame path's (which concatenates), and the arrays are writable."""
@@ -171,3 +175,5 @@ def test_byte_join_gives_what_concatenate_gives(kind):
         assert a.flags.writeable, name
     if kind == "integer-diameters":
         assert fast.diameters[12:24, 0].tolist() == [2.0] * 12
+    if kind == "all-integer-diameters":
+        assert fast.diameters[:, 1].tolist() == [3.0] * 12 + [4.0] * 12 + [5.0] * 12
