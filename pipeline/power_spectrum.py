@@ -81,13 +81,9 @@ def species_power_spectrum(layout: DensityLayout, blocks, c: int):
         from the density's labels (species-major), as upstream builds them
         (names: ``tensormaps.POWER_SPECTRUM_PROPERTIES``).
     """
-    values, properties = [], []
-    types = tuple(layout.neighbour_types[c].tolist())
-    for l, block in enumerate(blocks[c]):
-        products = _products_over_m(np.ascontiguousarray(block, dtype=np.float64), coupling_constant(l))
-        values.append(products.reshape(len(block), -1))
-        properties.append(_power_spectrum_properties(types, block.shape[2] // len(types), l))
-    return np.hstack(values), np.vstack(properties)
+    values = [_products_over_m(np.ascontiguousarray(block, dtype=np.float64), coupling_constant(l)).reshape(len(block), -1)
+              for l, block in enumerate(blocks[c])]
+    return np.hstack(values), species_power_spectrum_properties(layout, blocks, c)
 
 
 @numba.njit(cache=True)

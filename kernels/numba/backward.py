@@ -245,8 +245,9 @@ def centre_density_backward(r_ij, rotations, semiaxes, hypers: ExpansionHypers, 
     moments' derivatives of "Derivatives"). Dot products run in moment order
     per pair (the longest in two alternating partial sums,
     ``codegen.backward.PARTIAL_SUMS``): float64 results agree with the
-    reference to rounding (its finite differences' ~1e-9). Memory: the outputs, plus sorted copies of the inputs
-    and outputs when ``segment`` is unsorted; no per-pair scratch.
+    reference to rounding (its finite differences' ~1e-9). Memory: the
+    outputs, plus sorted copies of the inputs and outputs when ``segment``
+    is unsorted; no per-pair scratch.
     """
     check_hypers(hypers)
     _check_flags(orthonormal, semiaxes_gradients)
