@@ -17,7 +17,10 @@ Four problems, one entry per (name, problem):
   row s holds the sum of the coefficients of the pairs p with
   ``segment[p] == s`` (zeros for a segment without pairs), then, when
   ``orthonormal``, the radial orthonormalisation along n
-  (:mod:`einsum_workbench.reference.density` states it in full).
+  (:mod:`einsum_workbench.reference.density` states it in full). A density
+  variant marked ``per_atom`` also takes ``neighbour=`` (P,) with rotations
+  (N, 3, 3) and semi-axes (N, 3) per atom, pair p reading row
+  ``neighbour[p]``; :func:`density_function` gives every variant that form.
 
 - ``"gradients"``, the pair expansion with its derivatives, in
   ``GRADIENT_VARIANTS``::
@@ -116,6 +119,9 @@ class Variant:
         What ``kernprof -p`` profiles line by line (a function or a whole
         module, relative to the ``einsum_workbench`` package); None when a
         line profile would show nothing useful (compiled code).
+    per_atom : bool
+        A density variant whose function takes ``neighbour=`` and per-atom
+        rotations and semi-axes itself (module docstring).
     """
 
     name: str
@@ -129,6 +135,7 @@ class Variant:
     device: str = "cpu"
     native: bool = False
     line_target: str | None = None
+    per_atom: bool = False
 
     def __post_init__(self):
         if self.problem not in PROBLEMS:
@@ -243,7 +250,7 @@ DENSITY_VARIANTS: tuple[Variant, ...] = (
     ),
     Variant(
         "numba_fused", "kernels.numba.density", "centre_density", requires=("numba",), problem="density",
-        native=True,
+        native=True, per_atom=True,
         description="Numba, fused per centre: each centre's sum accumulated in registers/stack, written once",
     ),
     Variant(
@@ -371,7 +378,7 @@ def availability_table(problem: str = "pairs") -> list[tuple[str, str, str]]:
     return [(v.name, v.unavailable_reason() or "available", v.description) for v in _table(problem)]
 
 
-def density_function(name: str, *, smooth_cutoff=None) -> Callable:
+def density_function(name: str, *, smooth_cutoff=None, per_atom: bool = False) -> Callable:
     """The centre density computed with the pair backend ``name``.
 
     Its own ``DENSITY_VARIANTS`` entry when it has one, else its pair
@@ -379,7 +386,11 @@ def density_function(name: str, *, smooth_cutoff=None) -> Callable:
     (:func:`einsum_workbench.kernels.numpy.density.density_from_expansion`).
     With ``smooth_cutoff`` (a ``reference.cutoff.ShiftedCosine``), wrapped by
     :func:`einsum_workbench.kernels.smooth_cutoff.with_smooth_cutoff`: the
-    shell pairs' coefficients come from the pair backend ``name``.
+    shell pairs' coefficients come from the pair backend ``name``. With
+    ``per_atom``, a function that takes ``neighbour=`` (P,) and per-atom
+    rotations (N, 3, 3) and semi-axes (N, 3): the variant's own where it is
+    marked ``per_atom`` (and no smooth cutoff wraps it), else the rows
+    gathered per pair first (``np.take``), then the function.
 
     Raises
     ------
@@ -387,14 +398,29 @@ def density_function(name: str, *, smooth_cutoff=None) -> Callable:
     TypeError for a ``smooth_cutoff`` that is neither None nor a ShiftedCosine.
     """
     pair_variant = get_variant(name)
-    if name in variant_names("density"):
-        function = get_variant(name, "density").load()
+    own = get_variant(name, "density") if name in variant_names("density") else None
+    if own is not None:
+        function = own.load()
     else:
         from einsum_workbench.kernels.numpy.density import density_from_expansion
 
         function = density_from_expansion(pair_variant.load(), name)
-    if smooth_cutoff is None:
-        return function
-    from einsum_workbench.kernels.smooth_cutoff import with_smooth_cutoff
+    if smooth_cutoff is not None:
+        from einsum_workbench.kernels.smooth_cutoff import with_smooth_cutoff
 
-    return with_smooth_cutoff(function, "density", smooth_cutoff, name=name, pair_variant=pair_variant)
+        function = with_smooth_cutoff(function, "density", smooth_cutoff, name=name, pair_variant=pair_variant)
+    if per_atom and not (own is not None and own.per_atom and smooth_cutoff is None):
+        return _rows_gathered(function)
+    return function
+
+
+def _rows_gathered(function: Callable) -> Callable:
+    """``function`` (the density contract) taking ``neighbour=`` and per-atom rotations and semi-axes."""
+    import numpy as np
+
+    def centre_density(r_ij, rotations, semiaxes, hypers, segment, n_segments, *, neighbour, **options):
+        return function(r_ij, np.take(rotations, neighbour, axis=0), np.take(semiaxes, neighbour, axis=0), hypers,
+                        segment, n_segments, **options)
+
+    centre_density.__doc__ = function.__doc__
+    return centre_density

@@ -81,11 +81,16 @@ def sorted_by_segment(segment):
 
 
 def _run_density(centre_density, r_ij, rotations, semiaxes, segment, layout, hypers, orthonormal, general,
-                 smooth_cutoff=None):
+                 smooth_cutoff=None, neighbour=None):
     """One density variant call on pairs sorted by segment; the pairs in the
     ``general`` mask (matrices that are not rotations) through upstream's arithmetic,
-    times the smooth cutoff's ``f(|r_ij|)`` when there is one (``centre_density`` applies it to the others)."""
+    times the smooth cutoff's ``f(|r_ij|)`` when there is one (``centre_density`` applies it to the others).
+    With ``neighbour`` (only without ``general``), rotations and semi-axes are per atom and
+    ``centre_density`` takes them so (``density_function(..., per_atom=True)``)."""
     with stage("kernel"):
+        if neighbour is not None:
+            return centre_density(r_ij, rotations, semiaxes, hypers, segment, layout.n_segments,
+                                  neighbour=neighbour, dtype=np.float64, orthonormal=orthonormal)
         if general is None:
             return centre_density(r_ij, rotations, semiaxes, hypers, segment, layout.n_segments,
                                   dtype=np.float64, orthonormal=orthonormal)
@@ -156,10 +161,11 @@ def density_of_table(table: AtomsTable, hypers: ExpansionHypers, *, backend: str
     """The centre density of every frame of an :class:`AtomsTable`.
 
     One neighbour-list pass over all frames, each pair's segment, the pairs
-    grouped by segment with the neighbour's rotation and semi-axes gathered
-    once in that order, the search and the grouping fused in one compiled
-    function (:func:`einsum_workbench.pipeline.grouping.neighbour_groups`),
-    one density variant call.
+    grouped by segment with their neighbour, the search and the grouping
+    fused in one compiled function
+    (:func:`einsum_workbench.pipeline.grouping.neighbour_groups`), one
+    density variant call reading the neighbours' rotations and semi-axes
+    from the per-atom arrays (``density_function(..., per_atom=True)``).
 
     Parameters
     ----------
@@ -186,16 +192,19 @@ def density_of_table(table: AtomsTable, hypers: ExpansionHypers, *, backend: str
     from einsum_workbench.kernels.smooth_cutoff import check_smooth_cutoff
 
     check_smooth_cutoff(smooth_cutoff, hypers)
-    centre_density = density_function(backend, smooth_cutoff=smooth_cutoff)
     grouped = neighbour_groups(table, hypers.cutoff, self_pairs=self_pairs)  # stages neighbour_list, grouping
     layout, segment, gj = grouped.layout, grouped.segment, grouped.neighbour
-    r_ij, rotations, semiaxes = grouped.r_ij, grouped.rotations, grouped.semiaxes
     general = None
     if any_matrix and len(table.rotations):
         bad_atom = ~is_rotation(table.rotations)
         general = bad_atom[gj] if bad_atom.any() else None
-    return layout, _run_density(centre_density, r_ij, rotations, semiaxes, segment, layout, hypers,
-                                orthonormal, general, smooth_cutoff)
+    if general is not None:  # per pair: the general pairs are masked out
+        return layout, _run_density(density_function(backend, smooth_cutoff=smooth_cutoff), grouped.r_ij,
+                                    grouped.rotations, grouped.semiaxes, segment, layout, hypers, orthonormal,
+                                    general, smooth_cutoff)
+    return layout, _run_density(density_function(backend, smooth_cutoff=smooth_cutoff, per_atom=True), grouped.r_ij,
+                                grouped.atom_rotations, grouped.atom_semiaxes, segment, layout, hypers, orthonormal,
+                                None, smooth_cutoff, neighbour=gj)
 
 
 def density_blocks(layout: DensityLayout, density, *, property_layout: str = "upstream",

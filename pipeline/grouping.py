@@ -18,16 +18,24 @@ search's first pass (``reference.neighbours.plan_search``) counts each
 centre's pairs per neighbour species, which fixes the layout and where every
 pair goes; its second pass, parallel over centres, finds each centre's pairs
 again in upstream's order and writes each one straight to its row in segment
-order, with its segment and the neighbour's rotation and semi-axes. The
-neighbour list (frame, i, j, shift, r_ij: 72 bytes per pair) is never written
-nor read back, and no pass over the pairs is left outside the search: on 16
-benzene frames 0.39 ms against 0.96 for ``neighbour_pairs`` then
-:func:`group_pairs` (``bench/test_neighbour_list.py``). Same arrays, bit for
-bit, as those two steps.
+order, with its segment and its neighbour. The neighbour list (frame, i, j,
+shift, r_ij: 72 bytes per pair) is never written nor read back, and no pass
+over the pairs is left outside the search: on 16 benzene frames 0.39 ms
+against 0.96 for ``neighbour_pairs`` then :func:`group_pairs`
+(``bench/test_neighbour_list.py``). Same arrays, bit for bit, as those two
+steps.
+
+The neighbour's rotation and semi-axes are not copied per pair (96 bytes a
+pair, about as much as the rest of the writing): :class:`GroupedPairs` keeps
+the per-atom arrays and the neighbour of each pair; the density kernel reads
+the rows by neighbour (``density_function(..., per_atom=True)``), and
+``GroupedPairs.rotations`` / ``.semiaxes`` gather them per pair for whoever
+needs them so (forces, the power spectrum's backward pass).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numba
@@ -59,17 +67,33 @@ class GroupedPairs:
     layout : DensityLayout
     segment : (P,) int64, non-decreasing
     r_ij : (P, 3) float64, angstrom
-    rotations : (P, 3, 3) float64, the neighbour's body-to-lab rotation
-    semiaxes : (P, 3) float64, the neighbour's semi-axes, angstrom
     neighbour : (P,) int64, global index of the neighbour atom
+    atom_rotations : (N, 3, 3) float64, C-contiguous, every atom's body-to-lab rotation
+    atom_semiaxes : (N, 3) float64, C-contiguous, every atom's semi-axes, angstrom
+    rotations : (P, 3, 3) float64, the neighbour's rotation per pair (gathered on first use)
+    semiaxes : (P, 3) float64, the neighbour's semi-axes per pair (gathered on first use)
     """
 
     layout: DensityLayout
     segment: np.ndarray
     r_ij: np.ndarray
-    rotations: np.ndarray
-    semiaxes: np.ndarray
     neighbour: np.ndarray
+    atom_rotations: np.ndarray
+    atom_semiaxes: np.ndarray
+
+    @functools.cached_property
+    def rotations(self) -> np.ndarray:
+        return np.take(self.atom_rotations, self.neighbour, axis=0)
+
+    @functools.cached_property
+    def semiaxes(self) -> np.ndarray:
+        return np.take(self.atom_semiaxes, self.neighbour, axis=0)
+
+
+def _atom_arrays(table):
+    """The table's rotations and semi-axes as C-contiguous float64 (no copy when they are)."""
+    return (np.ascontiguousarray(table.rotations, dtype=np.float64),
+            np.ascontiguousarray(table.semiaxes, dtype=np.float64))
 
 
 @numba.njit(cache=True)
@@ -104,8 +128,8 @@ def _run_starts(pair_frame, i, first_atom):
 
 
 @numba.njit(parallel=True, cache=True)
-def _group(pair_frame, i, j, r_ij, first_atom, numbers, rotations, semiaxes, starts, pair_start, row_start,
-           n_types, type_index, out_segment, out_r, out_rot, out_ax, out_neighbour):
+def _group(pair_frame, i, j, r_ij, first_atom, numbers, starts, pair_start, row_start,
+           n_types, type_index, out_segment, out_r, out_neighbour):
     """Write each run's pairs, grouped by neighbour species (stable), at its rows' place."""
     n_runs = len(starts) - 1
     for run in numba.prange(n_runs):
@@ -130,14 +154,11 @@ def _group(pair_frame, i, j, r_ij, first_atom, numbers, rotations, semiaxes, sta
             out_neighbour[d] = gj
             for x in range(3):
                 out_r[d, x] = r_ij[p, x]
-                out_ax[d, x] = semiaxes[gj, x]
-                for y in range(3):
-                    out_rot[d, x, y] = rotations[gj, x, y]
 
 
 def group_pairs(pair_frame, i, j, r_ij, table) -> GroupedPairs:
-    """The neighbour pairs of ``table`` grouped by segment, with the neighbour's
-    rotation and semi-axes gathered (the density kernel's inputs).
+    """The neighbour pairs of ``table`` grouped by segment, with each pair's
+    neighbour (the density kernel's inputs).
 
     Parameters
     ----------
@@ -188,14 +209,11 @@ def group_pairs(pair_frame, i, j, r_ij, table) -> GroupedPairs:
     pair_start_of_atom = np.zeros(n_total, dtype=np.int64)
     pair_start_of_atom[centre_of_run] = run_offset
     n_pairs = len(pair_frame)
-    out = (np.empty(n_pairs, np.int64), np.empty((n_pairs, 3)), np.empty((n_pairs, 3, 3)), np.empty((n_pairs, 3)),
-           np.empty(n_pairs, np.int64))
+    out = (np.empty(n_pairs, np.int64), np.empty((n_pairs, 3)), np.empty(n_pairs, np.int64))
     _group(pair_frame, i, j, np.ascontiguousarray(r_ij, dtype=np.float64), first_atom, numbers,
-           np.ascontiguousarray(table.rotations, dtype=np.float64), np.ascontiguousarray(table.semiaxes, dtype=np.float64),
            starts, pair_start_of_atom, row_start_of_atom, n_types, type_index, *out)
-    segment, r_out, rot_out, ax_out, neighbour = out
-    return GroupedPairs(layout=layout, segment=segment, r_ij=r_out, rotations=rot_out, semiaxes=ax_out,
-                        neighbour=neighbour)
+    segment, r_out, neighbour = out
+    return GroupedPairs(layout, segment, r_out, neighbour, *_atom_arrays(table))
 
 
 def _numpy_group(pair_frame, i, j, r_ij, table) -> GroupedPairs:
@@ -205,8 +223,8 @@ def _numpy_group(pair_frame, i, j, r_ij, table) -> GroupedPairs:
     layout, segment = segments(pair_frame, i, table.numbers[gi], table.numbers[gj], table.n_atoms)
     order = np.argsort(segment, kind="stable")
     gj = gj[order]
-    return GroupedPairs(layout=layout, segment=segment[order], r_ij=r_ij[order], rotations=table.rotations[gj],
-                        semiaxes=table.semiaxes[gj], neighbour=gj)
+    return GroupedPairs(layout, segment[order], np.ascontiguousarray(r_ij[order], dtype=np.float64), gj,
+                        *_atom_arrays(table))
 
 
 # ---------------------------------------------------------------------------
@@ -251,25 +269,21 @@ def _pair_starts(centres, counts, species, n_species):
 
 
 @numba.njit(cache=True, inline="always")
-def _put(d, segment, gj, r0, r1, r2, rotations, semiaxes, out_segment, out_r, out_rot, out_ax, out_neighbour):
-    """One grouped pair at output row ``d``: its segment, r_ij and the neighbour's gathered arrays."""
+def _put(d, segment, gj, r0, r1, r2, out_segment, out_r, out_neighbour):
+    """One grouped pair at output row ``d``: its segment, neighbour and r_ij."""
     out_segment[d] = segment
     out_neighbour[d] = gj
     out_r[d, 0] = r0
     out_r[d, 1] = r1
     out_r[d, 2] = r2
-    for x in range(3):
-        out_ax[d, x] = semiaxes[gj, x]
-        for y in range(3):
-            out_rot[d, x, y] = rotations[gj, x, y]
 
 
 @numba.njit(parallel=True, cache=True)
 def _write_grouped(geometry, centres, block, counts, by_species, pair_start, row_start, type_index, species,
-                   rotations, semiaxes, out_segment, out_r, out_rot, out_ax, out_neighbour):
+                   out_segment, out_r, out_neighbour):
     """Each centre's pairs written at their place in segment order: grouped by neighbour species
     (``by_species``, the first pass's counts), in upstream's order within a species, with their
-    segment and the neighbour's rotation and semi-axes. A parallel loop over blocks of centres.
+    segment and neighbour. A parallel loop over blocks of centres.
 
     A brute-force frame's pairs are found in order (``reference.neighbours``' loop over j and
     the shifts) and written where they go; a cell-list frame's come sorted from
@@ -319,8 +333,7 @@ def _write_grouped(geometry, centres, block, counts, by_species, pair_start, row
                             for s2 in range(lo2, hi2 + 1):
                                 kept, r0, r1, r2 = accept_pair(i, j, s0, s1, s2, d0, d1, d2, cell, cutoff2, self_pairs)
                                 if kept:
-                                    _put(d, segment, gj, r0, r1, r2, rotations, semiaxes, out_segment, out_r,
-                                         out_rot, out_ax, out_neighbour)
+                                    _put(d, segment, gj, r0, r1, r2, out_segment, out_r, out_neighbour)
                                     d += 1
                     place[e] = d
             else:
@@ -329,8 +342,8 @@ def _write_grouped(geometry, centres, block, counts, by_species, pair_start, row
                     q = order[p]
                     gj = base + bj[q]
                     e = species[gj]
-                    _put(place[e], row + kinds[e], gj, br[q, 0], br[q, 1], br[q, 2], rotations, semiaxes,
-                         out_segment, out_r, out_rot, out_ax, out_neighbour)
+                    _put(place[e], row + kinds[e], gj, br[q, 0], br[q, 1], br[q, 2], out_segment, out_r,
+                         out_neighbour)
                     place[e] += 1
 
 
@@ -380,7 +393,7 @@ def _grouped_layout(search, counts, by_species, atom_species, species, n_frames)
 
 def neighbour_groups(table, cutoff: float, *, self_pairs: bool = True, max_pairs: int | None = None) -> GroupedPairs:
     """The neighbour pairs of every frame of ``table``, found and grouped by segment in one
-    compiled search, the neighbour's rotation and semi-axes gathered (the density kernel's inputs).
+    compiled search, with each pair's neighbour (the density kernel's inputs).
 
     The same arrays, bit for bit, as ``group_pairs(frame, i, j, r_ij, table)`` of
     ``reference.neighbours.neighbour_pairs(table.positions, table.n_atoms, table.cells,
@@ -429,12 +442,9 @@ def neighbour_groups(table, cutoff: float, *, self_pairs: bool = True, max_pairs
                                                         len(table.n_atoms))
         pair_start = _pair_starts(centres, counts, atom_species, len(species))
         n_pairs = int(counts.sum())
-        out = (np.empty(n_pairs, np.int64), np.empty((n_pairs, 3)), np.empty((n_pairs, 3, 3)), np.empty((n_pairs, 3)),
-               np.empty(n_pairs, np.int64))
+        out = (np.empty(n_pairs, np.int64), np.empty((n_pairs, 3)), np.empty(n_pairs, np.int64))
         with parallel_guard():
             _write_grouped(search.geometry, centres, CENTRES_PER_BLOCK, counts, by_species, pair_start, row_start,
-                           type_index, atom_species, np.ascontiguousarray(table.rotations, dtype=np.float64),
-                           np.ascontiguousarray(table.semiaxes, dtype=np.float64), *out)
-    segment, r_ij, rotations, semiaxes, neighbour = out
-    return GroupedPairs(layout=layout, segment=segment, r_ij=r_ij, rotations=rotations, semiaxes=semiaxes,
-                        neighbour=neighbour)
+                           type_index, atom_species, *out)
+        segment, r_ij, neighbour = out
+        return GroupedPairs(layout, segment, r_ij, neighbour, *_atom_arrays(table))

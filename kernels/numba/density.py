@@ -64,16 +64,17 @@ from __future__ import annotations
 import functools
 import threading
 
+import numba
 import numpy as np
 
 from einsum_workbench.reference.density import check_segments
 from einsum_workbench.reference.hypers import ExpansionHypers
 from einsum_workbench.reference.radial import orthonormalization_matrix
-from einsum_workbench.reference.validation import check_hypers, check_pair_arrays
+from einsum_workbench.reference.validation import check_hypers, check_pair_arrays, resolve_dtype
 
 from einsum_workbench.kernels.numba import dispatch as numba_dispatch
 from einsum_workbench.kernels.numba import generic as numba_generic
-from einsum_workbench.kernels.numba.arrays import prepared_arrays
+from einsum_workbench.kernels.numba.arrays import prepared_arrays, writable
 from einsum_workbench.kernels.numba.codegen.density import generate_density_source
 from einsum_workbench.kernels.numba.codegen.keys import kernel_key
 from einsum_workbench.kernels.numba.dispatch import (
@@ -91,6 +92,8 @@ from einsum_workbench.kernels.numba.screening import screen_limit_array
 _modules: dict[tuple, object] = {}
 _lock = threading.Lock()
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+#: The kernel's ``neighbour`` argument for rotations and semi-axes given per pair.
+_BY_PAIR = np.empty(0, np.int64)
 
 
 def density_module(hypers: ExpansionHypers, dtype, **options):
@@ -104,7 +107,7 @@ def density_module(hypers: ExpansionHypers, dtype, **options):
 
     Returns
     -------
-    module with ``LANES`` and ``density_segments(r, rot, ax, starts, w, out0,
+    module with ``LANES`` and ``density_segments(r, rot, ax, neighbour, starts, w, out0,
     ..., out_lmax)`` (see ``codegen.density.generate_density_source``),
     compiled on first call or loaded from Numba's disk cache
     (``dispatch.cache_dir``). ``centre_density`` goes through
@@ -162,6 +165,53 @@ def _pair_arrays(r_ij, rotations, semiaxes, dtype, hypers=None):
     return prepared_arrays(r_ij, rotations, semiaxes, dtype, hypers)
 
 
+def _atom_arrays(r_ij, rotations, semiaxes, dtype):
+    """``(r (P, 3), rot (N, 3, 3), ax (N, 3), dtype)`` as writable C-contiguous arrays, for
+    rotations and semi-axes given per atom (``centre_density(..., neighbour=...)``).
+
+    Raises
+    ------
+    ValueError naming the shapes when they are not (P, 3), (N, 3, 3) and (N, 3); those of ``resolve_dtype``.
+    """
+    dtype = resolve_dtype(dtype, r_ij, rotations, semiaxes)
+    r, rot, ax = (writable(np.ascontiguousarray(a, dtype=dtype)) for a in (r_ij, rotations, semiaxes))
+    if not (r.ndim == 2 and r.shape[1] == 3 and rot.ndim == 3 and rot.shape[1:] == (3, 3)
+            and ax.shape == (rot.shape[0], 3)):
+        raise ValueError("with neighbour given, r_ij must be (P, 3), rotations (N, 3, 3) and semiaxes (N, 3), "
+                         f"one row per atom; got {r.shape}, {rot.shape} and {ax.shape}")
+    return r, rot, ax, dtype
+
+
+@numba.njit(cache=True)
+def _first_outside(index, n_rows):
+    """The first p with ``index[p]`` outside ``[0, n_rows)``, or -1."""
+    for p in range(index.shape[0]):
+        if index[p] < 0 or index[p] >= n_rows:
+            return p
+    return -1
+
+
+def _neighbour_array(neighbour, n_pairs: int, n_atoms: int) -> np.ndarray:
+    """``neighbour`` as a writable C-contiguous int64 (P,) vector of rows in ``[0, N)``.
+
+    Raises
+    ------
+    TypeError for a non-integer array; ValueError for a wrong shape or, naming the
+    first such pair, a row outside the per-atom arrays.
+    """
+    array = np.asarray(neighbour)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"neighbour must hold integers (rows of the per-atom arrays), got dtype {array.dtype}")
+    if array.shape != (n_pairs,):
+        raise ValueError(f"neighbour must have shape ({n_pairs},), one atom per pair, got {array.shape}")
+    array = writable(np.ascontiguousarray(array, dtype=np.int64))
+    bad = _first_outside(array, n_atoms)
+    if bad >= 0:
+        raise ValueError(f"neighbour[{bad}] = {int(np.asarray(neighbour)[bad])} is not a row of the {n_atoms} "
+                         "atoms' rotations and semi-axes")
+    return array
+
+
 def _segment_array(segment, n_segments, n_pairs: int):
     """``check_segments``'s result, skipping its O(P) pass for a C-contiguous int64 vector and
     an int ``n_segments`` (``numba_generic.segment_starts`` checks the range; any doubt
@@ -173,7 +223,7 @@ def _segment_array(segment, n_segments, n_pairs: int):
 
 
 def centre_density(r_ij, rotations, semiaxes, hypers: ExpansionHypers, segment, n_segments, *,
-                   dtype=None, orthonormal: bool = False, threads=None, lanes=None, kernel=None):
+                   neighbour=None, dtype=None, orthonormal: bool = False, threads=None, lanes=None, kernel=None):
     """Centre density from a fused Numba kernel: per segment, the sum of its pairs' coefficients.
 
     Parameters
@@ -185,6 +235,13 @@ def centre_density(r_ij, rotations, semiaxes, hypers: ExpansionHypers, segment, 
     segment : (P,) array of int
         Output row of each pair, in ``[0, n_segments)``; any order (sorted
         input, as the AniSOAP pipeline supplies, skips the internal sort).
+    neighbour : None or (P,) array of int
+        None: ``rotations`` and ``semiaxes`` are per pair. Else they are per
+        atom, (N, 3, 3) and (N, 3), and pair p takes row ``neighbour[p]``
+        (in ``[0, N)``): the result is bit for bit that of
+        ``centre_density(r_ij, rotations[neighbour], semiaxes[neighbour], ...)``,
+        and the specialised kernel reads the rows where they are instead of
+        per-pair copies (the AniSOAP pipeline's 96 bytes a pair).
     dtype : None, float32 or float64
         Compute and output dtype (None: the inputs'); float32 computes the
         pairs' moments in float32 (their sums too in the specialised
@@ -225,7 +282,9 @@ def centre_density(r_ij, rotations, semiaxes, hypers: ExpansionHypers, segment, 
         kernel screens every pair with their tests and hands suspect batches
         to ``check_pair_arrays``);
         a segment outside ``[0, n_segments)`` or of the wrong shape, naming
-        the pair (``check_segments``); a bad ``threads``, ``lanes`` or
+        the pair (``check_segments``); with ``neighbour``, arrays of the wrong
+        shape or a row outside the per-atom arrays (a TypeError if not
+        integers); a bad ``threads``, ``lanes`` or
         ``kernel``; an orthonormalisation that loses precision
         (``orthonormalization_matrix``).
 
@@ -246,15 +305,21 @@ def centre_density(r_ij, rotations, semiaxes, hypers: ExpansionHypers, segment, 
     """
     check_hypers(hypers)
     mode = numba_dispatch.resolve_mode(kernel)
+    by_atom = neighbour is not None
     with num_threads(threads):
-        r, rot, ax, dtype = _pair_arrays(r_ij, rotations, semiaxes, dtype, hypers)
+        if by_atom:
+            r, rot, ax, dtype = _atom_arrays(r_ij, rotations, semiaxes, dtype)
+            index = _neighbour_array(neighbour, r.shape[0], rot.shape[0])
+        else:
+            r, rot, ax, dtype = _pair_arrays(r_ij, rotations, semiaxes, dtype, hypers)
+            index = _BY_PAIR
         check_hypers(hypers, dtype)  # the dtype's limits (float32: degree, cutoff)
         options = {} if lanes is None else {"lanes": checked_density_lanes(dtype, lanes)}
         n_pairs = r.shape[0]
         segment, n_segments = _segment_array(segment, n_segments, n_pairs)
         if n_pairs == 0 or n_segments == 0:
             check_segments(segment, n_segments, n_pairs)  # a pair without a segment is an error
-            check_pair_arrays(r_ij, rotations, semiaxes, dtype, hypers=hypers)
+            check_pair_arrays(r, *_per_pair(rot, ax, index), dtype, hypers=hypers)
             return [np.zeros((n_segments, 2 * l + 1, n), dtype=dtype) for l, n in enumerate(hypers.num_radial)]
         if not segment.flags.writeable:  # one compiled signature (writable int64) for segment_starts
             segment = segment.copy()
@@ -262,10 +327,17 @@ def centre_density(r_ij, rotations, semiaxes, hypers: ExpansionHypers, segment, 
         if numba_generic.segment_starts(segment, starts):  # unsorted, or a value out of range
             segment, n_segments = check_segments(segment, n_segments, n_pairs)  # raises if out of range
             order = np.argsort(segment, kind="stable")  # pair order kept inside a segment
-            segment, r, rot, ax = segment[order], r[order], rot[order], ax[order]
+            segment, r = segment[order], r[order]
+            if by_atom:
+                index = index[order]
+            else:
+                rot, ax = rot[order], ax[order]
             numba_generic.segment_starts(segment, starts)
         weights = _weights(hypers, bool(orthonormal))
         module = numba_dispatch.specialised("density", hypers, dtype, options, mode, n_pairs=n_pairs)
+        if module is None or n_pairs < module.LANES:  # these read rows per pair
+            rot, ax = _per_pair(rot, ax, index)
+            index = _BY_PAIR
         if module is None:
             # about 2,048 pairs per chunk of tasks (SEGMENTS_PER_TASK segments each)
             chunk = max(1, (2048 * n_segments) // (numba_generic.SEGMENTS_PER_TASK * n_pairs))
@@ -286,8 +358,15 @@ def centre_density(r_ij, rotations, semiaxes, hypers: ExpansionHypers, segment, 
             # dynamic scheduling: about BLOCKS_PER_CHUNK blocks of pairs per chunk, as numba_fused
             chunk = max(1, (BLOCKS_PER_CHUNK * n_rows) // n_pairs)
             with dynamic_schedule(chunk), parallel_guard():
-                suspects = module.density_segments(r, rot, ax, starts, weights, *(o.reshape(-1) for o in out))
+                suspects = module.density_segments(r, rot, ax, index, starts, weights, *(o.reshape(-1) for o in out))
             out = [o[:n_segments] for o in out]
-    if suspects:
-        check_pair_arrays(r_ij, rotations, semiaxes, dtype, hypers=hypers)  # raises the canonical error
+    if suspects:  # raises the canonical error (message and pair index)
+        check_pair_arrays(r_ij, *_per_pair(rotations, semiaxes, neighbour), dtype, hypers=hypers)
     return out
+
+
+def _per_pair(rotations, semiaxes, neighbour):
+    """Rotations and semi-axes per pair: themselves, or their rows ``neighbour`` (per-atom arrays)."""
+    if neighbour is None or neighbour is _BY_PAIR:
+        return rotations, semiaxes
+    return np.take(rotations, neighbour, axis=0), np.take(semiaxes, neighbour, axis=0)

@@ -271,8 +271,8 @@ def signature(kind: str, dtype, n_channels: int) -> tuple:
     """The one Numba signature a specialised kernel is compiled for (and called with).
 
     Writable, aligned, C-contiguous arrays: ``r, rot, ax`` of ``dtype``;
-    for the density ``starts`` (int64) and read-only float64 ``w``; one flat
-    output per channel.
+    for the density ``neighbour`` and ``starts`` (int64) and read-only
+    float64 ``w``; one flat output per channel.
     """
     from numba import types
     from numba.np import numpy_support
@@ -282,7 +282,8 @@ def signature(kind: str, dtype, n_channels: int) -> tuple:
     outputs = (types.Array(ft, 1, "C"),) * n_channels
     if kind == "pairs":
         return inputs + outputs
-    return inputs + (types.Array(types.int64, 1, "C"), types.Array(types.float64, 1, "C", readonly=True)) + outputs
+    index = types.Array(types.int64, 1, "C")
+    return inputs + (index, index, types.Array(types.float64, 1, "C", readonly=True)) + outputs
 
 
 @dataclass

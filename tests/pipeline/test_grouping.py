@@ -48,6 +48,9 @@ def test_compiled_grouping_equals_numpy(frames, self_pairs):
     assert_same_grouping(grouped, _numpy_group(frame, i, j, r_ij, table))
     assert np.all(np.diff(grouped.segment) >= 0)
     assert len(grouped.segment) == len(frame)
+    # per pair on demand: the neighbour's rows of the table (not copied by the grouping)
+    np.testing.assert_array_equal(grouped.rotations, table.rotations[grouped.neighbour])
+    np.testing.assert_array_equal(grouped.semiaxes, table.semiaxes[grouped.neighbour])
 
 
 def test_unsorted_pairs_take_the_numpy_path():

@@ -130,12 +130,64 @@ def _load_rows(v: VectorBuilder, data, first_row, width: int):
             for c in range(width)]
 
 
+def _gather_rows(v: VectorBuilder, data, index, first_row, width: int):
+    """Lane vectors of the ``width`` columns of rows ``index[first_row + j]`` (j < lanes) of ``data``.
+
+    One load of ``width`` values per lane (the row of the lane's atom), the
+    rows concatenated and split into columns by shuffles: the layout
+    :func:`_load_rows` gives for contiguous rows, from per-atom arrays that
+    stay in cache instead of per-pair copies written by the grouping.
+    """
+    ir, b = v.ir, v.b
+    i64 = ir.IntType(64)
+    row_type = ir.VectorType(v.scalar, width)
+    rows = []
+    for j in range(v.lanes):
+        atom = b.load(b.gep(index, [b.add(first_row, ir.Constant(i64, j))], inbounds=True), align=8)
+        ptr = b.gep(data, [b.mul(atom, ir.Constant(i64, width))], inbounds=True)
+        rows.append(b.load(b.bitcast(ptr, row_type.as_pointer()), align=v.itemsize))
+    while len(rows) > 1:  # pairwise concatenation: row j at j * width
+        n = 2 * rows[0].type.count
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(n)))
+        rows = [b.shuffle_vector(rows[k], rows[k + 1], mask) for k in range(0, len(rows), 2)]
+    whole = rows[0]
+    kind = ir.VectorType(ir.IntType(32), v.lanes)
+    return [b.shuffle_vector(whole, ir.Constant(whole.type, ir.Undefined),
+                             ir.Constant(kind, [j * width + c for j in range(v.lanes)]))
+            for c in range(width)]
+
+
+def _pair_inputs(v: VectorBuilder, r, rot, ax, neighbour, gathered, first):
+    """(r columns (3), rotation columns (9, row-major), semi-axis columns (3)) of the block of
+    pairs ``first .. first + lanes - 1``: rotations and semi-axes per pair (contiguous rows), or,
+    where ``gathered`` (i1), per atom at rows ``neighbour[p]``."""
+    b = v.b
+    rv = _load_rows(v, r, first, 3)
+    with b.if_else(gathered) as (by_atom, by_pair):
+        with by_atom:
+            atom_values = _gather_rows(v, rot, neighbour, first, 9) + _gather_rows(v, ax, neighbour, first, 3)
+            atom_block = b.block
+        with by_pair:
+            pair_values = _load_rows(v, rot, first, 9) + _load_rows(v, ax, first, 3)
+            pair_block = b.block
+    merged = []
+    for a, p in zip(atom_values, pair_values):
+        phi = b.phi(v.vector)
+        phi.add_incoming(a, atom_block)
+        phi.add_incoming(p, pair_block)
+        merged.append(phi)
+    return rv, merged[:9], merged[9:]
+
+
 def density_intrinsic(hypers: ExpansionHypers, dtype, lanes: int):
-    """Numba intrinsic ``density_group(r, rot, ax, starts, group, outs, w)``: ``lanes`` segments.
+    """Numba intrinsic ``density_group(r, rot, ax, neighbour, starts, group, outs, w)``: ``lanes`` segments.
 
     Segments ``s = group * lanes + i`` (i < lanes; those >= S = len(starts) - 1
     are empty) are pairs ``starts[s] .. starts[s+1] - 1`` of the C-contiguous
-    ``r`` (P, 3), ``rot`` (P, 3, 3), ``ax`` (P, 3), P >= lanes. Their rows go
+    ``r`` (P, 3), P >= lanes; pair p's rotation and semi-axes are rows p of
+    ``rot`` (P, 3, 3) and ``ax`` (P, 3) when ``neighbour`` (int64) is empty,
+    else rows ``neighbour[p]`` of per-atom ``rot`` (N, 3, 3) and ``ax`` (N, 3)
+    (every ``neighbour[p]`` in ``[0, N)``: not checked here). Their rows go
     to rows ``group * lanes + i`` of each flat C-order ``outs[l]`` ((S_pad,
     2l+1, n_l), S_pad a multiple of ``lanes``), times ``W_l`` (``w``: float64,
     row-major ``W_0, W_1, ...`` concatenated; identity matrices for raw
@@ -150,7 +202,8 @@ def density_intrinsic(hypers: ExpansionHypers, dtype, lanes: int):
     1. per segment, a loop over blocks of ``lanes`` consecutive pairs: one
        contiguous load per input array (:func:`_load_rows`; the last block
        of a segment is moved back to end at the segment's end, or at the
-       batch's end, and lanes outside the block's share of the segment get
+       batch's end; rotations and semi-axes gathered by ``neighbour``
+       when it is given, :func:`_gather_rows`), and lanes outside the block's share of the segment get
        benign inputs (r = 0, R = I, semi-axes 1) and scale 0), the pair
        kernel's screen and unrolled moment recurrence (unscaled, E[0] = 1;
        geometry as :func:`_emit_density_geometry`), then
@@ -194,7 +247,7 @@ def density_intrinsic(hypers: ExpansionHypers, dtype, lanes: int):
 
     prefix = f"numba_density_{kernel_key(hypers, dtype, lanes, kind='density')}"
 
-    def segment_moments(v, r, rot, ax, n_pairs, start, stop, acc, suspect):
+    def segment_moments(v, r, rot, ax, neighbour, gathered, n_pairs, start, stop, acc, suspect):
         """acc[i] (for moment used[i]) = this segment's lane-wise sums of scale * E."""
         b = v.b
         zero, one = v.splat(0.0), v.splat(1.0)
@@ -215,10 +268,10 @@ def density_intrinsic(hypers: ExpansionHypers, dtype, lanes: int):
                 pair = b.add(first, const(j))
                 inside.append(b.and_(b.icmp_signed(">=", pair, p0), b.icmp_signed("<", pair, stop)))
             mask = v.lane_mask(inside)
-            rv = [v.select(mask, x, zero) for x in _load_rows(v, r, first, 3)]
-            flat = _load_rows(v, rot, first, 9)
+            r_columns, flat, s_columns = _pair_inputs(v, r, rot, ax, neighbour, gathered, first)
+            rv = [v.select(mask, x, zero) for x in r_columns]
             R = [[v.select(mask, flat[3 * i + k], one if i == k else zero) for k in range(3)] for i in range(3)]
-            s = [v.select(mask, x, one) for x in _load_rows(v, ax, first, 3)]
+            s = [v.select(mask, x, one) for x in s_columns]
             screen = b.zext(emit_screen(v, rv, R, s, limits), i64)
             b.store(b.or_(b.load(suspect), screen), suspect)
             centre, cov, scale = _emit_density_geometry(v, hypers, rv, R, s)
@@ -276,20 +329,23 @@ def density_intrinsic(hypers: ExpansionHypers, dtype, lanes: int):
                                                            scalar.as_pointer(), i64], body)
 
     def codegen(context, builder, signature, args):
-        r_t, rot_t, ax_t, starts_t, group_t, outs_t, w_t = signature.args
+        r_t, rot_t, ax_t, neighbour_t, starts_t, group_t, outs_t, w_t = signature.args
         r, rot, ax = (
             cgutils.create_struct_proxy(t)(context, builder, value=a).data
             for t, a in zip((r_t, rot_t, ax_t), args[:3])
         )
+        neighbour_array = cgutils.create_struct_proxy(neighbour_t)(context, builder, value=args[3])
+        neighbour = neighbour_array.data
+        gathered = builder.icmp_signed("!=", cgutils.unpack_tuple(builder, neighbour_array.shape, 1)[0], const(0))
         n_pairs = cgutils.unpack_tuple(builder, cgutils.create_struct_proxy(r_t)(
             context, builder, value=args[0]).shape, 2)[0]
-        starts_array = cgutils.create_struct_proxy(starts_t)(context, builder, value=args[3])
+        starts_array = cgutils.create_struct_proxy(starts_t)(context, builder, value=args[4])
         starts = starts_array.data
         n_segments = builder.sub(cgutils.unpack_tuple(builder, starts_array.shape, 1)[0], const(1))
-        group = context.cast(builder, args[4], group_t, types.int64)
+        group = context.cast(builder, args[5], group_t, types.int64)
         outs = [cgutils.create_struct_proxy(outs_t.dtype)(
-            context, builder, value=builder.extract_value(args[5], l)).data for l in range(len(plan))]
-        w = cgutils.create_struct_proxy(w_t)(context, builder, value=args[6]).data
+            context, builder, value=builder.extract_value(args[6], l)).data for l in range(len(plan))]
+        w = cgutils.create_struct_proxy(w_t)(context, builder, value=args[7]).data
 
         v = VectorBuilder(builder, dtype, lanes)
         vd = VectorBuilder(builder, np.float64, lanes)
@@ -314,7 +370,7 @@ def density_intrinsic(hypers: ExpansionHypers, dtype, lanes: int):
             stop = builder.load(builder.gep(starts, [builder.add(index, const(1))], inbounds=True))
             start = builder.select(real, start, const(0))
             stop = builder.select(real, stop, const(0))
-            segment_moments(v, r, rot, ax, n_pairs, start, stop, acc, suspect)
+            segment_moments(v, r, rot, ax, neighbour, gathered, n_pairs, start, stop, acc, suspect)
             row = builder.mul(outer.index, const(groups))
             for g in range(groups):
                 slots = [builder.gep(acc, [const(g * lanes + j)], inbounds=True) for j in range(lanes)]
@@ -338,8 +394,11 @@ def density_intrinsic(hypers: ExpansionHypers, dtype, lanes: int):
         return builder.load(suspect)
 
     @intrinsic
-    def density_group(typingctx, r, rot, ax, starts, group, outs, w):
+    def density_group(typingctx, r, rot, ax, neighbour, starts, group, outs, w):
         require_pair_arrays("density_group", dtype, r, rot, ax)
+        if not (isinstance(neighbour, types.Array) and neighbour.layout == "C" and neighbour.ndim == 1
+                and neighbour.dtype == types.int64):
+            raise TypingError(f"density_group: neighbour must be a C-contiguous int64 vector, got {neighbour}")
         if not (isinstance(starts, types.Array) and starts.layout == "C" and starts.ndim == 1
                 and starts.dtype == types.int64):
             raise TypingError(f"density_group: starts must be a C-contiguous int64 vector, got {starts}")
@@ -352,26 +411,27 @@ def density_intrinsic(hypers: ExpansionHypers, dtype, lanes: int):
                               f"C-contiguous {dtype} arrays, got {outs}")
         if not (isinstance(w, types.Array) and w.layout == "C" and w.dtype == types.float64):
             raise TypingError(f"density_group: w must be a C-contiguous float64 array, got {w}")
-        return types.int64(r, rot, ax, starts, group, outs, w), codegen
+        return types.int64(r, rot, ax, neighbour, starts, group, outs, w), codegen
 
     return density_group
 
 
 def _density_driver(hypers: ExpansionHypers, lanes: int) -> list[str]:
     outs = ", ".join(f"out{l}" for l in range(hypers.lmax + 1))
-    signature = f"density_segments(r, rot, ax, starts, w, {outs})"
+    signature = f"density_segments(r, rot, ax, neighbour, starts, w, {outs})"
     setup = [
         '    """Segment s = pairs starts[s] .. starts[s + 1] - 1 summed into row s of every out{l}, times W_l.',
         "",
         "    out{l}: flat C-order (S_pad, 2l+1, n_l), S = len(starts) - 1, S_pad = S rounded up to",
-        f"    a multiple of {lanes}, every row written (rows >= S zero); r, rot, ax hold >= {lanes} pairs.",
+        f"    a multiple of {lanes}, every row written (rows >= S zero); r holds >= {lanes} pairs; rot, ax",
+        "    one row per pair (neighbour empty) or per atom (pair p: row neighbour[p]).",
         "    Returns the number of groups of segments holding a pair that check_pair_arrays could reject.",
         '    """',
         f"    outs = ({outs},)",
         f"    n_groups = (starts.shape[0] - 1 + {lanes - 1}) // {lanes}",
     ]
     return driver_lines(signature, setup, "group in prange(n_groups)",
-                        "density_group(r, rot, ax, starts, group, outs, w)") + ["", ""]
+                        "density_group(r, rot, ax, neighbour, starts, group, outs, w)") + ["", ""]
 
 
 def generate_density_source(hypers: ExpansionHypers, dtype, lanes: int | None = None) -> str:
@@ -386,10 +446,12 @@ def generate_density_source(hypers: ExpansionHypers, dtype, lanes: int | None = 
     Returns
     -------
     str: a module defining ``LANES``, ``density_segments(r (P,3), rot (P,3,3),
-    ax (P,3), starts (S+1,) int64, w (float64, the row-major W_l
+    ax (P,3), neighbour (0,) int64, starts (S+1,) int64, w (float64, the row-major W_l
     concatenated), out0, ..., out_lmax)`` with ``out_l`` the flat C-order
     ``(S_pad, 2l+1, n_l)`` output of ``dtype`` (S_pad = S rounded up to a
-    multiple of ``LANES``; P >= ``LANES``). Segment boundaries come from
+    multiple of ``LANES``; P >= ``LANES``); or ``rot`` (N,3,3) and ``ax``
+    (N,3) per atom and ``neighbour`` (P,) the row of each pair's neighbour.
+    Segment boundaries come from
     ``numba_generic.segment_starts`` (not specialised).
     """
     dtype = np.dtype(dtype)

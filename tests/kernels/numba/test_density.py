@@ -246,3 +246,81 @@ def test_dtype_mix_up_and_bad_threads_are_refused():
         numba_density.centre_density(*arrays, GTO3, np.zeros(4, np.int64), 1, dtype=np.float32)
     with pytest.raises(ValueError, match="threads"):
         numba_density.centre_density(*arrays, GTO3, np.zeros(4, np.int64), 1, threads=0)
+
+
+# ---------------------------------------------------------------------------
+# rotations and semi-axes per atom, read by neighbour (the AniSOAP pipeline's form)
+
+
+def atoms_and_neighbours(n_pairs, n_atoms, seed, dtype=np.float64):
+    """(r_ij, per-atom rotations and semi-axes, neighbour of each pair)."""
+    r_ij, rotations, semiaxes = random_pair_batch(n_atoms, seed)
+    rng = np.random.default_rng(seed)
+    neighbour = rng.integers(0, n_atoms, size=n_pairs)
+    r_pairs = random_pair_batch(n_pairs, seed + 1)[0]
+    return r_pairs.astype(dtype), rotations.astype(dtype), semiaxes.astype(dtype), neighbour
+
+
+@pytest.mark.parametrize("kernel", ["specialised", "generic"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n_pairs, sort", [(700, True), (700, False), (3, True)],
+                         ids=["sorted", "unsorted", "fewer-pairs-than-lanes"])
+def test_rows_by_neighbour_equal_the_rows_gathered_per_pair_bit_for_bit(kernel, dtype, n_pairs, sort):
+    """``neighbour=`` with per-atom arrays gives exactly the per-pair call on ``rotations[neighbour]``."""
+    r_ij, rotations, semiaxes, neighbour = atoms_and_neighbours(n_pairs, 37, seed=11, dtype=dtype)
+    segment = random_segments(n_pairs, 50, seed=12, empty=(7,))
+    segment = np.sort(segment) if sort else segment
+    for orthonormal in (False, True):
+        by_atom = numba_density.centre_density(r_ij, rotations, semiaxes, GTO6, segment, 50, neighbour=neighbour,
+                                               orthonormal=orthonormal, kernel=kernel)
+        by_pair = numba_density.centre_density(r_ij, rotations[neighbour], semiaxes[neighbour], GTO6, segment, 50,
+                                               orthonormal=orthonormal, kernel=kernel)
+        for l, (a, b) in enumerate(zip(by_atom, by_pair)):
+            assert a.dtype == np.dtype(dtype) and np.array_equal(a, b), f"orthonormal={orthonormal} l={l} differ"
+        expected = reference_density(r_ij.astype(np.float64), rotations[neighbour].astype(np.float64),
+                                     semiaxes[neighbour].astype(np.float64), GTO6, segment, 50,
+                                     orthonormal=orthonormal)
+        assert_density_close(by_atom, expected, GTO6, dtype, f"{kernel} orthonormal={orthonormal}")
+
+
+def test_rows_by_neighbour_through_the_registry_for_every_density_variant():
+    """``density_function(name, per_atom=True)``: numba_fused's own form, the others gather first; same numbers."""
+    r_ij, rotations, semiaxes, neighbour = atoms_and_neighbours(120, 9, seed=13)
+    segment = np.sort(random_segments(120, 10, seed=14))
+    for name in ("numba_fused", "numpy_einsum"):
+        function = density_function(name, per_atom=True)
+        actual = function(r_ij, rotations, semiaxes, GTO3, segment, 10, neighbour=neighbour, orthonormal=True)
+        expected = reference_density(r_ij, rotations[neighbour], semiaxes[neighbour], GTO3, segment, 10,
+                                     orthonormal=True)
+        assert_density_close(actual, expected, GTO3, np.float64, name)
+    assert density_function("numba_fused", per_atom=True) is numba_density.centre_density
+
+
+def test_bad_neighbour_is_refused_with_the_offending_value():
+    r_ij, rotations, semiaxes, neighbour = atoms_and_neighbours(10, 4, seed=15)
+    segment = np.zeros(10, np.int64)
+    outside = neighbour.copy()
+    outside[6] = 4
+    with pytest.raises(ValueError, match=r"neighbour\[6\] = 4 is not a row of the 4 atoms"):
+        numba_density.centre_density(r_ij, rotations, semiaxes, GTO3, segment, 1, neighbour=outside)
+    outside[6] = -1
+    with pytest.raises(ValueError, match=r"neighbour\[6\] = -1"):
+        numba_density.centre_density(r_ij, rotations, semiaxes, GTO3, segment, 1, neighbour=outside)
+    with pytest.raises(ValueError, match=r"shape \(10,\)"):
+        numba_density.centre_density(r_ij, rotations, semiaxes, GTO3, segment, 1, neighbour=neighbour[:9])
+    with pytest.raises(TypeError, match="integers"):
+        numba_density.centre_density(r_ij, rotations, semiaxes, GTO3, segment, 1, neighbour=neighbour * 1.0)
+    with pytest.raises(ValueError, match=r"\(N, 3, 3\)"):
+        numba_density.centre_density(r_ij, rotations[:, :2], semiaxes, GTO3, segment, 1, neighbour=neighbour)
+
+
+def test_a_bad_atom_read_by_neighbour_gives_the_per_pair_error():
+    """A semi-axis <= 0 of an atom: the error names the first pair that reads it, as the per-pair call does."""
+    r_ij, rotations, semiaxes, neighbour = atoms_and_neighbours(40, 6, seed=16)
+    semiaxes[neighbour[5], 1] = -1.0
+    segment = np.zeros(40, np.int64)
+    with pytest.raises(ValueError) as by_pair:
+        numba_density.centre_density(r_ij, rotations[neighbour], semiaxes[neighbour], GTO3, segment, 1)
+    with pytest.raises(ValueError) as by_atom:
+        numba_density.centre_density(r_ij, rotations, semiaxes, GTO3, segment, 1, neighbour=neighbour)
+    assert str(by_atom.value) == str(by_pair.value)
