@@ -48,6 +48,7 @@ from einsum_workbench.pipeline.stages import stage
 from einsum_workbench.reference.neighbours import (
     BRUTE_FORCE,
     CENTRES_PER_BLOCK,
+    _centre_pairs,
     accept_pair,
     centre_pairs_in_order,
     plan_search,
@@ -56,6 +57,10 @@ from einsum_workbench.reference.neighbours import (
 
 #: Largest atomic number the compiled path tabulates species for (118 elements, 0 for ASE's X).
 MAX_SPECIES = 127
+#: Room the counting pass keeps for the pairs of a block of brute-force centres, over the plan's
+#: estimate of them (measured: blocks hold 0.76 to 1.09 of the estimate); plus KEPT_SLACK pairs.
+KEPT_MARGIN = 1.25
+KEPT_SLACK = 16
 
 
 @dataclass
@@ -268,6 +273,91 @@ def _pair_starts(centres, counts, species, n_species):
     return pair_start
 
 
+@numba.njit(parallel=True, cache=True)
+def _count_and_keep(geometry, centres, block, species, n_species, room_per_centre):
+    """The first pass: each centre's pairs, per neighbour species, and for brute-force frames
+    the pairs themselves (j, r_ij, in upstream's order) kept for the second pass, which then
+    copies them instead of searching again. A parallel loop over blocks of centres.
+
+    ``room_per_centre`` (F,): pairs kept per centre of each frame (0: none; the plan's estimate
+    times ``KEPT_MARGIN``). A block keeps its centres' pairs in its own room while they fit; a
+    centre that does not fit gets ``start[c] = -1`` (searched again).
+
+    Returns (counts (C,), by_species (C, S), start (C,) first kept row or -1, kept_j, kept_r).
+    """
+    (positions, owner, first_atom, n_atoms, mode, cells, inverse_cells, reach, periodic) = geometry[:9]
+    cutoff2, self_pairs = geometry[20], geometry[21]
+    n_centres = len(centres)
+    n_blocks = (n_centres + block - 1) // block
+    room = np.zeros(n_blocks + 1, np.int64)  # the blocks' rooms, end to end
+    for blk in range(n_blocks):
+        wanted = 0.0
+        for c in range(blk * block, min(n_centres, (blk + 1) * block)):
+            wanted += room_per_centre[owner[centres[c]]]
+        room[blk + 1] = room[blk] + (np.int64(np.ceil(wanted)) + KEPT_SLACK if wanted > 0 else 0)
+    sink = room[n_blocks]  # one more row: where the candidates that do not fit are stored
+    kept_j = np.empty(sink + 1, np.int64)
+    kept_r = np.empty((sink + 1, 3), np.float64)
+    counts = np.zeros(n_centres, np.int64)
+    by_species = np.zeros((n_centres, n_species), np.int64)
+    start = np.full(n_centres, -1, np.int64)
+    no_j = np.zeros(0, np.int64)
+    no_v = np.zeros((0, 3), np.int64)
+    no_r = np.zeros((0, 3), np.float64)
+    for blk in numba.prange(n_blocks):
+        o, end = room[blk], room[blk + 1]
+        for c in range(blk * block, min(n_centres, (blk + 1) * block)):
+            a = centres[c]
+            f = owner[a]
+            if mode[f] != BRUTE_FORCE or room_per_centre[f] == 0:
+                counts[c] = _centre_pairs(a, geometry, False, no_j, no_v, no_r, no_j, species, by_species[c])
+                continue
+            base = first_atom[f]
+            i = a - base
+            # the cell and the centre as scalars: the stores below could alias arrays, and would
+            # make LLVM reload them for every candidate (measured 1.7x slower)
+            cell = cells[f]
+            x0, x1, x2 = cell[0, 0], cell[0, 1], cell[0, 2]
+            y0, y1, y2 = cell[1, 0], cell[1, 1], cell[1, 2]
+            z0, z1, z2 = cell[2, 0], cell[2, 1], cell[2, 2]
+            p0, p1, p2 = positions[a, 0], positions[a, 1], positions[a, 2]
+            count = 0
+            for j in range(n_atoms[f]):  # reference.neighbours' brute-force loop, pairs kept while there is room
+                d0 = positions[base + j, 0] - p0
+                d1 = positions[base + j, 1] - p1
+                d2 = positions[base + j, 2] - p2
+                lo0, hi0 = shift_range(d0, d1, d2, inverse_cells, reach, periodic, f, 0)
+                lo1, hi1 = shift_range(d0, d1, d2, inverse_cells, reach, periodic, f, 1)
+                lo2, hi2 = shift_range(d0, d1, d2, inverse_cells, reach, periodic, f, 2)
+                before = count
+                for s0 in range(lo0, hi0 + 1):
+                    for s1 in range(lo1, hi1 + 1):
+                        for s2 in range(lo2, hi2 + 1):
+                            # accept_pair's arithmetic, term for term (the same r_ij, bit for bit)
+                            if i == j and s0 == 0 and s1 == 0 and s2 == 0:
+                                kept, r0, r1, r2 = self_pairs, 0.0, 0.0, 0.0
+                            else:
+                                r0 = d0 + s0 * x0 + s1 * y0 + s2 * z0
+                                r1 = d1 + s0 * x1 + s1 * y1 + s2 * z1
+                                r2 = d2 + s0 * x2 + s1 * y2 + s2 * z2
+                                kept = r0 * r0 + r1 * r1 + r2 * r2 < cutoff2
+                            # every candidate stored, the count advanced by the test: no branch to
+                            # mispredict (most candidates of small periodic cells fail it)
+                            d = o + count
+                            d = d if d < end else sink
+                            kept_j[d] = j
+                            kept_r[d, 0] = r0
+                            kept_r[d, 1] = r1
+                            kept_r[d, 2] = r2
+                            count += kept
+                by_species[c, species[base + j]] += count - before
+            counts[c] = count
+            if o + count <= end:
+                start[c] = o
+                o += count
+    return counts, by_species, start, kept_j, kept_r
+
+
 @numba.njit(cache=True, inline="always")
 def _put(d, segment, gj, r0, r1, r2, out_segment, out_r, out_neighbour):
     """One grouped pair at output row ``d``: its segment, neighbour and r_ij."""
@@ -280,14 +370,15 @@ def _put(d, segment, gj, r0, r1, r2, out_segment, out_r, out_neighbour):
 
 @numba.njit(parallel=True, cache=True)
 def _write_grouped(geometry, centres, block, counts, by_species, pair_start, row_start, type_index, species,
-                   out_segment, out_r, out_neighbour):
+                   start, kept_j, kept_r, out_segment, out_r, out_neighbour):
     """Each centre's pairs written at their place in segment order: grouped by neighbour species
     (``by_species``, the first pass's counts), in upstream's order within a species, with their
     segment and neighbour. A parallel loop over blocks of centres.
 
-    A brute-force frame's pairs are found in order (``reference.neighbours``' loop over j and
-    the shifts) and written where they go; a cell-list frame's come sorted from
-    ``centre_pairs_in_order``."""
+    A centre whose pairs the first pass kept (``start[c] >= 0``: rows of ``kept_j``, ``kept_r``)
+    has them copied; another brute-force centre's are found again in order
+    (``reference.neighbours``' loop over j and the shifts); a cell-list frame's come sorted
+    from ``centre_pairs_in_order``."""
     (positions, owner, first_atom, n_atoms, mode, cells, inverse_cells, reach, periodic) = geometry[:9]
     cutoff2, self_pairs = geometry[20], geometry[21]
     n_species = by_species.shape[1]
@@ -296,7 +387,7 @@ def _write_grouped(geometry, centres, block, counts, by_species, pair_start, row
         first, last = blk * block, min(len(centres), (blk + 1) * block)
         size = 0
         for c in range(first, last):
-            if mode[owner[centres[c]]] != BRUTE_FORCE:
+            if mode[owner[centres[c]]] != BRUTE_FORCE:  # buffers of the cell-list search
                 size = max(size, counts[c])
         bj = np.empty(size, np.int64)
         bs = np.empty((size, 3), np.int64)
@@ -316,7 +407,14 @@ def _write_grouped(geometry, centres, block, counts, by_species, pair_start, row
                 o += by_species[c, e]
             row = row_start[c]
             kinds = type_index[species[a]]
-            if mode[f] == BRUTE_FORCE:
+            if start[c] >= 0:
+                for q in range(start[c], start[c] + counts[c]):
+                    gj = base + kept_j[q]
+                    e = species[gj]
+                    _put(place[e], row + kinds[e], gj, kept_r[q, 0], kept_r[q, 1], kept_r[q, 2], out_segment, out_r,
+                         out_neighbour)
+                    place[e] += 1
+            elif mode[f] == BRUTE_FORCE:
                 i, cell = a - base, cells[f]
                 for j in range(n_atoms[f]):
                     gj = base + j
@@ -435,7 +533,12 @@ def neighbour_groups(table, cutoff: float, *, self_pairs: bool = True, max_pairs
         search = plan_search(table.positions, table.n_atoms, table.cells, table.pbc, cutoff, self_pairs=self_pairs,
                              max_pairs=max_pairs)
         atom_species = species_index[numbers]
-        counts, by_species = search.count_pairs(atom_species, len(species))
+        # brute-force frames: the first pass keeps their pairs, the second copies them
+        room = np.where(search.mode == BRUTE_FORCE, KEPT_MARGIN * search.estimate / np.maximum(search.n_atoms, 1), 0.0)
+        with parallel_guard():
+            counts, by_species, start, kept_j, kept_r = _count_and_keep(search.geometry, search.centres,
+                                                                        CENTRES_PER_BLOCK, atom_species, len(species),
+                                                                        room)
     with stage("grouping"):
         centres = search.centres
         layout, row_start, type_index = _grouped_layout(search, counts, by_species, atom_species, species,
@@ -445,6 +548,6 @@ def neighbour_groups(table, cutoff: float, *, self_pairs: bool = True, max_pairs
         out = (np.empty(n_pairs, np.int64), np.empty((n_pairs, 3)), np.empty(n_pairs, np.int64))
         with parallel_guard():
             _write_grouped(search.geometry, centres, CENTRES_PER_BLOCK, counts, by_species, pair_start, row_start,
-                           type_index, atom_species, *out)
+                           type_index, atom_species, start, kept_j, kept_r, *out)
         segment, r_ij, neighbour = out
         return GroupedPairs(layout, segment, r_ij, neighbour, *_atom_arrays(table))

@@ -630,6 +630,9 @@ class PlannedSearch:
     geometry : tuple
         The compiled search's arguments (positions, per-frame plan, bins,
         cutoff squared, self pairs), as :func:`centre_pairs_in_order` takes them.
+    estimate : (F,) float64
+        Each frame's pair estimate (:func:`estimate_pairs`' formulas), for
+        callers that size buffers before counting.
     """
 
     n_atoms: np.ndarray
@@ -637,6 +640,7 @@ class PlannedSearch:
     mode: np.ndarray
     centres: np.ndarray
     geometry: tuple
+    estimate: np.ndarray
 
     def count_pairs(self, species=None, n_species: int = 0):
         """(C,) int64: the pairs of each centre (the search's first pass, parallel over centres).
@@ -716,7 +720,7 @@ def _planned(positions, n_atoms, cells, pbc, cutoff, self_pairs, plan, frames_ma
                 pbc, wrapped, wrap, origin, plan["width"], n_bins, bin_base, bin_start, bin_atoms,
                 binned_positions, binned_wrap, half_widths, float(cutoff) ** 2, bool(self_pairs))
     return PlannedSearch(n_atoms=n_atoms, first_atom=plan["first_atom"], mode=mode, centres=centres,
-                         geometry=geometry)
+                         geometry=geometry, estimate=plan["estimate"])
 
 
 def _pair_sort_key(frame, i, j, shift, n_max: int, half_widths) -> np.ndarray:

@@ -139,6 +139,19 @@ def test_fused_search_equals_search_then_grouping(name, self_pairs, cutoff):
         assert len(fused.segment) > len(table.numbers)
 
 
+@pytest.mark.parametrize("margin", [0.0, 0.3], ids=["nothing-kept", "rooms-overflow"])
+@pytest.mark.parametrize("name", ["benzenes-2-species", "small-cells", "ellipsoids", "mixed-pbc"])
+def test_fused_search_without_room_for_the_kept_pairs_searches_again(monkeypatch, name, margin):
+    """Pairs that do not fit the counting pass's room (none kept, or rooms overflowing part-way
+    through a block) are found again by the second pass: the same arrays, bit for bit."""
+    from einsum_workbench.pipeline import grouping
+
+    table = atoms_table(FUSED_CASES[name](), semiaxes=(1.5, 1.0, 0.5))
+    expected = _two_steps(table, 7.0)
+    monkeypatch.setattr(grouping, "KEPT_MARGIN", margin)
+    assert_identical(neighbour_groups(table, 7.0), expected)
+
+
 def test_fused_search_with_species_beyond_the_table_takes_the_two_steps():
     frames = workloads.benzenes(1, seed=5)
     frames[0].numbers[0] = MAX_SPECIES + 1
