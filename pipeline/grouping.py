@@ -408,12 +408,18 @@ def _write_grouped(geometry, centres, block, counts, by_species, pair_start, row
             row = row_start[c]
             kinds = type_index[species[a]]
             if start[c] >= 0:
-                for q in range(start[c], start[c] + counts[c]):
-                    gj = base + kept_j[q]
-                    e = species[gj]
-                    _put(place[e], row + kinds[e], gj, kept_r[q, 0], kept_r[q, 1], kept_r[q, 2], out_segment, out_r,
-                         out_neighbour)
-                    place[e] += 1
+                # one scan of the kept pairs per neighbour species present, the output row a scalar
+                # (a running place[e] in memory is a store-to-load chain through every pair)
+                for e in range(n_species):
+                    if by_species[c, e] == 0:
+                        continue
+                    d, segment = place[e], row + kinds[e]
+                    for q in range(start[c], start[c] + counts[c]):
+                        gj = base + kept_j[q]
+                        if species[gj] == e:
+                            _put(d, segment, gj, kept_r[q, 0], kept_r[q, 1], kept_r[q, 2], out_segment, out_r,
+                                 out_neighbour)
+                            d += 1
             elif mode[f] == BRUTE_FORCE:
                 i, cell = a - base, cells[f]
                 for j in range(n_atoms[f]):
