@@ -228,62 +228,19 @@ def density_blocks(layout: DensityLayout, density, *, property_layout: str = "up
     from einsum_workbench.reference.radial import orthonormalization_matrix
 
     check_property_layout(property_layout)
-    no_matrix = np.zeros((0, 0))
     blocks = []
     for c in range(len(layout.centre_types)):
-        n_types = len(layout.neighbour_types[c])
         per_l = []
         for l, rho in enumerate(density):
-            n_radial = rho.shape[2]
-            w = None if orthonormalize_columns is None else orthonormalization_matrix(l, orthonormalize_columns)
-            if n_types > 1:  # columns rearranged (and runs times W) in one compiled pass
-                rows = rho[layout.offsets[c]:layout.offsets[c + 1]]
-                per_l.append(_species_columns(np.ascontiguousarray(rows), n_types, property_layout == "upstream",
-                                              no_matrix if w is None else w))
-                continue
             values = layout.block_values(rho, c, property_layout)
-            if w is not None:
+            if orthonormalize_columns is not None:
+                n_radial = rho.shape[2]
+                w = orthonormalization_matrix(l, orthonormalize_columns)
                 # one radial function: a scalar (a 1 x 1 matrix product costs ~30 us a call here)
                 values = values * w[0, 0] if n_radial == 1 else (values.reshape(-1, n_radial) @ w).reshape(values.shape)
             per_l.append(values)
         blocks.append(per_l)
     return blocks
-
-
-@numba.njit(cache=True)
-def _species_columns(rows, n_types, upstream, w):
-    """One centre species' rows (S * E, 2l+1, n_l), centre-major, to its block (S, 2l+1, n_l * E).
-
-    Columns ``n * E + e`` (``upstream``) or ``e * n_l + n``, as
-    ``DensityLayout.block_values``; then, when ``w`` (n_l, n_l) is not empty,
-    each run of n_l consecutive columns times ``w`` (summed in float64 over
-    i in order: what ``density_blocks`` documents, to rounding of NumPy's
-    matrix product). One pass instead of a transposing copy and a matrix
-    product per block (about 10 us of NumPy calls each at these sizes).
-    """
-    n_rows, n_m, n_l = rows.shape
-    n_centres = n_rows // n_types
-    width = n_l * n_types
-    out = np.empty((n_centres, n_m, width), rows.dtype)
-    line = np.empty(width)
-    product = w.shape[0] > 0
-    for u in range(n_centres):
-        for m in range(n_m):
-            for e in range(n_types):
-                for n in range(n_l):
-                    line[n * n_types + e if upstream else e * n_l + n] = rows[u * n_types + e, m, n]
-            if not product:
-                for k in range(width):
-                    out[u, m, k] = line[k]
-                continue
-            for run in range(n_types):
-                first = run * n_l
-                for j in range(n_l):
-                    total = 0.0
-                    for i in range(n_l):
-                        total += line[first + i] * w[i, j]
-                    out[u, m, first + j] = total
-    return out
 
 
 def centre_density(frames, hypers: ExpansionHypers, *, backend: str = "numba_fused", orthonormal: bool = True,
