@@ -452,46 +452,54 @@ def _write_grouped(geometry, centres, block, counts, by_species, pair_start, row
 
 
 @numba.njit(cache=True)
-def _centre_tables(centres, counts, by_species, species, n_species):
-    """(present (S, S): centre species s has a pair with neighbour species e; rank (C,): each centre's
-    row among the centres of its species that have pairs; centres per species (S,))."""
+def _centre_rows(centres, counts, by_species, species, n_species, owner, first_atom):
+    """The segment rows of the centres with pairs, in one pass.
+
+    Returns (present (S, S): centre species s has a pair with neighbour species e; row_start (C,):
+    each centre's first segment row; samples (M, 2) int32 (system, atom within it) of the
+    centres with pairs, species by species, in centre order; per_species (S,): their count;
+    offsets (S + 1,): each species' first segment row)."""
     present = np.zeros((n_species, n_species), np.bool_)
-    rank = np.full(len(centres), -1, np.int64)
     per_species = np.zeros(n_species, np.int64)
     for c in range(len(centres)):
-        if counts[c] == 0:
-            continue
-        s = species[centres[c]]
-        rank[c] = per_species[s]
-        per_species[s] += 1
-        for e in range(n_species):
-            if by_species[c, e] > 0:
-                present[s, e] = True
-    return present, rank, per_species
+        if counts[c] > 0:
+            s = species[centres[c]]
+            per_species[s] += 1
+            for e in range(n_species):
+                if by_species[c, e] > 0:
+                    present[s, e] = True
+    offsets = np.zeros(n_species + 1, np.int64)
+    first_sample = np.zeros(n_species + 1, np.int64)
+    for s in range(n_species):
+        offsets[s + 1] = offsets[s] + per_species[s] * present[s].sum()
+        first_sample[s + 1] = first_sample[s] + per_species[s]
+    row_start = np.zeros(len(centres), np.int64)
+    samples = np.empty((first_sample[n_species], 2), np.int32)
+    rank = np.zeros(n_species, np.int64)
+    for c in range(len(centres)):
+        if counts[c] > 0:
+            a = centres[c]
+            s = species[a]
+            row_start[c] = offsets[s] + rank[s] * present[s].sum()
+            k = first_sample[s] + rank[s]
+            samples[k, 0] = owner[a]
+            samples[k, 1] = a - first_atom[owner[a]]
+            rank[s] += 1
+    return present, row_start, samples, per_species, offsets
 
 
 def _grouped_layout(search, counts, by_species, atom_species, species, n_frames):
     """The DensityLayout of the fused search's pairs, each centre's first segment row, and the index
     of each neighbour species among those of each centre species (S, S)."""
-    centres = search.centres
-    present, rank, per_species = _centre_tables(centres, counts, by_species, atom_species, len(species))
-    n_types = present.sum(axis=1)
+    present, row_start, samples, per_species, offsets = _centre_rows(
+        search.centres, counts, by_species, atom_species, len(species), search.geometry[1], search.first_atom)
     type_index = np.cumsum(present, axis=1) - 1  # index of neighbour species e among those of centre species s
-    kinds = np.flatnonzero(present.any(axis=1))
-    centre_species = atom_species[centres]
-    owner = search.geometry[1]
-    row_start = np.zeros(len(centres), np.int64)
-    neighbour_types, samples, offsets = [], [], [0]
-    for s in kinds:
-        mine = np.flatnonzero((centre_species == s) & (counts > 0))
-        row_start[mine] = offsets[-1] + rank[mine] * n_types[s]
-        atoms = centres[mine]
-        frame_of = owner[atoms]
-        samples.append(np.stack([frame_of, atoms - search.first_atom[frame_of]], axis=1).astype(np.int32))
-        neighbour_types.append(species[present[s]].astype(np.int32))
-        offsets.append(offsets[-1] + int(per_species[s]) * int(n_types[s]))
-    layout = DensityLayout(centre_types=species[kinds].astype(np.int32), neighbour_types=neighbour_types,
-                           samples=samples, offsets=np.asarray(offsets, dtype=np.int64), n_frames=n_frames)
+    kinds = np.flatnonzero(per_species)
+    bounds = np.concatenate([[0], np.cumsum(per_species[kinds])]).tolist()
+    layout = DensityLayout(centre_types=species[kinds].astype(np.int32),
+                           neighbour_types=[species[present[s]].astype(np.int32) for s in kinds],
+                           samples=[samples[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+                           offsets=np.append(offsets[kinds], offsets[-1]), n_frames=n_frames)
     return layout, row_start, type_index
 
 
