@@ -41,7 +41,7 @@ from einsum_workbench.reference.validation import check_hypers
 
 from einsum_workbench.pipeline.gradients import density_gradients_of_frames
 from einsum_workbench.pipeline.grouping import neighbour_groups
-from einsum_workbench.pipeline.layout import DensityLayout, check_property_layout, density_layout
+from einsum_workbench.pipeline.layout import DensityLayout, check_property_layout, density_layout, rows_as_block
 from einsum_workbench.pipeline.stages import stage
 from einsum_workbench.pipeline.tensormaps import density_tensormap, tensormap_gradients
 
@@ -228,18 +228,27 @@ def density_blocks(layout: DensityLayout, density, *, property_layout: str = "up
     from einsum_workbench.reference.radial import orthonormalization_matrix
 
     check_property_layout(property_layout)
-    blocks = []
-    for c in range(len(layout.centre_types)):
-        per_l = []
+    n_centres = [len(samples) for samples in layout.samples]
+    n_types = [len(types) for types in layout.neighbour_types]
+    if len(set(n_types)) == 1:
+        # every centre species has as many neighbour species (all-atom frames, typically): each l
+        # laid out (and times W) for all centres at once, then cut into the species' blocks (views)
+        runs = [(0, len(layout.centre_types))]
+    else:
+        runs = [(c, c + 1) for c in range(len(layout.centre_types))]
+    blocks = [[] for _ in layout.centre_types]
+    for first, last in runs:
+        rows = slice(layout.offsets[first], layout.offsets[last])
+        bounds = np.cumsum([0] + n_centres[first:last]).tolist()
         for l, rho in enumerate(density):
-            values = layout.block_values(rho, c, property_layout)
+            values = rows_as_block(rho[rows], bounds[-1], n_types[first], property_layout)
             if orthonormalize_columns is not None:
                 n_radial = rho.shape[2]
                 w = orthonormalization_matrix(l, orthonormalize_columns)
                 # one radial function: a scalar (a 1 x 1 matrix product costs ~30 us a call here)
                 values = values * w[0, 0] if n_radial == 1 else (values.reshape(-1, n_radial) @ w).reshape(values.shape)
-            per_l.append(values)
-        blocks.append(per_l)
+            for c in range(first, last):
+                blocks[c].append(values[bounds[c - first]:bounds[c - first + 1]])
     return blocks
 
 

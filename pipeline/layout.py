@@ -78,13 +78,19 @@ class DensityLayout:
         ``rho_l``: (n_segments, 2l+1, n_l), the density variant's output for
         that l. Columns ``n * E_c + e`` (upstream) or ``e * n_l + n`` (labelled).
         """
-        n_centres, n_types = len(self.samples[c]), len(self.neighbour_types[c])
-        rows = rho_l[self.offsets[c]:self.offsets[c + 1]]
-        if n_types == 1:
-            return rows  # one neighbour species: both layouts are the rows themselves
-        rows = rows.reshape(n_centres, n_types, rho_l.shape[1], rho_l.shape[2])
-        order = (0, 2, 3, 1) if property_layout == "upstream" else (0, 2, 1, 3)
-        return np.ascontiguousarray(rows.transpose(order)).reshape(n_centres, rho_l.shape[1], -1)
+        return rows_as_block(rho_l[self.offsets[c]:self.offsets[c + 1]], len(self.samples[c]),
+                             len(self.neighbour_types[c]), property_layout)
+
+
+def rows_as_block(rows: np.ndarray, n_centres: int, n_types: int, property_layout: str = "upstream") -> np.ndarray:
+    """(n_centres * n_types, 2l+1, n_l) density rows, centre-major, as block values (n_centres, 2l+1, n_l * n_types):
+    columns ``n * n_types + e`` (upstream) or ``e * n_l + n`` (labelled); the rows themselves for one species."""
+    if n_types == 1:
+        return rows  # one neighbour species: both layouts are the rows themselves
+    n_m, n_l = rows.shape[1], rows.shape[2]
+    rows = rows.reshape(n_centres, n_types, n_m, n_l)
+    order = (0, 2, 3, 1) if property_layout == "upstream" else (0, 2, 1, 3)
+    return np.ascontiguousarray(rows.transpose(order)).reshape(n_centres, n_m, -1)
 
     def property_rows(self, c: int, n_radial: int) -> np.ndarray:
         """(n_radial * E_c, 2) int32 labels ``(n, neighbor_types)``, species-major."""

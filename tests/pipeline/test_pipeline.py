@@ -389,3 +389,36 @@ def test_is_rotation_flags_what_is_not_a_rotation():
     matrices[3] *= 1 + 10 * ORTHONORMAL_TOL[np.dtype(np.float64)]
     matrices[4] = -matrices[4]             # a reflection is orthonormal: accepted, as before
     assert is_rotation(matrices).tolist() == [True, False, False, False, True, True, True, True]
+
+
+@pytest.mark.parametrize("counts", [[(5, 2), (3, 2), (4, 2)], [(5, 3), (2, 1), (4, 2)]],
+                         ids=["same-neighbour-species-count", "different-counts"])
+@pytest.mark.parametrize("property_layout", ["upstream", "labelled"])
+@pytest.mark.parametrize("by_label", [False, True], ids=["raw", "0.1.1-by-label-orthonormalisation"])
+def test_density_blocks_equal_each_species_laid_out_alone(counts, property_layout, by_label):
+    """density_blocks lays out all centre species at once when they have as many neighbour species
+    (then cuts the blocks): the same values as each species' DensityLayout.block_values, times W_l
+    by runs of num_radial columns when asked."""
+    from einsum_workbench.pipeline.density import density_blocks
+    from einsum_workbench.pipeline.layout import DensityLayout
+    from einsum_workbench.reference.radial import orthonormalization_matrix
+
+    hypers = ExpansionHypers(3, "gto", cutoff=5.0, sigma=1.2, max_radial=[4, 3, 1, 2])
+    rng = np.random.default_rng(7)
+    offsets = np.concatenate([[0], np.cumsum([s * e for s, e in counts])])
+    layout = DensityLayout(centre_types=np.array([1, 6, 8], np.int32),
+                           neighbour_types=[np.arange(e, dtype=np.int32) + 1 for _, e in counts],
+                           samples=[np.zeros((s, 2), np.int32) for s, _ in counts], offsets=offsets, n_frames=1)
+    density = [rng.normal(size=(offsets[-1], 2 * l + 1, n)) for l, n in enumerate(hypers.num_radial)]
+    blocks = density_blocks(layout, density, property_layout=property_layout,
+                            orthonormalize_columns=hypers if by_label else None)
+    for c, (n_centres, n_types) in enumerate(counts):
+        for l, rho in enumerate(density):
+            n_radial = rho.shape[2]
+            expected = layout.block_values(rho, c, property_layout)
+            if by_label:
+                expected = expected.reshape(-1, n_radial) @ orthonormalization_matrix(l, hypers)
+            actual = blocks[c][l]
+            assert actual.shape == (n_centres, 2 * l + 1, n_radial * n_types) and actual.flags.c_contiguous
+            np.testing.assert_allclose(actual.reshape(expected.shape), expected, rtol=1e-13, atol=1e-13,
+                                       err_msg=f"c={c} l={l}")
