@@ -52,7 +52,7 @@ from einsum_workbench.reference.neighbours import (
     accept_pair,
     centre_pairs_in_order,
     plan_search,
-    shift_range,
+    shift_ranges,
 )
 
 #: Largest atomic number the compiled path tabulates species for (118 elements, 0 for ASE's X).
@@ -326,9 +326,7 @@ def _count_and_keep(geometry, centres, block, species, n_species, room_per_centr
                 d0 = positions[base + j, 0] - p0
                 d1 = positions[base + j, 1] - p1
                 d2 = positions[base + j, 2] - p2
-                lo0, hi0 = shift_range(d0, d1, d2, inverse_cells, reach, periodic, f, 0)
-                lo1, hi1 = shift_range(d0, d1, d2, inverse_cells, reach, periodic, f, 1)
-                lo2, hi2 = shift_range(d0, d1, d2, inverse_cells, reach, periodic, f, 2)
+                lo0, hi0, lo1, hi1, lo2, hi2 = shift_ranges(d0, d1, d2, inverse_cells, reach, periodic, f)
                 before = count
                 for s0 in range(lo0, hi0 + 1):
                     for s1 in range(lo1, hi1 + 1):
@@ -429,9 +427,7 @@ def _write_grouped(geometry, centres, block, counts, by_species, pair_start, row
                     d0 = positions[gj, 0] - positions[a, 0]
                     d1 = positions[gj, 1] - positions[a, 1]
                     d2 = positions[gj, 2] - positions[a, 2]
-                    lo0, hi0 = shift_range(d0, d1, d2, inverse_cells, reach, periodic, f, 0)
-                    lo1, hi1 = shift_range(d0, d1, d2, inverse_cells, reach, periodic, f, 1)
-                    lo2, hi2 = shift_range(d0, d1, d2, inverse_cells, reach, periodic, f, 2)
+                    lo0, hi0, lo1, hi1, lo2, hi2 = shift_ranges(d0, d1, d2, inverse_cells, reach, periodic, f)
                     for s0 in range(lo0, hi0 + 1):
                         for s1 in range(lo1, hi1 + 1):
                             for s2 in range(lo2, hi2 + 1):

@@ -282,6 +282,15 @@ def shift_range(d0, d1, d2, inverse_cells, reach, periodic, f, k):
 
 
 @numba.njit(cache=True, inline="always")
+def shift_ranges(d0, d1, d2, inverse_cells, reach, periodic, f):
+    """(lo0, hi0, lo1, hi1, lo2, hi2): :func:`shift_range` along the three axes. Compiled, for compiled callers."""
+    lo0, hi0 = shift_range(d0, d1, d2, inverse_cells, reach, periodic, f, 0)
+    lo1, hi1 = shift_range(d0, d1, d2, inverse_cells, reach, periodic, f, 1)
+    lo2, hi2 = shift_range(d0, d1, d2, inverse_cells, reach, periodic, f, 2)
+    return lo0, hi0, lo1, hi1, lo2, hi2
+
+
+@numba.njit(cache=True, inline="always")
 def _centre_pairs(a, geometry, write, out_j, out_shift, out_r, keys, species, tally):
     """Neighbour pairs of centre ``a`` (global atom index): their count, and when ``write``
     their j, shift, r_ij (and for cell-list frames the sort keys) in the buffers, in (j, shift)
@@ -301,9 +310,7 @@ def _centre_pairs(a, geometry, write, out_j, out_shift, out_r, keys, species, ta
             d0 = positions[base + j, 0] - positions[a, 0]
             d1 = positions[base + j, 1] - positions[a, 1]
             d2 = positions[base + j, 2] - positions[a, 2]
-            lo0, hi0 = shift_range(d0, d1, d2, inverse_cells, reach, periodic, f, 0)
-            lo1, hi1 = shift_range(d0, d1, d2, inverse_cells, reach, periodic, f, 1)
-            lo2, hi2 = shift_range(d0, d1, d2, inverse_cells, reach, periodic, f, 2)
+            lo0, hi0, lo1, hi1, lo2, hi2 = shift_ranges(d0, d1, d2, inverse_cells, reach, periodic, f)
             before = count
             for s0 in range(lo0, hi0 + 1):
                 for s1 in range(lo1, hi1 + 1):
