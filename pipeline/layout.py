@@ -81,6 +81,10 @@ class DensityLayout:
         return rows_as_block(rho_l[self.offsets[c]:self.offsets[c + 1]], len(self.samples[c]),
                              len(self.neighbour_types[c]), property_layout)
 
+    def property_rows(self, c: int, n_radial: int) -> np.ndarray:
+        """(n_radial * E_c, 2) int32 labels ``(n, neighbor_types)``, species-major."""
+        return property_rows(self.neighbour_types[c], n_radial)
+
 
 def rows_as_block(rows: np.ndarray, n_centres: int, n_types: int, property_layout: str = "upstream") -> np.ndarray:
     """(n_centres * n_types, 2l+1, n_l) density rows, centre-major, as block values (n_centres, 2l+1, n_l * n_types):
@@ -91,10 +95,6 @@ def rows_as_block(rows: np.ndarray, n_centres: int, n_types: int, property_layou
     rows = rows.reshape(n_centres, n_types, n_m, n_l)
     order = (0, 2, 3, 1) if property_layout == "upstream" else (0, 2, 1, 3)
     return np.ascontiguousarray(rows.transpose(order)).reshape(n_centres, n_m, -1)
-
-    def property_rows(self, c: int, n_radial: int) -> np.ndarray:
-        """(n_radial * E_c, 2) int32 labels ``(n, neighbor_types)``, species-major."""
-        return property_rows(self.neighbour_types[c], n_radial)
 
 
 def property_rows(types, n_radial: int) -> np.ndarray:
