@@ -48,8 +48,8 @@ from einsum_workbench.pipeline.stages import stage
 from einsum_workbench.reference.neighbours import (
     BRUTE_FORCE,
     CENTRES_PER_BLOCK,
-    _centre_pairs,
     accept_pair,
+    centre_pairs,
     centre_pairs_in_order,
     plan_search,
     shift_ranges,
@@ -310,7 +310,7 @@ def _count_and_keep(geometry, centres, block, species, n_species, room_per_centr
             a = centres[c]
             f = owner[a]
             if mode[f] != BRUTE_FORCE or room_per_centre[f] == 0:
-                counts[c] = _centre_pairs(a, geometry, False, no_j, no_v, no_r, no_j, species, by_species[c])
+                counts[c] = centre_pairs(a, geometry, False, no_j, no_v, no_r, no_j, species, by_species[c])
                 continue
             base = first_atom[f]
             i = a - base

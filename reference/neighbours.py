@@ -291,12 +291,13 @@ def shift_ranges(d0, d1, d2, inverse_cells, reach, periodic, f):
 
 
 @numba.njit(cache=True, inline="always")
-def _centre_pairs(a, geometry, write, out_j, out_shift, out_r, keys, species, tally):
+def centre_pairs(a, geometry, write, out_j, out_shift, out_r, keys, species, tally):
     """Neighbour pairs of centre ``a`` (global atom index): their count, and when ``write``
     their j, shift, r_ij (and for cell-list frames the sort keys) in the buffers, in (j, shift)
     order for brute-force frames and in visit order (``keys`` then sort) for cell-list ones.
     ``geometry``: :attr:`PlannedSearch.geometry`. When ``species`` (per global atom) is not
-    empty, ``tally[species[j]]`` counts the pairs of each neighbour species."""
+    empty, ``tally[species[j]]`` counts the pairs of each neighbour species. Compiled, for
+    compiled callers (the search and ``pipeline.grouping``'s counting pass)."""
     (positions, owner, first_atom, n_atoms, mode, cells, inverse_cells, reach, periodic, fractional, wrap, origin,
      width, n_bins, bin_base, bin_start, bin_atoms, binned_positions, binned_wrap, half_widths, cutoff2,
      self_pairs) = geometry
@@ -402,7 +403,7 @@ def centre_pairs_in_order(a, geometry, out_j, out_shift, out_r, keys, order) -> 
     m, the pair count: pair ``p`` (0 <= p < m) in upstream's order is buffer
     row ``order[p]``: its j (within the frame), cell shift and r_ij (angstrom).
     """
-    m = _centre_pairs(a, geometry, True, out_j, out_shift, out_r, keys, out_j[:0], out_j[:0])
+    m = centre_pairs(a, geometry, True, out_j, out_shift, out_r, keys, out_j[:0], out_j[:0])
     if geometry[4][geometry[1][a]] == BRUTE_FORCE:  # mode of the centre's frame: found in order
         for p in range(m):
             order[p] = p
@@ -424,7 +425,7 @@ def _count_pairs(geometry, centres, block, species, by_species):
     n_blocks = (len(centres) + block - 1) // block
     for blk in numba.prange(n_blocks):
         for c in range(blk * block, min(len(centres), (blk + 1) * block)):
-            counts[c] = _centre_pairs(centres[c], geometry, False, no_j, no_v, no_r, no_j, species, by_species[c])
+            counts[c] = centre_pairs(centres[c], geometry, False, no_j, no_v, no_r, no_j, species, by_species[c])
     return counts
 
 
