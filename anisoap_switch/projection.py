@@ -78,17 +78,23 @@ def _rotation_matrices(edp, read, n_frames: int):
     read, and upstream's warnings (once per atom of a frame without them)."""
     from scipy.spatial.transform import Rotation
 
+    from einsum_workbench.reference.frames import quaternion_matrices
+
     n_atoms = read.n_atoms
     for k in read.without_rotation:
         for _ in range(n_atoms[k]):  # upstream warns once per atom
             warnings.warn(f"Frame {k} does not have rotations stored, this may cause errors down the line.")
-    rotations = np.zeros((int(n_atoms.sum()), 3, 3))
     values = read.rotations
+    rotations = np.zeros((int(n_atoms.sum()), 3, 3)) if read.without_rotation or not len(values) else None
     if not len(values):
         return rotations
     matrix_mode = getattr(edp, "rotation_maker", None) == Rotation.from_matrix
-    try:  # all atoms in one scipy call
-        if not matrix_mode and values.shape[1] == 4:
+    matrices, first_bad = (quaternion_matrices(np.ascontiguousarray(values, dtype=np.float64))
+                           if not matrix_mode and values.shape[1] == 4 else (None, 0))
+    try:  # all atoms in one call: scipy's arithmetic compiled, else scipy itself (for its errors and NaNs)
+        if first_bad < 0:
+            pass
+        elif not matrix_mode and values.shape[1] == 4:
             matrices = Rotation.from_quat(values[:, [1, 2, 3, 0]]).as_matrix()  # stored (w, x, y, z)
         elif matrix_mode and values.shape[1] == 9:
             matrices = Rotation.from_matrix(values.reshape(-1, 3, 3)).as_matrix()
@@ -96,6 +102,8 @@ def _rotation_matrices(edp, read, n_frames: int):
             raise ValueError(f"rotations stored with shape {values.shape}")
     except ValueError:  # upstream's own per-atom call, for upstream's own error
         matrices = np.stack([edp.rotation_maker(v).as_matrix() for v in values])
+    if not read.without_rotation:  # every atom has its rotation
+        return np.ascontiguousarray(matrices.reshape(-1, 3, 3), dtype=np.float64)
     have = np.ones(n_frames, dtype=bool)
     have[read.without_rotation] = False
     rotations[np.repeat(have, n_atoms)] = matrices.reshape(-1, 3, 3)

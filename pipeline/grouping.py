@@ -257,30 +257,14 @@ def _species_index(numbers):
     return species, index
 
 
-@numba.njit(cache=True)
-def _pair_starts(centres, counts, species, n_species):
-    """Where each centre's pairs start in segment order (centre species, then centre atom)."""
-    start = np.zeros(n_species + 1, np.int64)
-    for c in range(len(centres)):
-        start[species[centres[c]] + 1] += counts[c]
-    for s in range(n_species):
-        start[s + 1] += start[s]
-    pair_start = np.empty(len(centres), np.int64)
-    for c in range(len(centres)):
-        s = species[centres[c]]
-        pair_start[c] = start[s]
-        start[s] += counts[c]
-    return pair_start
-
-
 @numba.njit(parallel=True, cache=True)
-def _count_and_keep(geometry, centres, block, species, n_species, room_per_centre):
+def _count_and_keep(geometry, centres, block, species, n_species, estimate, margin):
     """The first pass: each centre's pairs, per neighbour species, and for brute-force frames
     the pairs themselves (j, r_ij, in upstream's order) kept for the second pass, which then
     copies them instead of searching again. A parallel loop over blocks of centres.
 
-    ``room_per_centre`` (F,): pairs kept per centre of each frame (0: none; the plan's estimate
-    times ``KEPT_MARGIN``). A block keeps its centres' pairs in its own room while they fit; a
+    Pairs kept per centre of a brute-force frame: ``margin`` (``KEPT_MARGIN``) times the plan's
+    ``estimate`` (F,) over its atoms (none for other frames). A block keeps its centres' pairs in its own room while they fit; a
     centre that does not fit gets ``start[c] = -1`` (searched again).
 
     Returns (counts (C,), by_species (C, S), start (C,) first kept row or -1, kept_j, kept_r).
@@ -289,6 +273,10 @@ def _count_and_keep(geometry, centres, block, species, n_species, room_per_centr
     cutoff2, self_pairs = geometry[20], geometry[21]
     n_centres = len(centres)
     n_blocks = (n_centres + block - 1) // block
+    room_per_centre = np.zeros(len(n_atoms))
+    for f in range(len(n_atoms)):
+        if mode[f] == BRUTE_FORCE:
+            room_per_centre[f] = margin * estimate[f] / max(n_atoms[f], 1)
     room = np.zeros(n_blocks + 1, np.int64)  # the blocks' rooms, end to end
     for blk in range(n_blocks):
         wanted = 0.0
@@ -449,54 +437,69 @@ def _write_grouped(geometry, centres, block, counts, by_species, pair_start, row
 
 @numba.njit(cache=True)
 def _centre_rows(centres, counts, by_species, species, n_species, owner, first_atom):
-    """The segment rows of the centres with pairs, in one pass.
+    """The segment rows of the centres with pairs, and where each centre's pairs start, in one pass.
 
-    Returns (present (S, S): centre species s has a pair with neighbour species e; row_start (C,):
-    each centre's first segment row; samples (M, 2) int32 (system, atom within it) of the
+    Returns (present (S, S): centre species s has a pair with neighbour species e; type_index
+    (S, S): the index of neighbour species e among those of centre species s; row_start (C,):
+    each centre's first segment row; pair_start (C,): where each centre's pairs start in segment
+    order (centre species, then centre atom); samples (M, 2) int32 (system, atom within it) of the
     centres with pairs, species by species, in centre order; per_species (S,): their count;
     offsets (S + 1,): each species' first segment row)."""
     present = np.zeros((n_species, n_species), np.bool_)
     per_species = np.zeros(n_species, np.int64)
+    pairs_of = np.zeros(n_species + 1, np.int64)
     for c in range(len(centres)):
+        s = species[centres[c]]
+        pairs_of[s + 1] += counts[c]
         if counts[c] > 0:
-            s = species[centres[c]]
             per_species[s] += 1
             for e in range(n_species):
                 if by_species[c, e] > 0:
                     present[s, e] = True
+    type_index = np.empty((n_species, n_species), np.int64)
+    n_types = np.zeros(n_species, np.int64)
+    for s in range(n_species):
+        for e in range(n_species):
+            n_types[s] += present[s, e]
+            type_index[s, e] = n_types[s] - 1
     offsets = np.zeros(n_species + 1, np.int64)
     first_sample = np.zeros(n_species + 1, np.int64)
     for s in range(n_species):
-        offsets[s + 1] = offsets[s] + per_species[s] * present[s].sum()
+        offsets[s + 1] = offsets[s] + per_species[s] * n_types[s]
         first_sample[s + 1] = first_sample[s] + per_species[s]
+        pairs_of[s + 1] += pairs_of[s]
     row_start = np.zeros(len(centres), np.int64)
+    pair_start = np.empty(len(centres), np.int64)
     samples = np.empty((first_sample[n_species], 2), np.int32)
     rank = np.zeros(n_species, np.int64)
     for c in range(len(centres)):
+        a = centres[c]
+        s = species[a]
+        pair_start[c] = pairs_of[s]
+        pairs_of[s] += counts[c]
         if counts[c] > 0:
-            a = centres[c]
-            s = species[a]
-            row_start[c] = offsets[s] + rank[s] * present[s].sum()
+            row_start[c] = offsets[s] + rank[s] * n_types[s]
             k = first_sample[s] + rank[s]
             samples[k, 0] = owner[a]
             samples[k, 1] = a - first_atom[owner[a]]
             rank[s] += 1
-    return present, row_start, samples, per_species, offsets
+    return present, type_index, row_start, pair_start, samples, per_species, offsets
 
 
 def _grouped_layout(search, counts, by_species, atom_species, species, n_frames):
-    """The DensityLayout of the fused search's pairs, each centre's first segment row, and the index
-    of each neighbour species among those of each centre species (S, S)."""
-    present, row_start, samples, per_species, offsets = _centre_rows(
+    """The DensityLayout of the fused search's pairs, each centre's first segment row and first pair
+    (segment order), and the index of each neighbour species among those of each centre species (S, S)."""
+    present, type_index, row_start, pair_start, samples, per_species, offsets = _centre_rows(
         search.centres, counts, by_species, atom_species, len(species), search.geometry[1], search.first_atom)
-    type_index = np.cumsum(present, axis=1) - 1  # index of neighbour species e among those of centre species s
-    kinds = np.flatnonzero(per_species)
-    bounds = np.concatenate([[0], np.cumsum(per_species[kinds])]).tolist()
-    layout = DensityLayout(centre_types=species[kinds].astype(np.int32),
-                           neighbour_types=[species[present[s]].astype(np.int32) for s in kinds],
+    kinds = np.flatnonzero(per_species).tolist()
+    bounds = [0]
+    for s in kinds:
+        bounds.append(bounds[-1] + int(per_species[s]))
+    layout = DensityLayout(centre_types=species[kinds],
+                           neighbour_types=[species[present[s]] for s in kinds],
                            samples=[samples[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
                            offsets=np.append(offsets[kinds], offsets[-1]), n_frames=n_frames)
-    return layout, row_start, type_index
+    return layout, row_start, pair_start, type_index
 
 
 def neighbour_groups(table, cutoff: float, *, self_pairs: bool = True, max_pairs: int | None = None) -> GroupedPairs:
@@ -544,16 +547,14 @@ def neighbour_groups(table, cutoff: float, *, self_pairs: bool = True, max_pairs
                              max_pairs=max_pairs)
         atom_species = species_index[numbers]
         # brute-force frames: the first pass keeps their pairs, the second copies them
-        room = np.where(search.mode == BRUTE_FORCE, KEPT_MARGIN * search.estimate / np.maximum(search.n_atoms, 1), 0.0)
         with parallel_guard():
             counts, by_species, start, kept_j, kept_r = _count_and_keep(search.geometry, search.centres,
                                                                         CENTRES_PER_BLOCK, atom_species, len(species),
-                                                                        room)
+                                                                        search.estimate, float(KEPT_MARGIN))
     with stage("grouping"):
         centres = search.centres
-        layout, row_start, type_index = _grouped_layout(search, counts, by_species, atom_species, species,
-                                                        len(table.n_atoms))
-        pair_start = _pair_starts(centres, counts, atom_species, len(species))
+        layout, row_start, pair_start, type_index = _grouped_layout(search, counts, by_species, atom_species,
+                                                                    species, len(table.n_atoms))
         n_pairs = int(counts.sum())
         out = (np.empty(n_pairs, np.int64), np.empty((n_pairs, 3)), np.empty(n_pairs, np.int64))
         with parallel_guard():

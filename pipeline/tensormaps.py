@@ -26,18 +26,13 @@ GRADIENT_SAMPLE_NAMES = ("sample", "system", "atom")
 POWER_SPECTRUM_PROPERTIES = ("n_1_a", "neighbor_types_1_a", "k_2", "n_1_b", "neighbor_types_1_b", "l_2")
 
 
-@functools.lru_cache(maxsize=256)
-def _fixed_labels(names: tuple, rows: tuple):
-    """Labels that recur in every call (components, properties): built once per process
-    (metatensor copies labels into each block, so one object serves them all)."""
+@functools.lru_cache(maxsize=64)
+def components_labels(l: int):
+    """``spherical_component_m`` = -l..l (one object per l and process: metatensor copies labels
+    into each block)."""
     from metatensor import Labels
 
-    return Labels(list(names), np.asarray(rows, dtype=np.int32).reshape(len(rows), len(names)))
-
-
-def components_labels(l: int):
-    """``spherical_component_m`` = -l..l."""
-    return _fixed_labels(("spherical_component_m",), tuple((m,) for m in range(-l, l + 1)))
+    return Labels(["spherical_component_m"], np.arange(-l, l + 1, dtype=np.int32).reshape(-1, 1))
 
 
 def properties_labels(layout: DensityLayout, c: int, n_radial: int):
@@ -87,25 +82,23 @@ def density_tensormap(layout: DensityLayout, blocks, gradients=None):
     from metatensor import Labels, TensorBlock, TensorMap
 
     with stage("tensormap"):
-        keys, tensor_blocks = [], []
-        for c, centre_type in enumerate(layout.centre_types):
+        tensor_blocks = []
+        gradients = list((gradients or {}).items())
+        for c in range(len(layout.centre_types)):
             # unique by construction (DensityLayout.samples): no hashing of every row
             samples = Labels(["type", "center"], layout.samples[c], assume_unique=True)
-            n_types = len(layout.neighbour_types[c])
+            types = tuple(layout.neighbour_types[c].tolist())
             for l, values in enumerate(blocks[c]):
-                keys.append((int(centre_type), l))
-                block = TensorBlock(
-                    values=values,
-                    samples=samples,
-                    components=[components_labels(l)],
-                    properties=properties_labels(layout, c, values.shape[2] // n_types),
-                )
-                for parameter, per_species in (gradients or {}).items():
+                block = TensorBlock(values, samples, [components_labels(l)],
+                                    _properties_labels(types, values.shape[2] // len(types)))
+                for parameter, per_species in gradients:
                     gradient_samples, gradient_values = per_species[c]
                     block.add_gradient(parameter, gradient_block(block, gradient_samples, gradient_values[l]))
                 tensor_blocks.append(block)
-        key_values = np.asarray(keys, dtype=np.int32).reshape(-1, 2)
-        return TensorMap(Labels(["types_center", "angular_channel"], key_values), tensor_blocks)
+        # (centre type, l) pairs in block order: unique, since centre types are
+        key_values = np.array([(t, l) for t, b in zip(layout.centre_types.tolist(), blocks) for l in range(len(b))],
+                              dtype=np.int32).reshape(-1, 2)
+        return TensorMap(Labels(["types_center", "angular_channel"], key_values, assume_unique=True), tensor_blocks)
 
 
 def gradient_block_values(values: np.ndarray, property_layout: str) -> np.ndarray:

@@ -19,6 +19,7 @@ import operator
 import os
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 #: Names under which the three diameters may be stored (ASE's extxyz reader
@@ -31,11 +32,54 @@ ROTATION_TYPES = ("quaternion", "matrix")
 _ROTATION_TOL = 1e-6
 
 
+@numba.njit(cache=True, error_model="numpy")  # a zero norm gives NaN rows (reported), not an exception
+def quaternion_matrices(q_wxyz):
+    """Rotation matrices of quaternions stored (w, x, y, z), in one compiled pass.
+
+    scipy's arithmetic (``Rotation.from_quat`` normalising by the norm summed
+    x, y, z, w, then ``as_matrix``), term for term: the same matrices, bit for
+    bit, without its ~16 us of Python per call (47 us inside a transform).
+
+    Parameters
+    ----------
+    q_wxyz : (N, 4) float64
+
+    Returns
+    -------
+    matrices : (N, 3, 3) float64
+    first_bad : int, the first row with a non-finite value or a norm <= 1e-12
+        (its matrix is not meaningful), -1 if none.
+    """
+    n = q_wxyz.shape[0]
+    out = np.empty((n, 3, 3))
+    first_bad = -1
+    for k in range(n):
+        w, x, y, z = q_wxyz[k, 0], q_wxyz[k, 1], q_wxyz[k, 2], q_wxyz[k, 3]
+        norm = np.sqrt(x * x + y * y + z * z + w * w)
+        if not (norm > 1e-12 and np.isfinite(norm)) and first_bad < 0:
+            first_bad = k
+        x, y, z, w = x / norm, y / norm, z / norm, w / norm
+        x2, y2, z2, w2 = x * x, y * y, z * z, w * w
+        xy, zw, xz, yw, yz, xw = x * y, z * w, x * z, y * w, y * z, x * w
+        out[k, 0, 0] = x2 - y2 - z2 + w2
+        out[k, 1, 0] = 2 * (xy + zw)
+        out[k, 2, 0] = 2 * (xz - yw)
+        out[k, 0, 1] = 2 * (xy - zw)
+        out[k, 1, 1] = -x2 + y2 - z2 + w2
+        out[k, 2, 1] = 2 * (yz + xw)
+        out[k, 0, 2] = 2 * (xz + yw)
+        out[k, 1, 2] = 2 * (yz - xw)
+        out[k, 2, 2] = -x2 - y2 + z2 + w2
+    return out, first_bad
+
+
 def rotations_from_quaternions(q_wxyz, *, what="atom") -> np.ndarray:
     """Body-to-lab rotation matrices from quaternions stored (w, x, y, z).
 
     Quaternions are normalised first; ``q`` and ``-q`` give the same rotation.
-    Same matrices as ``scipy.spatial.transform.Rotation.from_quat([x, y, z, w])``.
+    The same matrices, bit for bit, as
+    ``scipy.spatial.transform.Rotation.from_quat([x, y, z, w]).as_matrix()``
+    (:func:`quaternion_matrices`).
 
     Parameters
     ----------
@@ -58,26 +102,14 @@ def rotations_from_quaternions(q_wxyz, *, what="atom") -> np.ndarray:
     q = np.atleast_2d(q)
     if q.ndim != 2 or q.shape[1] != 4:
         raise ValueError(f"quaternions must have shape (N, 4) stored (w, x, y, z), got {np.shape(q_wxyz)}")
-    bad = ~np.isfinite(q).all(axis=1)
-    if bad.any():
-        k = int(np.argmax(bad))
-        raise ValueError(f"quaternion of {what} {k} has a non-finite value: {q[k].tolist()}")
-    norm = np.linalg.norm(q, axis=1)
-    bad = ~(norm > 1e-12)
-    if bad.any():
-        k = int(np.argmax(bad))
-        raise ValueError(f"quaternion of {what} {k} has zero norm: {q[k].tolist()} (stored w, x, y, z)")
-    w, x, y, z = (q / norm[:, None]).T
-    rot = np.empty((q.shape[0], 3, 3))
-    rot[:, 0, 0] = 1 - 2 * (y * y + z * z)
-    rot[:, 0, 1] = 2 * (x * y - z * w)
-    rot[:, 0, 2] = 2 * (x * z + y * w)
-    rot[:, 1, 0] = 2 * (x * y + z * w)
-    rot[:, 1, 1] = 1 - 2 * (x * x + z * z)
-    rot[:, 1, 2] = 2 * (y * z - x * w)
-    rot[:, 2, 0] = 2 * (x * z - y * w)
-    rot[:, 2, 1] = 2 * (y * z + x * w)
-    rot[:, 2, 2] = 1 - 2 * (x * x + y * y)
+    rot, first_bad = quaternion_matrices(np.ascontiguousarray(q))
+    if first_bad >= 0:  # the first non-finite row, else the first of zero norm, named
+        bad = ~np.isfinite(q).all(axis=1)
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise ValueError(f"quaternion of {what} {k} has a non-finite value: {q[k].tolist()}")
+        raise ValueError(f"quaternion of {what} {first_bad} has zero norm: {q[first_bad].tolist()} "
+                         "(stored w, x, y, z)")
     return rot[0] if single else rot
 
 
