@@ -325,6 +325,24 @@ def test_frames_without_rotations_warn_and_match_upstream(upstream):
     assert count[0] == count[1] == len(frames[1])
 
 
+def test_switch_rotations_of_unnormalised_and_zero_quaternions_are_upstreams(upstream):
+    """The switch's compiled quaternion conversion normalises as scipy does; a zero quaternion
+    goes to scipy itself, for upstream's own error."""
+    frames = _with_diameters(ellipsoids(2, seed=16))
+    frames[0].arrays["c_q"] = frames[0].arrays["c_q"] * 3.5  # not unit: normalised by both
+    calc = _projection(upstream)
+    expected = calc.transform(frames)
+    with switch.use_backend("numba_fused"):
+        _assert_tensors_close(calc.transform(frames), expected, "unnormalised quaternions")
+    frames[1].arrays["c_q"][0] = 0.0
+    with pytest.raises(ValueError) as upstream_error:
+        calc.transform(frames)
+    with switch.use_backend("numba_fused"):
+        with pytest.raises(ValueError) as switch_error:
+            calc.transform(frames)
+    assert str(switch_error.value) == str(upstream_error.value)
+
+
 def test_several_centre_species_error_says_why_and_the_way_out(upstream):
     calc = _projection(upstream)
     frames = benzenes(1, seed=15, n_species=2)

@@ -108,6 +108,18 @@ def test_rotations_from_quaternions_match_scipy():
     np.testing.assert_allclose(rotations_from_quaternions(q), expected, atol=1e-14)
 
 
+def test_quaternion_matrices_flag_the_first_bad_row():
+    from einsum_workbench.reference.frames import quaternion_matrices
+
+    q = np.random.default_rng(2).normal(size=(6, 4))
+    assert quaternion_matrices(q)[1] == -1
+    q[4] = 0.0
+    q[5, 2] = np.nan
+    assert quaternion_matrices(q)[1] == 4
+    q[2, 0] = np.inf
+    assert quaternion_matrices(q)[1] == 2
+
+
 def test_matrix_rotations_and_constant_and_per_species_semiaxes():
     frame = workloads.benzenes(1, seed=2)[0]
     expected = frames_to_pairs(frame, CUTOFF)
