@@ -75,7 +75,9 @@ def upstream_flavour(module) -> str:
 
 def _rotation_matrices(edp, read, n_frames: int):
     """(N, 3, 3) rotations as upstream builds them from what ``gather_frames``
-    read, and upstream's warnings (once per atom of a frame without them)."""
+    read, and upstream's warnings (once per atom of a frame without them); and
+    whether every one is a rotation by construction (normalised quaternions of
+    every atom, none with a bad value)."""
     from scipy.spatial.transform import Rotation
 
     from einsum_workbench.reference.frames import quaternion_matrices
@@ -87,7 +89,7 @@ def _rotation_matrices(edp, read, n_frames: int):
     values = read.rotations
     rotations = np.zeros((int(n_atoms.sum()), 3, 3)) if read.without_rotation or not len(values) else None
     if not len(values):
-        return rotations
+        return rotations, not len(rotations)
     matrix_mode = getattr(edp, "rotation_maker", None) == Rotation.from_matrix
     matrices, first_bad = (quaternion_matrices(np.ascontiguousarray(values, dtype=np.float64))
                            if not matrix_mode and values.shape[1] == 4 else (None, 0))
@@ -103,16 +105,17 @@ def _rotation_matrices(edp, read, n_frames: int):
     except ValueError:  # upstream's own per-atom call, for upstream's own error
         matrices = np.stack([edp.rotation_maker(v).as_matrix() for v in values])
     if not read.without_rotation:  # every atom has its rotation
-        return np.ascontiguousarray(matrices.reshape(-1, 3, 3), dtype=np.float64)
+        return np.ascontiguousarray(matrices.reshape(-1, 3, 3), dtype=np.float64), first_bad < 0
     have = np.ones(n_frames, dtype=bool)
     have[read.without_rotation] = False
     rotations[np.repeat(have, n_atoms)] = matrices.reshape(-1, 3, 3)
-    return rotations
+    return rotations, False
 
 
 def _atoms_table(edp, frames, show_progress: bool):
     """The :class:`AtomsTable` of ``frames`` read as upstream reads them, in the
-    product's one pass over the frames (``reference.frames.gather_frames``)."""
+    product's one pass over the frames (``reference.frames.gather_frames``), and
+    whether all its rotations are rotations by construction (``_rotation_matrices``)."""
     from tqdm.auto import tqdm
 
     from einsum_workbench.reference.frames import AtomsTable, check_positions, gather_frames
@@ -123,9 +126,9 @@ def _atoms_table(edp, frames, show_progress: bool):
         arrays = frames[read.without_diameters[0]].arrays
         raise KeyError(next(key for key in DIAMETERS if key not in arrays))
     check_positions(read.positions, read.n_atoms)
-    rotations = _rotation_matrices(edp, read, len(frames))
+    rotations, proper = _rotation_matrices(edp, read, len(frames))
     return AtomsTable(n_atoms=read.n_atoms, positions=read.positions, numbers=read.numbers, rotations=rotations,
-                      semiaxes=read.diameters / 2, cells=read.cells, pbc=read.pbc)
+                      semiaxes=read.diameters / 2, cells=read.cells, pbc=read.pbc), proper
 
 
 def _record_attributes(edp, frames, table) -> None:
@@ -146,15 +149,18 @@ def density_blocks_of(edp, frames, *, backend: str, flavour: str, normalize: boo
 
     hypers = hypers_from_radial_basis(edp.radial_basis, edp.max_angular)
     with stage("frames"):
-        table = _atoms_table(edp, list(frames), show_progress)
+        table, proper_rotations = _atoms_table(edp, list(frames), show_progress)
         _record_attributes(edp, frames, table)
     # 0.1.1 orthonormalises runs of num_radial columns of its n-major layout (by label); with one
     # species those runs are the rows, so the kernel's own orthonormalisation gives its numbers
     # (on 1,000 one-species ellipsoid frames 0.15 ms less than the matrix products afterwards)
     one_species = len(table.numbers) > 0 and bool((table.numbers == table.numbers[0]).all())
     in_kernel = normalize and (flavour == "head" or one_species)
+    # upstream's arithmetic for any matrix that may not be a rotation (zero matrices of frames
+    # without rotations, NaNs): checked per atom unless every one is a rotation by construction
     layout, density = density_of_table(table, hypers, backend=backend, orthonormal=in_kernel,
-                                       self_pairs=not edp.subtract_center_contribution, any_matrix=True)
+                                       self_pairs=not edp.subtract_center_contribution,
+                                       any_matrix=not proper_rotations)
     by_label = hypers if normalize and not in_kernel else None
     blocks = density_blocks(layout, density, property_layout=property_layout, orthonormalize_columns=by_label)
     return layout, blocks

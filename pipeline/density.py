@@ -30,6 +30,8 @@ coefficients times ``f(|r_ij|)`` with the hypers' cutoff
 
 from __future__ import annotations
 
+import itertools
+
 import numba
 import numpy as np
 
@@ -239,7 +241,7 @@ def density_blocks(layout: DensityLayout, density, *, property_layout: str = "up
     blocks = [[] for _ in layout.centre_types]
     for first, last in runs:
         rows = slice(layout.offsets[first], layout.offsets[last])
-        bounds = np.cumsum([0] + n_centres[first:last]).tolist()
+        bounds = list(itertools.accumulate(n_centres[first:last], initial=0))
         for l, rho in enumerate(density):
             values = rows_as_block(rho[rows], bounds[-1], n_types[first], property_layout)
             if orthonormalize_columns is not None:

@@ -442,7 +442,7 @@ def _centre_rows(centres, counts, by_species, species, n_species, owner, first_a
     Returns (present (S, S): centre species s has a pair with neighbour species e; type_index
     (S, S): the index of neighbour species e among those of centre species s; row_start (C,):
     each centre's first segment row; pair_start (C,): where each centre's pairs start in segment
-    order (centre species, then centre atom); samples (M, 2) int32 (system, atom within it) of the
+    order (centre species, then centre atom), and n_pairs, their total; samples (M, 2) int32 (system, atom within it) of the
     centres with pairs, species by species, in centre order; per_species (S,): their count;
     offsets (S + 1,): each species' first segment row)."""
     present = np.zeros((n_species, n_species), np.bool_)
@@ -483,13 +483,14 @@ def _centre_rows(centres, counts, by_species, species, n_species, owner, first_a
             samples[k, 0] = owner[a]
             samples[k, 1] = a - first_atom[owner[a]]
             rank[s] += 1
-    return present, type_index, row_start, pair_start, samples, per_species, offsets
+    return present, type_index, row_start, pair_start, pairs_of[n_species], samples, per_species, offsets
 
 
 def _grouped_layout(search, counts, by_species, atom_species, species, n_frames):
     """The DensityLayout of the fused search's pairs, each centre's first segment row and first pair
-    (segment order), and the index of each neighbour species among those of each centre species (S, S)."""
-    present, type_index, row_start, pair_start, samples, per_species, offsets = _centre_rows(
+    (segment order), the number of pairs, and the index of each neighbour species among those of
+    each centre species (S, S)."""
+    present, type_index, row_start, pair_start, n_pairs, samples, per_species, offsets = _centre_rows(
         search.centres, counts, by_species, atom_species, len(species), search.geometry[1], search.first_atom)
     kinds = np.flatnonzero(per_species).tolist()
     bounds = [0]
@@ -499,7 +500,7 @@ def _grouped_layout(search, counts, by_species, atom_species, species, n_frames)
                            neighbour_types=[species[present[s]] for s in kinds],
                            samples=[samples[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
                            offsets=np.append(offsets[kinds], offsets[-1]), n_frames=n_frames)
-    return layout, row_start, pair_start, type_index
+    return layout, row_start, pair_start, n_pairs, type_index
 
 
 def neighbour_groups(table, cutoff: float, *, self_pairs: bool = True, max_pairs: int | None = None) -> GroupedPairs:
@@ -553,9 +554,9 @@ def neighbour_groups(table, cutoff: float, *, self_pairs: bool = True, max_pairs
                                                                         search.estimate, float(KEPT_MARGIN))
     with stage("grouping"):
         centres = search.centres
-        layout, row_start, pair_start, type_index = _grouped_layout(search, counts, by_species, atom_species,
-                                                                    species, len(table.n_atoms))
-        n_pairs = int(counts.sum())
+        layout, row_start, pair_start, n_pairs, type_index = _grouped_layout(search, counts, by_species,
+                                                                             atom_species, species,
+                                                                             len(table.n_atoms))
         out = (np.empty(n_pairs, np.int64), np.empty((n_pairs, 3)), np.empty(n_pairs, np.int64))
         with parallel_guard():
             _write_grouped(search.geometry, centres, CENTRES_PER_BLOCK, counts, by_species, pair_start, row_start,
