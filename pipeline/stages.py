@@ -37,15 +37,24 @@ def record_stages():
         _current.reset(token)
 
 
-@contextlib.contextmanager
-def stage(name: str):
-    """Time the block as stage ``name`` when :func:`record_stages` is active."""
-    seconds = _current.get()
-    if seconds is None:
-        yield
-        return
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+class stage:
+    """Time the block as stage ``name`` when :func:`record_stages` is active.
+
+    A class rather than a generator context manager: a pipeline call enters
+    a dozen stages, and a generator's ~1.5 us each was 2% of a small call.
+    """
+
+    __slots__ = ("name", "seconds", "start")
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        self.seconds = _current.get()
+        if self.seconds is not None:
+            self.start = time.perf_counter()
+
+    def __exit__(self, *exc_info):
+        if self.seconds is not None:
+            self.seconds[self.name] = self.seconds.get(self.name, 0.0) + time.perf_counter() - self.start
+        return False
