@@ -37,6 +37,7 @@ import numpy as np
 
 from einsum_workbench.reference.density import orthonormalize_density, segment_sum
 from einsum_workbench.reference.hypers import ExpansionHypers
+from einsum_workbench.reference.radial import orthonormalization_matrix
 from einsum_workbench.reference.frames import AtomsTable
 from einsum_workbench.reference.pairs import PairBatch
 from einsum_workbench.reference.validation import check_hypers
@@ -227,8 +228,6 @@ def density_blocks(layout: DensityLayout, density, *, property_layout: str = "up
         The AniSOAP switch passes it to give 0.1.1's numbers; with the
         labelled layout, or one neighbour species, it is the orthonormalisation.
     """
-    from einsum_workbench.reference.radial import orthonormalization_matrix
-
     check_property_layout(property_layout)
     n_centres = [len(samples) for samples in layout.samples]
     n_types = [len(types) for types in layout.neighbour_types]

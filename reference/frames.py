@@ -171,7 +171,9 @@ class AtomsTable:
     @property
     def first_atom(self) -> np.ndarray:
         """(F,) int64: global index of each frame's first atom."""
-        return np.concatenate([[0], np.cumsum(self.n_atoms)[:-1]]).astype(np.int64)
+        first = np.zeros(len(self.n_atoms), np.int64)
+        np.cumsum(self.n_atoms[:-1], out=first[1:])
+        return first
 
     def locate(self, atom: int) -> tuple[int, int]:
         """(frame, atom within the frame) of the global atom index ``atom``."""
@@ -242,7 +244,9 @@ class FrameArrays:
 
     @property
     def first_atom(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.n_atoms)[:-1]]).astype(np.int64)
+        first = np.zeros(len(self.n_atoms), np.int64)
+        np.cumsum(self.n_atoms[:-1], out=first[1:])
+        return first
 
 
 def _concatenate(parts, width, dtype=np.float64) -> np.ndarray:
@@ -406,11 +410,20 @@ def _locate(atom: int, n_atoms) -> tuple[int, int]:
     return frame, int(atom - first[frame])
 
 
+@numba.njit(cache=True)
+def _first_non_finite_row(values):
+    """The first row of the 2-D ``values`` holding a non-finite value, or -1 (one compiled pass)."""
+    for a in range(values.shape[0]):
+        for k in range(values.shape[1]):
+            if not np.isfinite(values[a, k]):
+                return a
+    return -1
+
+
 def check_positions(positions, n_atoms) -> None:
     """Raise ValueError naming the first non-finite position (frame and atom)."""
-    bad = ~np.isfinite(positions).all(axis=1)
-    if bad.any():
-        atom = int(np.argmax(bad))
+    atom = _first_non_finite_row(np.ascontiguousarray(positions, dtype=np.float64).reshape(-1, 3))
+    if atom >= 0:
         frame, local = _locate(atom, n_atoms)
         raise ValueError(f"frame {frame} atom {local} has a non-finite position: {positions[atom].tolist()}")
 
