@@ -137,9 +137,10 @@ def power_spectrum_block(samples, values, properties, derivatives):
 
     Parameters
     ----------
-    samples : (S, 2) int32 ``("type", "center")``: (system, centre atom)
+    samples : (S, 2) int32 ``("type", "center")``: (system, centre atom), unique rows (not
+        checked: ``DensityLayout.samples`` are by construction)
     values : (S, F) float64
-    properties : (F, 6) int32 rows labelled :data:`POWER_SPECTRUM_PROPERTIES`
+    properties : (F, 6) int32 rows labelled :data:`POWER_SPECTRUM_PROPERTIES`, or their Labels
     derivatives : dict parameter -> (samples (G, 3) int32, values (G, 3, F))
 
     Returns
@@ -152,13 +153,21 @@ def power_spectrum_block(samples, values, properties, derivatives):
 
     block = TensorBlock(
         values=values.reshape(len(values), 1, -1),
-        samples=Labels(["type", "center"], samples),
-        components=[Labels(["spherical_harmonics_m"], np.zeros((1, 1), dtype=np.int32))],
-        properties=Labels(list(POWER_SPECTRUM_PROPERTIES), properties),
+        samples=Labels(["type", "center"], samples, assume_unique=True),  # (system, atom): unique
+        components=[_spherical_harmonics_m()],
+        properties=properties if isinstance(properties, Labels) else Labels(list(POWER_SPECTRUM_PROPERTIES),
+                                                                              properties),
     )
     for parameter, (gradient_samples, grad) in derivatives.items():
         block.add_gradient(parameter, gradient_block(block, gradient_samples, grad.reshape(len(grad), 3, 1, -1)))
     return block
+
+
+@functools.lru_cache(maxsize=1)
+def _spherical_harmonics_m():
+    from metatensor import Labels
+
+    return Labels(["spherical_harmonics_m"], np.zeros((1, 1), dtype=np.int32))
 
 
 def power_spectrum_map(centre_types, blocks):
@@ -169,6 +178,7 @@ def power_spectrum_map(centre_types, blocks):
     """
     from metatensor import Labels, TensorMap
 
-    keys = np.stack([np.full(len(centre_types), 2), np.zeros(len(centre_types)), centre_types],
-                    axis=1).astype(np.int32)
-    return TensorMap(Labels(["order_nu", "angular_channel", "types_center"], keys.reshape(-1, 3)), blocks)
+    keys = np.array([(2, 0, int(t)) for t in centre_types], dtype=np.int32).reshape(-1, 3)
+    # unique when the centre types are (a TensorMap's keys are checked by metatensor otherwise)
+    unique = len(set(keys[:, 2].tolist())) == len(keys)
+    return TensorMap(Labels(["order_nu", "angular_channel", "types_center"], keys, assume_unique=unique), blocks)
