@@ -93,8 +93,16 @@ def rows_as_block(rows: np.ndarray, n_centres: int, n_types: int, property_layou
         return rows  # one neighbour species: both layouts are the rows themselves
     n_m, n_l = rows.shape[1], rows.shape[2]
     rows = rows.reshape(n_centres, n_types, n_m, n_l)
-    order = (0, 2, 3, 1) if property_layout == "upstream" else (0, 2, 1, 3)
-    return np.ascontiguousarray(rows.transpose(order)).reshape(n_centres, n_m, -1)
+    upstream = property_layout == "upstream"
+    block = np.empty((n_centres, n_m, n_l, n_types) if upstream else (n_centres, n_m, n_types, n_l), rows.dtype)
+    # one strided copy per neighbour species: twice as fast as NumPy's copy of the whole transposed
+    # view, whose innermost axis (the species) is too short (10 small cells, lmax 6: 53 -> 30 us)
+    for e in range(n_types):
+        if upstream:
+            block[:, :, :, e] = rows[:, e]
+        else:
+            block[:, :, e, :] = rows[:, e]
+    return block.reshape(n_centres, n_m, -1)
 
 
 def property_rows(types, n_radial: int) -> np.ndarray:
