@@ -40,6 +40,7 @@ energy, forces, torques, strain derivative and stress (DESIGN.md section 3,
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass, field
 
 import numba
@@ -85,8 +86,8 @@ def species_power_spectrum(layout: DensityLayout, blocks, c: int):
     widths = [block.shape[2] ** 2 for block in species_blocks]
     values = np.empty((len(species_blocks[0]) if species_blocks else 0, sum(widths)))
     # every l in one compiled call, into its columns (14 calls and a stack cost ~40 us on small frames)
-    _products_over_m_per_l(species_blocks, _coupling_constants(len(species_blocks)),
-                           np.cumsum([0] + widths[:-1]).astype(np.int64), values)
+    first_column = np.fromiter(itertools.accumulate(widths[:-1], initial=0), np.int64, len(widths))
+    _products_over_m_per_l(species_blocks, _coupling_constants(len(species_blocks)), first_column, values)
     return values, species_power_spectrum_properties(layout, blocks, c)
 
 
