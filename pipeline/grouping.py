@@ -36,6 +36,7 @@ needs them so (forces, the power spectrum's backward pass).
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 
 import numba
@@ -492,14 +493,13 @@ def _grouped_layout(search, counts, by_species, atom_species, species, n_frames)
     each centre species (S, S)."""
     present, type_index, row_start, pair_start, n_pairs, samples, per_species, offsets = _centre_rows(
         search.centres, counts, by_species, atom_species, len(species), search.geometry[1], search.first_atom)
-    kinds = np.flatnonzero(per_species).tolist()
-    bounds = [0]
-    for s in kinds:
-        bounds.append(bounds[-1] + int(per_species[s]))
+    counts_per_species = per_species.tolist()
+    kinds = [s for s, count in enumerate(counts_per_species) if count]
+    bounds = list(itertools.accumulate((counts_per_species[s] for s in kinds), initial=0))
     layout = DensityLayout(centre_types=species[kinds],
                            neighbour_types=[species[present[s]] for s in kinds],
                            samples=[samples[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
-                           offsets=np.append(offsets[kinds], offsets[-1]), n_frames=n_frames)
+                           offsets=offsets[kinds + [len(species)]], n_frames=n_frames)
     return layout, row_start, pair_start, n_pairs, type_index
 
 
