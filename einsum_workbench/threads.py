@@ -44,6 +44,18 @@ OPENMP_WAIT_POLICY = "PASSIVE"
 os.environ.setdefault("OMP_WAIT_POLICY", OPENMP_WAIT_POLICY)
 
 #: environment variables fixing the size of a library's thread pool at load time
+def prange_only() -> dict:
+    """Numba ``parallel=`` options for a function whose only parallel loop is its ``prange``
+    (a new dict each call: Numba empties the one it is given).
+
+    With ``parallel=True`` every ``np.zeros`` / ``np.full`` inside becomes a parallel region
+    of its own, and under ``OMP_WAIT_POLICY=PASSIVE`` each wakes the sleeping workers (the
+    counting pass of the fused neighbour search had seven besides its loop).
+    """
+    return {"comprehension": False, "inplace_binop": False, "setitem": False, "numpy": False,
+            "stencil": False, "fusion": False}
+
+
 THREAD_ENV_VARS = (
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from einsum_workbench.threads import parallel_guard
+from einsum_workbench.threads import parallel_guard, prange_only
 
 from einsum_workbench.pipeline.layout import DensityLayout, segments
 from einsum_workbench.pipeline.stages import stage
@@ -133,7 +133,7 @@ def _run_starts(pair_frame, i, first_atom):
     return starts
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=prange_only(), cache=True)
 def _group(pair_frame, i, j, r_ij, first_atom, numbers, starts, pair_start, row_start,
            n_types, type_index, out_segment, out_r, out_neighbour):
     """Write each run's pairs, grouped by neighbour species (stable), at its rows' place."""
@@ -258,7 +258,7 @@ def _species_index(numbers):
     return species, index
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=prange_only(), cache=True)
 def _count_and_keep(geometry, centres, block, species, n_species, estimate, margin):
     """The first pass: each centre's pairs, per neighbour species, and for brute-force frames
     the pairs themselves (j, r_ij, in upstream's order) kept for the second pass, which then
@@ -355,7 +355,7 @@ def _put(d, segment, gj, r0, r1, r2, out_segment, out_r, out_neighbour):
     out_r[d, 2] = r2
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=prange_only(), cache=True)
 def _write_grouped(geometry, centres, block, counts, by_species, pair_start, row_start, type_index, species,
                    start, kept_j, kept_r, out_segment, out_r, out_neighbour):
     """Each centre's pairs written at their place in segment order: grouped by neighbour species

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from einsum_workbench.threads import parallel_guard
+from einsum_workbench.threads import parallel_guard, prange_only
 
 #: Largest estimated number of neighbour pairs (all frames of one call
 #: together, self pairs included) a neighbour list is built for. A pair costs
@@ -414,7 +414,7 @@ def centre_pairs_in_order(a, geometry, out_j, out_shift, out_r, keys, order) -> 
     return m
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=prange_only(), cache=True)
 def _count_pairs(geometry, centres, block, species, by_species):
     """Pairs of each centre in ``centres`` (first pass), a parallel loop over blocks of ``block`` centres;
     per neighbour species in ``by_species[c]`` when ``species`` (per global atom) is not empty."""
@@ -429,7 +429,7 @@ def _count_pairs(geometry, centres, block, species, by_species):
     return counts
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=prange_only(), cache=True)
 def _write_pairs(geometry, centres, block, counts, offsets, out_frame, out_i, out_j, out_shift, out_r):
     """Second pass: each centre's pairs written at ``offsets[c]`` in (j, shift) order (a cell-list
     centre's few pairs sorted by their key), a parallel loop over blocks of centres."""
