@@ -207,7 +207,9 @@ def test_image_ranges_and_estimate_kept():
     (dict(method="fast"), "method must be one of .* got 'fast'"),
     (dict(n_atoms=[3]), r"sum\(n_atoms\) = 3 but 2 positions"),
     (dict(n_atoms=[-1, 3]), "n_atoms must be >= 0, got -1"),
-    (dict(positions=[[0, 0, np.nan], [1, 0, 0]]), "positions must be finite"),
+    (dict(positions=[[0, 0, np.nan], [1, 0, 0]]), r"positions must be finite, got \[0.0, 0.0, nan\]"),
+    (dict(pbc=[[True] * 3] * 2), "1 frames in n_atoms but 1 cells and 2 pbc rows"),
+    (dict(cells=np.diag([5.0, 0.0, 5.0])[None]), r"frame 0 is periodic along \[True, True, True\] but its cell"),
 ])
 def test_bad_input_is_named(bad, match):
     kwargs = dict(positions=[[0, 0, 0], [1, 0, 0]], n_atoms=[2], cells=np.eye(3)[None] * 5, pbc=[[True] * 3],
@@ -323,3 +325,20 @@ def test_openmp_workers_wait_passively_unless_told_otherwise():
     for env, expected in ((unset, "PASSIVE"), ({**unset, "OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
         assert out.stdout.strip() == expected, out.stderr
+
+
+def test_prange_only_leaves_one_parallel_region_per_call():
+    """The search's parallel functions take ``prange_only()`` (a fresh dict each time, which Numba
+    empties): their allocations are not parallel regions of their own."""
+    from einsum_workbench.threads import prange_only
+
+    first, second = prange_only(), prange_only()
+    assert first is not second and first == second and first["numpy"] is False and "prange" not in first
+    from einsum_workbench.reference import neighbours
+
+    from einsum_workbench.pipeline import grouping
+
+    for function in (neighbours._count_pairs, neighbours._write_pairs, grouping._count_and_keep,
+                     grouping._write_grouped, grouping._group):
+        # a dict, not True (Numba pops its entries when it compiles, so only its type is stable)
+        assert isinstance(function.targetoptions["parallel"], dict), function
