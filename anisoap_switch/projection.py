@@ -16,8 +16,10 @@ What stays upstream's, for anisoap 0.1.1 and its development head:
   and the head's ``return_pef``, which returns the pair TensorMap too and
   therefore runs upstream's own ``transform`` (with the patched pair
   expansion and neighbour sum);
-- reading frames: rotations from ``self.rotation_key`` through scipy's
-  ``Rotation`` (vectorised), ``c_diameter[k] / 2`` (a ``KeyError`` when
+- reading frames: rotations from ``self.rotation_key`` as scipy's
+  ``Rotation`` computes them (quaternions: its arithmetic in one compiled
+  pass, ``reference.frames.quaternion_matrices``; matrices and any bad row:
+  scipy itself, vectorised, for its numbers and errors), ``c_diameter[k] / 2`` (a ``KeyError`` when
   missing, as upstream), and for a frame without the rotation array
   upstream's warning, once per atom, and zero matrices (those pairs are
   computed with upstream's lab-frame arithmetic, the reference's
