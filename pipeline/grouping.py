@@ -265,8 +265,9 @@ def _count_and_keep(geometry, centres, block, species, n_species, estimate, marg
     copies them instead of searching again. A parallel loop over blocks of centres.
 
     Pairs kept per centre of a brute-force frame: ``margin`` (``KEPT_MARGIN``) times the plan's
-    ``estimate`` (F,) over its atoms (none for other frames). A block keeps its centres' pairs in its own room while they fit; a
-    centre that does not fit gets ``start[c] = -1`` (searched again).
+    ``estimate`` (F,) over its atoms (none for other frames). A block keeps its centres' pairs
+    in its own room while they fit; a centre that does not fit gets ``start[c] = -1`` (searched
+    again).
 
     Returns (counts (C,), by_species (C, S), start (C,) first kept row or -1, kept_j, kept_r).
     """
@@ -443,9 +444,9 @@ def _centre_rows(centres, counts, by_species, species, n_species, owner, first_a
     Returns (present (S, S): centre species s has a pair with neighbour species e; type_index
     (S, S): the index of neighbour species e among those of centre species s; row_start (C,):
     each centre's first segment row; pair_start (C,): where each centre's pairs start in segment
-    order (centre species, then centre atom), and n_pairs, their total; samples (M, 2) int32 (system, atom within it) of the
-    centres with pairs, species by species, in centre order; per_species (S,): their count;
-    offsets (S + 1,): each species' first segment row)."""
+    order (centre species, then centre atom), and n_pairs, their total; samples (M, 2) int32
+    (system, atom within it) of the centres with pairs, species by species, in centre order;
+    per_species (S,): their count; offsets (S + 1,): each species' first segment row)."""
     present = np.zeros((n_species, n_species), np.bool_)
     per_species = np.zeros(n_species, np.int64)
     pairs_of = np.zeros(n_species + 1, np.int64)

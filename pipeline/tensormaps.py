@@ -35,13 +35,10 @@ def components_labels(l: int):
     return Labels(["spherical_component_m"], np.arange(-l, l + 1, dtype=np.int32).reshape(-1, 1))
 
 
-def properties_labels(layout: DensityLayout, c: int, n_radial: int):
-    """``(n, neighbor_types)`` of centre species ``c`` (species-major, ``DensityLayout.property_rows``)."""
-    return _properties_labels(tuple(layout.neighbour_types[c].tolist()), n_radial)
-
-
 @functools.lru_cache(maxsize=256)
 def _properties_labels(types: tuple, n_radial: int):
+    """``(n, neighbor_types)`` of neighbour ``types`` (species-major, ``layout.property_rows``),
+    one object per labels and process."""
     from metatensor import Labels
 
     return Labels(["n", "neighbor_types"], property_rows(types, n_radial).reshape(-1, 2))
@@ -95,7 +92,7 @@ def density_tensormap(layout: DensityLayout, blocks, gradients=None):
                     gradient_samples, gradient_values = per_species[c]
                     block.add_gradient(parameter, gradient_block(block, gradient_samples, gradient_values[l]))
                 tensor_blocks.append(block)
-        # (centre type, l) pairs in block order: unique, since centre types are
+        # (centre type, l) pairs in block order: unique, as a layout's centre types are (DensityLayout)
         key_values = np.array([(t, l) for t, b in zip(layout.centre_types.tolist(), blocks) for l in range(len(b))],
                               dtype=np.int32).reshape(-1, 2)
         return TensorMap(Labels(["types_center", "angular_channel"], key_values, assume_unique=True), tensor_blocks)
