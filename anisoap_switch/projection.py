@@ -75,30 +75,23 @@ def upstream_flavour(module) -> str:
         return "0.1.1"
 
 
-def _rotation_matrices(edp, read, n_frames: int):
-    """(N, 3, 3) rotations as upstream builds them from what ``gather_frames``
-    read, and upstream's warnings (once per atom of a frame without them); and
-    whether every one is a rotation by construction (normalised quaternions of
-    every atom, none with a bad value)."""
+def _stored_matrices(edp, values):
+    """(M, 3, 3) matrices of the stored rotation rows as upstream builds them, and whether all are
+    rotations by construction: quaternions through scipy's arithmetic compiled
+    (``reference.frames.quaternion_matrices``), anything else (matrices, a bad quaternion row)
+    through scipy itself, vectorised, for its numbers and its errors."""
     from scipy.spatial.transform import Rotation
 
     from einsum_workbench.reference.frames import quaternion_matrices
 
-    n_atoms = read.n_atoms
-    for k in read.without_rotation:
-        for _ in range(n_atoms[k]):  # upstream warns once per atom
-            warnings.warn(f"Frame {k} does not have rotations stored, this may cause errors down the line.")
-    values = read.rotations
-    rotations = np.zeros((int(n_atoms.sum()), 3, 3)) if read.without_rotation or not len(values) else None
-    if not len(values):
-        return rotations, not len(rotations)
     matrix_mode = getattr(edp, "rotation_maker", None) == Rotation.from_matrix
-    matrices, first_bad = (quaternion_matrices(np.ascontiguousarray(values, dtype=np.float64))
-                           if not matrix_mode and values.shape[1] == 4 else (None, 0))
-    try:  # all atoms in one call: scipy's arithmetic compiled, else scipy itself (for its errors and NaNs)
+    quaternions = not matrix_mode and values.shape[1] == 4
+    if quaternions:
+        matrices, first_bad = quaternion_matrices(np.ascontiguousarray(values, dtype=np.float64))
         if first_bad < 0:
-            pass
-        elif not matrix_mode and values.shape[1] == 4:
+            return matrices, True
+    try:
+        if quaternions:
             matrices = Rotation.from_quat(values[:, [1, 2, 3, 0]]).as_matrix()  # stored (w, x, y, z)
         elif matrix_mode and values.shape[1] == 9:
             matrices = Rotation.from_matrix(values.reshape(-1, 3, 3)).as_matrix()
@@ -106,11 +99,28 @@ def _rotation_matrices(edp, read, n_frames: int):
             raise ValueError(f"rotations stored with shape {values.shape}")
     except ValueError:  # upstream's own per-atom call, for upstream's own error
         matrices = np.stack([edp.rotation_maker(v).as_matrix() for v in values])
+    return matrices.reshape(-1, 3, 3), False
+
+
+def _rotation_matrices(edp, read, n_frames: int):
+    """(N, 3, 3) rotations as upstream builds them from what ``gather_frames``
+    read, and upstream's warnings (once per atom of a frame without them); and
+    whether every one is a rotation by construction (normalised quaternions of
+    every atom, none with a bad value)."""
+    n_atoms = read.n_atoms
+    for k in read.without_rotation:
+        for _ in range(n_atoms[k]):  # upstream warns once per atom
+            warnings.warn(f"Frame {k} does not have rotations stored, this may cause errors down the line.")
+    n_total = int(n_atoms.sum())
+    if not len(read.rotations):
+        return np.zeros((n_total, 3, 3)), n_total == 0
+    matrices, proper = _stored_matrices(edp, read.rotations)
     if not read.without_rotation:  # every atom has its rotation
-        return np.ascontiguousarray(matrices.reshape(-1, 3, 3), dtype=np.float64), first_bad < 0
+        return np.ascontiguousarray(matrices, dtype=np.float64), proper
+    rotations = np.zeros((n_total, 3, 3))  # zero matrices for the frames without (upstream's)
     have = np.ones(n_frames, dtype=bool)
     have[read.without_rotation] = False
-    rotations[np.repeat(have, n_atoms)] = matrices.reshape(-1, 3, 3)
+    rotations[np.repeat(have, n_atoms)] = matrices
     return rotations, False
 
 

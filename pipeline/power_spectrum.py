@@ -82,13 +82,18 @@ def species_power_spectrum(layout: DensityLayout, blocks, c: int):
         from the density's labels (species-major), as upstream builds them
         (names: ``tensormaps.POWER_SPECTRUM_PROPERTIES``).
     """
-    species_blocks = tuple(np.ascontiguousarray(block, dtype=np.float64) for block in blocks[c])
+    return _species_values(blocks[c]), species_power_spectrum_properties(layout, blocks, c)
+
+
+def _species_values(blocks_c) -> np.ndarray:
+    """(S, F) values of :func:`species_power_spectrum` from one species' blocks (list over l)."""
+    species_blocks = tuple(np.ascontiguousarray(block, dtype=np.float64) for block in blocks_c)
     widths = [block.shape[2] ** 2 for block in species_blocks]
     values = np.empty((len(species_blocks[0]) if species_blocks else 0, sum(widths)))
     # every l in one compiled call, into its columns (14 calls and a stack cost ~40 us on small frames)
     first_column = np.fromiter(itertools.accumulate(widths[:-1], initial=0), np.int64, len(widths))
     _products_over_m_per_l(species_blocks, _coupling_constants(len(species_blocks)), first_column, values)
-    return values, species_power_spectrum_properties(layout, blocks, c)
+    return values
 
 
 @functools.lru_cache(maxsize=64)
@@ -118,14 +123,18 @@ def _products_over_m_per_l(blocks, scales, first_column, out):
 
 def species_power_spectrum_properties(layout: DensityLayout, blocks, c: int) -> np.ndarray:
     """The (F_c, 6) int32 property rows of :func:`species_power_spectrum` (without its values)."""
-    types = tuple(layout.neighbour_types[c].tolist())
-    return _species_properties(types, tuple(block.shape[2] // len(types) for block in blocks[c]))
+    return _species_properties(*_property_key(layout, blocks, c))
 
 
 def species_power_spectrum_property_labels(layout: DensityLayout, blocks, c: int):
     """:func:`species_power_spectrum_properties` as metatensor Labels (one object per labels, built once)."""
+    return _species_property_labels(*_property_key(layout, blocks, c))
+
+
+def _property_key(layout: DensityLayout, blocks, c: int) -> tuple:
+    """(neighbour types, radial counts per l) of centre species ``c``: what its property rows depend on."""
     types = tuple(layout.neighbour_types[c].tolist())
-    return _species_property_labels(types, tuple(block.shape[2] // len(types) for block in blocks[c]))
+    return types, tuple(block.shape[2] // len(types) for block in blocks[c])
 
 
 @functools.lru_cache(maxsize=256)
@@ -280,7 +289,7 @@ def power_spectrum_tensormap(layout: DensityLayout, blocks, gradients=None):
     tensor_blocks = []
     for c in range(len(layout.centre_types)):
         with stage("power_spectrum"):
-            values, _ = species_power_spectrum(layout, blocks, c)
+            values = _species_values(blocks[c])
             derivatives = species_power_spectrum_gradients(
                 blocks[c], {p: rows[c] for p, rows in (gradients or {}).items()})
         with stage("tensormap"):

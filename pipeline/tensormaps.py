@@ -137,7 +137,8 @@ def power_spectrum_block(samples, values, properties, derivatives):
     samples : (S, 2) int32 ``("type", "center")``: (system, centre atom), unique rows (not
         checked: ``DensityLayout.samples`` are by construction)
     values : (S, F) float64
-    properties : (F, 6) int32 rows labelled :data:`POWER_SPECTRUM_PROPERTIES`, or their Labels
+    properties : metatensor Labels :data:`POWER_SPECTRUM_PROPERTIES` of the F columns
+        (``power_spectrum.species_power_spectrum_property_labels``)
     derivatives : dict parameter -> (samples (G, 3) int32, values (G, 3, F))
 
     Returns
@@ -152,8 +153,7 @@ def power_spectrum_block(samples, values, properties, derivatives):
         values=values.reshape(len(values), 1, -1),
         samples=Labels(["type", "center"], samples, assume_unique=True),  # (system, atom): unique
         components=[_spherical_harmonics_m()],
-        properties=properties if isinstance(properties, Labels) else Labels(list(POWER_SPECTRUM_PROPERTIES),
-                                                                              properties),
+        properties=properties,
     )
     for parameter, (gradient_samples, grad) in derivatives.items():
         block.add_gradient(parameter, gradient_block(block, gradient_samples, grad.reshape(len(grad), 3, 1, -1)))

@@ -411,8 +411,9 @@ def _locate(atom: int, n_atoms) -> tuple[int, int]:
 
 
 @numba.njit(cache=True)
-def _first_non_finite_row(values):
-    """The first row of the 2-D ``values`` holding a non-finite value, or -1 (one compiled pass)."""
+def first_non_finite_row(values):
+    """The first row of the 2-D ``values`` holding a non-finite value, or -1 (one compiled pass).
+    Compiled, for compiled and Python callers (the frames' and the neighbour search's checks)."""
     for a in range(values.shape[0]):
         for k in range(values.shape[1]):
             if not np.isfinite(values[a, k]):
@@ -422,7 +423,7 @@ def _first_non_finite_row(values):
 
 def check_positions(positions, n_atoms) -> None:
     """Raise ValueError naming the first non-finite position (frame and atom)."""
-    atom = _first_non_finite_row(np.ascontiguousarray(positions, dtype=np.float64).reshape(-1, 3))
+    atom = first_non_finite_row(np.ascontiguousarray(positions, dtype=np.float64).reshape(-1, 3))
     if atom >= 0:
         frame, local = _locate(atom, n_atoms)
         raise ValueError(f"frame {frame} atom {local} has a non-finite position: {positions[atom].tolist()}")

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from einsum_workbench.reference.frames import first_non_finite_row
 from einsum_workbench.threads import parallel_guard, prange_only
 
 #: Largest estimated number of neighbour pairs (all frames of one call
@@ -787,9 +788,9 @@ def _geometry_problem(positions, n_atoms, cells, pbc):
         total += n_atoms[f]
     if total != len(positions):
         return 2, total
-    for a in range(len(positions)):
-        if not (np.isfinite(positions[a, 0]) and np.isfinite(positions[a, 1]) and np.isfinite(positions[a, 2])):
-            return 3, a
+    a = first_non_finite_row(positions)
+    if a >= 0:
+        return 3, a
     f = _first_degenerate(cells, pbc, n_atoms)
     return (4, f) if f >= 0 else (0, -1)
 
@@ -805,8 +806,10 @@ def _checked(positions, n_atoms, cells, pbc, cutoff):
     cells = np.ascontiguousarray(cells, dtype=np.float64).reshape(-1, 3, 3)
     pbc = np.ascontiguousarray(pbc, dtype=bool).reshape(-1, 3)
     positions = np.ascontiguousarray(np.asarray(positions, dtype=np.float64).reshape(-1, 3))
-    code, index = _geometry_problem(positions, n_atoms, cells, pbc) if len(cells) == len(n_atoms) == len(pbc) \
-        else (1, int(np.argmax(n_atoms < 0))) if np.any(n_atoms < 0) else (5, -1)
+    if len(cells) != len(n_atoms) or len(pbc) != len(n_atoms):  # a negative count is still named first
+        code, index = (1, int(np.argmax(n_atoms < 0))) if np.any(n_atoms < 0) else (5, -1)
+    else:
+        code, index = _geometry_problem(positions, n_atoms, cells, pbc)
     if code == 1:
         raise ValueError(f"n_atoms must be >= 0, got {n_atoms[index]} (frame {index})")
     if code == 5:
